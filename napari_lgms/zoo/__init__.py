@@ -1,0 +1,17 @@
+"""Model files (safetensors + JSON card), where they live, and loading them."""
+from napari_lgms.zoo.card import ModelCard, default_class_names
+from napari_lgms.zoo.locations import (
+    ModelEntry,
+    list_available_models,
+    load_model,
+    shipped_model_dir,
+    untrained_card,
+    user_model_dir,
+)
+from napari_lgms.zoo.store import LoadedModel, ModelLoadError, read_card, save_model, sha256_of
+
+__all__ = [
+    "LoadedModel", "ModelCard", "ModelEntry", "ModelLoadError", "default_class_names",
+    "list_available_models", "load_model", "read_card", "save_model", "sha256_of",
+    "shipped_model_dir", "untrained_card", "user_model_dir",
+]

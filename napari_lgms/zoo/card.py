@@ -1,0 +1,110 @@
+"""The JSON model card that travels beside every weights file.
+
+A card says everything a caller needs to use the weights correctly, without
+reading any code: which network and arguments, the input contract, the
+normalisation, the voxel spacing (3D), the class names, where the training
+data came from and under which terms, the validation metrics with their split,
+the licence, the sha256 of the weights and the lineage of fine-tuned models.
+
+``input`` keys:
+    spatial_dims (2|3), channels (int), axes (e.g. "YXC", "ZYX"),
+    patch_size (list[int], the training size), size_divisor (int),
+    mode ("resize" | "tile" | "sliding_window"), spacing (list[float] | None,
+    in the order of the spatial axes, millimetres).
+``normalization`` keys: ``kind`` plus its parameters, see
+    :mod:`napari_lgms.inference.normalize`.
+``output`` keys: activation ("sigmoid" | "softmax"), threshold (float).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+FORMAT_VERSION = 1
+
+NOT_A_MEDICAL_DEVICE = (
+    "Research use only. This model is not a medical device and must not be used "
+    "for diagnosis or treatment decisions."
+)
+
+
+@dataclass
+class ModelCard:
+    name: str
+    architecture: str
+    arguments: dict[str, Any]
+    input: dict[str, Any]
+    normalization: dict[str, Any]
+    class_names: list[str]
+    output: dict[str, Any] = field(default_factory=lambda: {"activation": "sigmoid", "threshold": 0.5})
+    version: str = "1"
+    description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    licence: str = "unspecified"
+    citation: list[str] = field(default_factory=list)
+    intended_use: str = NOT_A_MEDICAL_DEVICE
+    lineage: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def spatial_dims(self) -> int:
+        return int(self.input.get("spatial_dims", self.arguments.get("spatial_dims", 2)))
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.arguments["in_channels"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.arguments["num_classes"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
+        if not isinstance(data, dict):
+            raise ValueError("a model card must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        missing = [k for k in ("name", "architecture", "arguments") if k not in data]
+        if missing:
+            raise ValueError(f"model card lacks required field(s): {', '.join(missing)}")
+        values = {k: v for k, v in data.items() if k in known}
+        values.setdefault("input", {})
+        values.setdefault("normalization", {"kind": "percentile_zscore"})
+        values.setdefault("class_names", default_class_names(int(data["arguments"].get("num_classes", 1))))
+        return cls(**values)
+
+    def summary(self) -> str:
+        """A few human lines: what it is, what it was trained on, how good it is."""
+        dims = f"{self.spatial_dims}D"
+        lines = [
+            f"{self.name} v{self.version}: {self.architecture} {dims}, "
+            f"{self.in_channels} input channel(s), classes: {', '.join(self.class_names)}"
+        ]
+        data = self.training.get("data")
+        if data:
+            lines.append(f"trained on: {data}")
+        if self.metrics:
+            split = self.metrics.get("split", "unspecified split")
+            numbers = ", ".join(
+                f"{k} {v:.3f}" for k, v in self.metrics.items() if isinstance(v, (int, float))
+            )
+            lines.append(f"validation ({split}): {numbers}")
+        if self.lineage.get("parent"):
+            lines.append(f"fine-tuned from: {self.lineage['parent']}")
+        return "\n".join(lines)
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    """Background first; one logit (sigmoid) still means two classes."""
+    if num_classes <= 1:
+        return ["background", "foreground"]
+    return ["background"] + [f"class {i}" for i in range(1, num_classes)]

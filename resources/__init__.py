@@ -1,0 +1,1 @@
+"""Shipped model weights (``models/*.safetensors``) and their cards (``models/*.json``)."""

@@ -1,0 +1,79 @@
+"""Shared fixtures: a tiny registered network so engine tests run in milliseconds."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("CI_SMALL", "1")
+
+
+def _register_tiny_network() -> None:
+    import torch.nn as nn
+
+    from napari_lgms.models import layers
+    from napari_lgms.models.registry import _ARCHITECTURES, register_architecture
+
+    if "tiny_test_net" in _ARCHITECTURES:
+        return
+
+    @register_architecture("tiny_test_net", spatial_dims=(2, 3), size_divisor=4,
+                           description="test-only 2-level conv net")
+    class TinyTestNet(nn.Module):
+        """(N, C, *S) -> (N, K, *S); S must be a multiple of 4."""
+
+        def __init__(self, in_channels=1, num_classes=1, spatial_dims=2, width=4):
+            super().__init__()
+            d = spatial_dims
+            self.encode = nn.Sequential(layers.conv(d, in_channels, width, 3), nn.ReLU(),
+                                        layers.max_pool(d, 4))
+            self.decode = nn.Sequential(layers.Upsample(d, 4), layers.conv(d, width, width, 3), nn.ReLU())
+            self.skip = layers.conv(d, in_channels, width, 1)
+            self.head = layers.conv(d, width, num_classes, 1)
+
+        def forward(self, x):
+            return self.head(self.decode(self.encode(x)) + self.skip(x))
+
+
+@pytest.fixture
+def tiny_model():
+    """Factory: ``tiny_model(spatial_dims=2, in_channels=1, num_classes=1, **card_fields)`` -> LoadedModel."""
+    import torch
+
+    from napari_lgms.models.registry import build_network
+    from napari_lgms.zoo import LoadedModel, ModelCard, default_class_names
+
+    _register_tiny_network()
+
+    def make(spatial_dims=2, in_channels=1, num_classes=1, seed=0, **card_fields):
+        torch.manual_seed(seed)
+        arguments = {"in_channels": in_channels, "num_classes": num_classes, "spatial_dims": spatial_dims}
+        network = build_network("tiny_test_net", arguments).eval()
+        fields = dict(
+            name="tiny-test",
+            architecture="tiny_test_net",
+            arguments=arguments,
+            input={
+                "spatial_dims": spatial_dims,
+                "channels": in_channels,
+                "axes": ("ZYX" if spatial_dims == 3 else "YX") + ("C" if in_channels > 1 else ""),
+                "patch_size": [16] * spatial_dims,
+                "size_divisor": 4,
+                "mode": "sliding_window" if spatial_dims == 3 else "resize",
+                "spacing": None,
+            },
+            normalization={"kind": "percentile_zscore", "lower": 0.5, "upper": 99.5},
+            class_names=default_class_names(num_classes),
+            output={"activation": "sigmoid" if num_classes == 1 else "softmax", "threshold": 0.5},
+        )
+        fields.update(card_fields)
+        return LoadedModel(network, ModelCard(**fields), None, "untrained")
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_models(tmp_path_factory, monkeypatch):
+    """Never touch the real user model folder from a test."""
+    monkeypatch.setenv("NAPARI_LGMS_MODEL_DIR", str(tmp_path_factory.mktemp("user-models")))
+    monkeypatch.setenv("NAPARI_LGMS_DEVICE", "cpu")

@@ -1,0 +1,136 @@
+"""Model files: safetensors + card, hash checks, lookup places, legacy .pt, devices."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from napari_lgms._device import select_device
+from napari_lgms.zoo import ModelLoadError, list_available_models, load_model, save_model, user_model_dir
+from napari_lgms.zoo.card import ModelCard
+from napari_lgms.zoo.store import load_legacy_state_dict, read_card
+
+
+class NotAStateDict:
+    """Pickled by a test: a weights_only load must refuse it."""
+
+
+def _outputs_equal(a, b, spatial_dims=2):
+    x = torch.randn(1, a.card.in_channels, *([16] * spatial_dims))
+    with torch.no_grad():
+        return torch.equal(a.network(x), b.network(x))
+
+
+def test_save_load_round_trip_keeps_outputs_and_card(tiny_model, tmp_path):
+    original = tiny_model(in_channels=3, num_classes=2, metrics={"split": "seed 0, 80/20", "dice": 0.9})
+    card_file = save_model(original.network, original.card, tmp_path)
+    loaded = load_model(card_file)
+    assert _outputs_equal(original, loaded)
+    assert loaded.card.metrics == {"split": "seed 0, 80/20", "dice": 0.9}
+    assert loaded.card.weights["sha256"] and len(loaded.card.weights["sha256"]) == 64
+    assert loaded.origin == "path"
+    # the .safetensors path and the folder resolve to the same model
+    assert _outputs_equal(original, load_model(tmp_path / "tiny-test.safetensors"))
+    assert _outputs_equal(original, load_model(tmp_path))
+
+
+def test_half_precision_storage_loads_as_float32(tiny_model, tmp_path):
+    original = tiny_model()
+    save_model(original.network, original.card, tmp_path, half=True)
+    loaded = load_model(tmp_path / "tiny-test.json")
+    assert loaded.card.weights["dtype"] == "float16"
+    assert all(p.dtype == torch.float32 for p in loaded.network.parameters())
+    ref = original.network.state_dict()["head.weight"]
+    assert torch.allclose(loaded.network.state_dict()["head.weight"], ref, atol=1e-3)
+
+
+def test_tampered_weights_fail_the_hash_check(tiny_model, tmp_path):
+    original = tiny_model()
+    save_model(original.network, original.card, tmp_path)
+    weights = tmp_path / "tiny-test.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="sha256 mismatch") as info:
+        load_model(tmp_path / "tiny-test.json")
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_architecture_is_a_clear_error(tiny_model, tmp_path):
+    original = tiny_model()
+    card_file = save_model(original.network, original.card, tmp_path)
+    data = json.loads(card_file.read_text())
+    data["architecture"] = "resnet9000"
+    card_file.write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match="unknown architecture 'resnet9000'"):
+        load_model(card_file)
+
+
+def test_card_that_is_not_json_is_a_clear_error(tmp_path):
+    (tmp_path / "x.json").write_text("{not json")
+    (tmp_path / "x.safetensors").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="not a valid model card"):
+        load_model(tmp_path / "x.json")
+
+
+def test_unknown_name_lists_what_is_accepted():
+    with pytest.raises(ModelLoadError, match="unknown model 'no-such-model'"):
+        load_model("no-such-model")
+
+
+def test_registry_name_without_weights_needs_allow_untrained():
+    with pytest.raises(ModelLoadError, match="no trained weights"):
+        load_model("unext")
+    model = load_model("unext", allow_untrained=True)
+    assert model.origin == "untrained" and model.card.architecture == "unext"
+
+
+def test_user_folder_models_are_listed_and_found_by_name(tiny_model):
+    original = tiny_model(name="my-finetuned")
+    save_model(original.network, original.card, user_model_dir())
+    entries = {e.name: e for e in list_available_models()}
+    assert entries["my-finetuned"].origin == "user"
+    assert entries["lgmsnet"].origin in ("none yet", "shipped")
+    loaded = load_model("my-finetuned")
+    assert loaded.origin == "user" and _outputs_equal(original, loaded)
+
+
+def test_legacy_pt_loads_only_plain_state_dicts(tiny_model, tmp_path):
+    original = tiny_model()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in original.network.state_dict().items()}},
+               tmp_path / "legacy.pt")
+    network = load_legacy_state_dict(tmp_path / "legacy.pt", original.card)
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(network(x), original.network(x))
+
+    torch.save(NotAStateDict(), tmp_path / "evil.pt")
+    with pytest.raises(ModelLoadError, match="weights_only"):
+        load_legacy_state_dict(tmp_path / "evil.pt", original.card)
+
+
+def test_card_from_dict_requires_the_essentials():
+    with pytest.raises(ValueError, match="architecture"):
+        ModelCard.from_dict({"name": "x", "arguments": {}})
+
+
+def test_read_card_gives_defaults_for_optional_fields(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"name": "m", "architecture": "lgmsnet",
+                                "arguments": {"in_channels": 3, "num_classes": 1}}))
+    card = read_card(path)
+    assert card.class_names == ["background", "foreground"]
+    assert "not a medical device" in card.intended_use
+
+
+def test_device_selection(monkeypatch):
+    monkeypatch.setenv("NAPARI_LGMS_DEVICE", "auto")
+    monkeypatch.setenv("CI", "true")
+    assert select_device("auto").type == "cpu"
+    assert select_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="unknown device"):
+        select_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            select_device("cuda")
