@@ -1,0 +1,438 @@
+"""The segmentation engine: one generator serves the CLI, the Python API and napari workers.
+
+:func:`segment_steps` does the work in small steps (normalising one item,
+running one batch of windows) and yields :class:`Progress` between them, at
+most every :data:`PROGRESS_INTERVAL` seconds plus always the final one. It
+returns the :class:`SegmentationResult` through ``StopIteration.value``, or
+``None`` when ``should_stop()`` said to stop; ``gen.close()`` also stops it,
+since no work happens unless the generator is resumed. :func:`segment` runs it
+to the end.
+
+Pipeline, for an image with spatial shape S (channel axis removed):
+
+1. checks and channel handling (:mod:`napari_lgms.inference.geometry`);
+2. optional ROI crop, with a margin of context;
+3. *items*: a 2D image or a 3D volume for a model of its dimension is one item;
+   a volume under a 2D model is one item per slice along ``slice_axis``;
+4. per-item normalisation as the model card says;
+5. resampling to the card's spacing (window modes, when both spacings are known);
+6. prediction: "resize" (whole item resized to the patch, logits resized back)
+   or windows of the patch size blended with Gaussian weights into one
+   (N, K, *grid) float32 logit sum ("tile" / "sliding_window"; "resize" falls
+   back to tiling when the item exceeds twice the patch in some axis);
+7. logits resampled back to the item grid, activation, labels, ROI paste.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Generator
+
+import numpy as np
+
+from napari_lgms.errors import InputError, LgmsError
+from napari_lgms.inference import geometry, windows
+from napari_lgms.inference.normalize import normalize
+
+PROGRESS_INTERVAL = 0.05  # seconds: at most ~20 progress reports per second
+RESIZE_LIMIT = 2.0  # "resize" mode tiles instead when an axis exceeds this many patches
+# Voxels per forward batch, by device type: the batch holds about this many input voxels.
+BATCH_VOXELS = {"cpu": 4 * 256 * 256, "mps": 8 * 256 * 256, "cuda": 32 * 256 * 256}
+MAX_BATCH = 64
+
+
+@dataclass
+class Progress:
+    """``done`` of ``total`` steps finished; ``message`` says what is being done."""
+
+    done: int
+    total: int
+    message: str = ""
+
+
+@dataclass
+class SegmentationResult:
+    """What :func:`segment` returns.
+
+    ``labels``: the spatial shape of the input (channel axis removed), uint8
+    (uint16 beyond 255 labels); 0 is background. With ``slice_index`` on a
+    volume it is that one 2D slice. With a ROI, zero outside the ROI.
+    ``probabilities``: float32, (K, *spatial) for softmax (and multi-label
+    sigmoid), (*spatial) foreground probability for a one-output sigmoid;
+    None unless asked for. Outside a ROI: 0 (softmax background: 1).
+    ``roi``: the ROI actually used (clipped to the image), or None.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    seconds: float
+    device: str
+    roi: tuple[tuple[int, int], ...] | None
+
+
+@dataclass
+class _Plan:
+    resize_to: tuple[int, ...] | None  # the patch size in "resize" mode, else None
+    patch: tuple[int, ...]
+    grid: tuple[int, ...]  # item shape after resampling to the model spacing
+    windows: list[tuple[slice, ...]]
+    batch_size: int
+
+
+def segment(image, model, **kwargs) -> SegmentationResult | None:
+    """Segment ``image`` with ``model`` (a LoadedModel); the arguments of :func:`segment_steps`.
+
+    Returns None only when ``should_stop`` stopped it.
+    """
+    steps = segment_steps(image, model, **kwargs)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as finished:
+            return finished.value
+
+
+def segment_steps(
+    image,
+    model,
+    *,
+    channel_axis: int | str | None = "auto",
+    spacing=None,
+    roi=None,
+    slice_axis: int = 0,
+    slice_index: int | None = None,
+    probabilities: bool = False,
+    batch_size: int | None = None,
+    device=None,
+    overlap: float = 0.25,
+    should_stop: Callable[[], bool] | None = None,
+) -> Generator[Progress, None, SegmentationResult | None]:
+    """Segment ``image`` step by step, yielding :class:`Progress`; see the module docstring.
+
+    ``image``: any real array, 2D, 2D + channels, 3D or 3D + channels.
+    ``channel_axis``: "auto" (see :func:`geometry.find_channel_axis`), None or an axis.
+    ``spacing``: per spatial axis (image order), used with the card's spacing.
+    ``roi``: ((start, stop), ...) per spatial axis, image index coordinates.
+    ``slice_axis``: the spatial axis a 2D model walks through a volume;
+    ``slice_index``: segment that slice only (result is 2D; ignored for 2D images).
+    ``device``: None (the network's device), "auto", "cpu", "cuda", "mps" or a torch.device.
+    Returns the result, or None when ``should_stop()`` returned True.
+    """
+    import torch
+
+    started = time.perf_counter()
+    card = model.card
+    network = model.network
+    if not 0.0 <= float(overlap) < 1.0:
+        raise InputError(f"overlap must be in [0, 1), got {overlap}")
+    torch_device = _resolve_device(device, network)
+    if _device_of(network) != torch_device:
+        network.to(torch_device)
+    network.eval()
+
+    array = geometry.check_image(image)
+    axis = geometry.find_channel_axis(array.shape, channel_axis, card.spatial_dims, card.in_channels)
+    data = geometry.channels_first(array, axis)
+    spatial_shape = tuple(data.shape[1:])
+    spacing = _check_spacing(spacing, spatial_shape)
+    if len(spatial_shape) not in (2, 3):
+        raise InputError(f"image has {len(spatial_shape)} spatial axis/axes (shape {array.shape}); accepted: "
+                         f"{geometry.ACCEPTED_SHAPES}")
+    if card.spatial_dims == 3 and len(spatial_shape) != 3:
+        raise InputError(f"{card.name} is a 3D model and needs a 3D volume; the image has spatial shape {spatial_shape}")
+    slicing = card.spatial_dims == 2 and len(spatial_shape) == 3
+    if slicing:
+        slice_axis = _check_axis(slice_axis, 3, "slice_axis")
+    if slice_index is not None and len(spatial_shape) == 3:
+        if card.spatial_dims == 3:
+            raise InputError("slice_index applies to 2D models on volumes only; this is a 3D model")
+        if not -spatial_shape[slice_axis] <= int(slice_index) < spatial_shape[slice_axis]:
+            raise InputError(f"slice_index {slice_index} is outside 0:{spatial_shape[slice_axis]} on axis {slice_axis}")
+        data = np.take(data, int(slice_index), axis=1 + slice_axis)
+        if roi is not None and len(roi) == 3:
+            roi = tuple(r for i, r in enumerate(roi) if i != slice_axis)
+        if spacing is not None:
+            spacing = tuple(s for i, s in enumerate(spacing) if i != slice_axis)
+        spatial_shape, slicing = tuple(data.shape[1:]), False
+
+    used_roi = geometry.check_roi(roi, spatial_shape) if roi is not None else None
+    if used_roi is not None:
+        box = geometry.crop_box(used_roi, spatial_shape, (slice_axis,) if slicing else ())
+        data = data[(slice(None),) + box]
+    data = geometry.match_channels(data, card.in_channels)
+
+    if slicing:
+        items = np.moveaxis(data, 1 + slice_axis, 0)
+        item_spacing = None if spacing is None else tuple(s for i, s in enumerate(spacing) if i != slice_axis)
+    else:
+        items = data[np.newaxis]
+        item_spacing = spacing
+    plan = _plan(items, item_spacing, card, overlap, batch_size, torch_device)
+
+    work = [(n, window) for n in range(items.shape[0]) for window in plan.windows]
+    batches = [work[i:i + plan.batch_size] for i in range(0, len(work), plan.batch_size)]
+    resampling = plan.grid != tuple(items.shape[2:])
+    total = items.shape[0] + int(resampling) + len(batches)
+    done = 0
+    throttle = _Throttle()
+    yield Progress(0, total, "normalising")
+
+    normalized = np.empty(items.shape, dtype=np.float32)
+    for n in range(items.shape[0]):
+        if should_stop is not None and should_stop():
+            return None
+        normalized[n] = normalize(items[n], card.normalization)
+        done += 1
+        if throttle.due():
+            yield Progress(done, total, "normalising")
+    inputs = torch.from_numpy(normalized)
+    if resampling:
+        if should_stop is not None and should_stop():
+            return None
+        inputs = geometry.resize(inputs, plan.grid)
+        done += 1
+
+    num_outputs = card.num_classes
+    logit_sum = torch.zeros((items.shape[0], num_outputs) + plan.grid, dtype=torch.float32)
+    window_weights = None
+    if plan.resize_to is None:
+        gaussian = windows.gaussian_weights(windows.window_shape(plan.grid, plan.patch))
+        window_weights = torch.from_numpy(gaussian).to(torch_device)
+    divisor = _size_divisor(network, card)
+    forward = _BatchedForward(network, divisor, torch_device)
+    for index, batch in enumerate(batches):
+        if should_stop is not None and should_stop():
+            return None
+        crops = torch.stack([inputs[n][(slice(None),) + window] for n, window in batch])
+        if plan.resize_to is not None:
+            logits = forward(geometry.resize(crops, plan.resize_to), resize_back=plan.grid)
+        else:
+            logits = forward(crops, weights=window_weights)
+        for (n, window), out in zip(batch, logits):
+            logit_sum[n][(slice(None),) + window] += out
+        done += 1
+        if throttle.due():
+            yield Progress(done, total, f"batch {index + 1} of {len(batches)}")
+    del inputs, normalized
+
+    if window_weights is not None:
+        coverage = windows.weight_map(plan.grid, plan.windows, gaussian)
+        logit_sum /= torch.from_numpy(coverage)
+    if resampling:
+        logit_sum = geometry.resize(logit_sum, tuple(items.shape[2:]))
+    labels, probs = _activate(logit_sum, card, probabilities)
+    del logit_sum
+
+    if slicing:
+        labels = np.moveaxis(labels, 0, slice_axis)
+        if probs is not None:
+            if probs.ndim == 3:  # (N, H, W) foreground probability
+                probs = np.moveaxis(probs, 0, slice_axis)
+            else:  # (N, K, H, W) -> (K, *spatial)
+                probs = np.moveaxis(np.moveaxis(probs, 1, 0), 1, 1 + slice_axis)
+    else:
+        labels = labels[0]
+        if probs is not None:
+            probs = probs[0]
+    if used_roi is not None:
+        labels, probs = _paste(labels, probs, used_roi, box, spatial_shape, card)
+    yield Progress(total, total, "done")
+    return SegmentationResult(
+        labels=np.ascontiguousarray(labels),
+        probabilities=None if probs is None else np.ascontiguousarray(probs, dtype=np.float32),
+        seconds=time.perf_counter() - started,
+        device=str(torch_device),
+        roi=used_roi,
+    )
+
+
+class _Throttle:
+    """True at most once per :data:`PROGRESS_INTERVAL`."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+
+    def due(self) -> bool:
+        now = time.perf_counter()
+        if now - self.last >= PROGRESS_INTERVAL:
+            self.last = now
+            return True
+        return False
+
+
+class _BatchedForward:
+    """Run the network on a batch (B, C, *w) -> logits (B, K, *w) on the CPU, float32.
+
+    Pads to the size divisor, optionally multiplies by blending weights or
+    resizes the logits, all on the device; a CUDA out-of-memory error splits
+    the batch in halves (and keeps the smaller size) before giving up.
+    """
+
+    def __init__(self, network, divisor: int, device) -> None:
+        self.network, self.divisor, self.device = network, divisor, device
+        self.split = 1
+
+    def __call__(self, crops, *, weights=None, resize_back=None):
+        import torch
+
+        chunks = torch.tensor_split(crops, min(self.split, crops.shape[0]))
+        outputs = []
+        for chunk in chunks:
+            try:
+                outputs.append(self._run(chunk, weights, resize_back))
+            except torch.OutOfMemoryError:
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if chunk.shape[0] == 1:
+                    raise LgmsError(
+                        f"out of memory on {self.device} for one window of shape {tuple(chunk.shape[2:])}; "
+                        "use the CPU (device='cpu') or a smaller ROI"
+                    ) from None
+                self.split *= 2
+                outputs.append(self(chunk, weights=weights, resize_back=resize_back))
+        return torch.cat(outputs)
+
+    def _run(self, chunk, weights, resize_back):
+        import torch
+
+        from napari_lgms.models.padding import crop_to, pad_to_multiple
+
+        with torch.inference_mode():
+            batch = chunk.to(self.device)
+            padded, spatial = pad_to_multiple(batch, self.divisor)
+            logits = crop_to(self.network(padded), spatial).float()
+            if resize_back is not None:
+                logits = geometry.resize(logits, resize_back)
+            if weights is not None:
+                logits = logits * weights
+            return logits.cpu()
+
+
+def _plan(items: np.ndarray, item_spacing, card, overlap: float, batch_size, device) -> "_Plan":
+    item_shape = tuple(items.shape[2:])
+    dims = len(item_shape)
+    patch = card.input.get("patch_size")
+    patch = tuple(int(p) for p in patch) if patch else item_shape
+    if len(patch) != dims:
+        raise InputError(f"model card patch_size {patch} does not have {dims} axes")
+    mode = card.input.get("mode") or ("resize" if dims == 2 else "sliding_window")
+    if mode == "resize" and any(s > RESIZE_LIMIT * p for s, p in zip(item_shape, patch)):
+        mode = "tile"
+    if mode == "resize":
+        grid, layout, resize_to = item_shape, [tuple(slice(0, s) for s in item_shape)], patch
+        window = patch
+    else:
+        grid = geometry.resampled_shape(item_shape, item_spacing, card.input.get("spacing")) or item_shape
+        layout, resize_to = windows.window_slices(grid, patch, overlap), None
+        window = windows.window_shape(grid, patch)
+    if batch_size is None:
+        budget = BATCH_VOXELS.get(device.type, BATCH_VOXELS["cpu"])
+        batch_size = int(min(MAX_BATCH, max(1, budget // math.prod(window))))
+    elif int(batch_size) < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    return _Plan(resize_to, patch, grid, layout, int(batch_size))
+
+
+def _activate(logits, card, want_probabilities: bool):
+    """(N, K, *S) logits -> labels (N, *S) and optional probabilities.
+
+    Softmax: argmax; probabilities (N, K, *S). One-output sigmoid: probability >
+    threshold; probabilities (N, *S). Multi-output sigmoid (multi-label): the
+    most probable output above the threshold, labels 1..K; probabilities (N, K, *S).
+    """
+    import torch
+
+    num_outputs = logits.shape[1]
+    activation = card.output.get("activation", "sigmoid" if num_outputs == 1 else "softmax")
+    threshold = float(card.output.get("threshold", 0.5))
+    probs = None
+    if num_outputs == 1:
+        foreground = torch.sigmoid(logits[:, 0])
+        labels = foreground > threshold
+        probs = foreground if want_probabilities else None
+        max_label = 1
+    elif activation == "softmax":
+        labels = logits.argmax(1)
+        probs = torch.softmax(logits, 1) if want_probabilities else None
+        max_label = num_outputs - 1
+    else:
+        scores = torch.sigmoid(logits)
+        best, which = scores.max(1)
+        labels = torch.where(best > threshold, which + 1, 0)
+        probs = scores if want_probabilities else None
+        max_label = num_outputs
+    dtype = np.uint8 if max_label <= 255 else np.uint16
+    labels = labels.numpy().astype(dtype)
+    return labels, (None if probs is None else probs.numpy())
+
+
+def _paste(labels, probs, roi, box, full_shape, card):
+    """Put the ROI part of a crop's result into zero arrays of the full spatial shape."""
+    inner = geometry.roi_within_box(roi, box)
+    target = tuple(slice(start, stop) for start, stop in roi)
+    full_labels = np.zeros(full_shape, dtype=labels.dtype)
+    full_labels[target] = labels[inner]
+    if probs is None:
+        return full_labels, None
+    if probs.ndim == len(full_shape):
+        full_probs = np.zeros(full_shape, dtype=np.float32)
+        full_probs[target] = probs[inner]
+    else:
+        full_probs = np.zeros((probs.shape[0],) + tuple(full_shape), dtype=np.float32)
+        if card.output.get("activation", "softmax") == "softmax":
+            full_probs[0] = 1.0
+        full_probs[(slice(None),) + target] = probs[(slice(None),) + inner]
+    return full_labels, full_probs
+
+
+def _check_axis(axis, ndim: int, name: str) -> int:
+    try:
+        axis = int(axis)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be an integer, got {axis!r}") from None
+    if not -ndim <= axis < ndim:
+        raise InputError(f"{name} {axis} is out of range for {ndim} spatial axes")
+    return axis % ndim
+
+
+def _check_spacing(spacing, spatial_shape) -> tuple[float, ...] | None:
+    if spacing is None:
+        return None
+    try:
+        values = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise InputError(f"spacing must be one number per spatial axis, got {spacing!r}") from None
+    if len(values) != len(spatial_shape):
+        raise InputError(f"spacing {values} has {len(values)} values; the image has {len(spatial_shape)} spatial axes")
+    if any(not math.isfinite(v) or v <= 0 for v in values):
+        raise InputError(f"spacing must be positive finite numbers, got {values}")
+    return values
+
+
+def _device_of(network):
+    import torch
+
+    for parameter in network.parameters():
+        return parameter.device
+    return torch.device("cpu")
+
+
+def _resolve_device(device, network):
+    import torch
+
+    from napari_lgms._device import select_device
+
+    if device is None:
+        return _device_of(network)
+    if isinstance(device, torch.device):
+        return device
+    try:
+        return select_device(str(device))
+    except ValueError as error:
+        raise InputError(str(error)) from None
+
+
+def _size_divisor(network, card) -> int:
+    divisors = [int(getattr(network, "size_divisor", 1) or 1), int(card.input.get("size_divisor") or 1)]
+    return math.lcm(*divisors)
