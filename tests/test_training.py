@@ -1,0 +1,344 @@
+"""Training engine: data discovery, splits, augmentation, losses, config, train loop, resume, CLI."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+# ----------------------------------------------------------------------------- synthetic data
+def ellipse_phantom(rng: np.random.Generator, shape=(32, 32)):
+    """An ellipse (or ellipsoid) of brighter intensity in noise: (image float, mask uint8)."""
+    grids = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    centre = [rng.uniform(0.35, 0.65) * s for s in shape]
+    radii = [rng.uniform(0.15, 0.3) * s for s in shape]
+    inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii)) <= 1.0
+    image = rng.normal(60, 12, shape) + 90 * inside
+    return np.clip(image, 0, 255), inside.astype(np.uint8)
+
+
+def write_2d_dataset(root: Path, count=8, shape=(32, 32), seed=0, mask_suffix=".png"):
+    """images/*.png + masks/*.png phantoms (plus a hidden junk file that must be skipped)."""
+    from skimage.io import imsave
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    for i in range(count):
+        image, mask = ellipse_phantom(rng, shape)
+        imsave(root / "images" / f"case{i:02d}.png", image.astype(np.uint8), check_contrast=False)
+        imsave(root / "masks" / f"case{i:02d}{mask_suffix}", (mask * 255).astype(np.uint8), check_contrast=False)
+    (root / "images" / "._case00.png").write_bytes(b"junk")
+    return root
+
+
+def write_msd_dataset(root: Path, count=4, shape=(16, 16, 16), seed=0):
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir(parents=True)
+    for i in range(count):
+        image, mask = ellipse_phantom(rng, shape)
+        labels = mask.copy()
+        labels[: shape[0] // 2][mask[: shape[0] // 2] > 0] = 2
+        nib.save(nib.Nifti1Image(image.astype(np.float32), np.eye(4)), root / "imagesTr" / f"vol_{i:03d}.nii.gz")
+        nib.save(nib.Nifti1Image(labels.astype(np.uint8), np.eye(4)), root / "labelsTr" / f"vol_{i:03d}.nii.gz")
+        (root / "imagesTr" / f"._vol_{i:03d}.nii.gz").write_bytes(b"\x00\x05junk")
+    return root
+
+
+def tiny_config(tmp_path: Path, data: Path, **overrides):
+    from napari_lgms.training.config import TrainConfig
+
+    values = dict(
+        name="tiny-trained", model="tiny_test_net", model_args={"in_channels": 1, "num_classes": 1},
+        data=str(data), patch_size=[32, 32], epochs=2, batch_size=4, lr=0.05, output=str(tmp_path / "run"),
+        val_fraction=0.25, device="cpu", licence="CC0-1.0", citation=["test citation"],
+        data_description="synthetic ellipses", data_terms="generated",
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture
+def tiny_arch(tiny_model):
+    tiny_model()  # registers "tiny_test_net"
+    return "tiny_test_net"
+
+
+# ----------------------------------------------------------------------------- data
+def test_folder_pairs_skip_hidden_and_pair_suffixed_masks(tmp_path):
+    from napari_lgms.training.data import discover_examples
+
+    root = write_2d_dataset(tmp_path / "d", count=3, mask_suffix="_mask.png")
+    examples, kind, unpaired = discover_examples(str(root))
+    assert kind == "folders" and unpaired == []
+    assert [e.name for e in examples] == ["case00", "case01", "case02"]
+    raw = examples[0].load()
+    assert raw.image.shape == (1, 32, 32) and raw.mask.shape == (32, 32)
+
+
+def test_msd_layout_is_found_and_prepared_as_3d(tmp_path, tiny_arch):
+    from napari_lgms.training.data import PrepareSpec, discover_examples, prepare
+
+    root = write_msd_dataset(tmp_path / "Task04", count=2)
+    examples, kind, _ = discover_examples(str(root))
+    assert kind == "msd" and len(examples) == 2
+    spec = PrepareSpec(1, 3, 3, (16, 16, 16), "patch", {"kind": "zscore"})
+    sample = prepare(examples[0].load(), spec, examples[0].name)
+    assert sample.image.shape == (1, 16, 16, 16) and sample.image.dtype == np.float32
+    assert set(np.unique(sample.mask)) <= {0, 1, 2}
+    assert abs(float(sample.image.mean())) < 1e-3  # normalised as inference normalises
+
+
+def test_prepare_resizes_adapts_channels_and_binarises():
+    from napari_lgms.training.data import PrepareSpec, RawExample, prepare
+
+    rng = np.random.default_rng(1)
+    image, mask = ellipse_phantom(rng, (40, 48))
+    raw = RawExample(np.stack([image] * 3), mask * 255)
+    sample = prepare(raw, PrepareSpec(1, 1, 2, (32, 32), "resize", {"kind": "range", "max_value": 255}))
+    assert sample.image.shape == (1, 32, 32)
+    assert set(np.unique(sample.mask)) == {0, 1}
+    assert sample.focus is not None and np.all(sample.mask.flat[sample.focus] == 1)
+
+
+def test_near_duplicates_never_straddle_the_split():
+    from napari_lgms.training.data import average_hash, duplicate_groups, split_examples
+
+    rng = np.random.default_rng(3)
+    originals = [ellipse_phantom(rng, (64, 64))[0] for _ in range(10)]
+    images = []
+    for original in originals:  # each image twice: itself and a slightly noisy copy
+        images.append(original)
+        images.append(original + rng.normal(0, 2, original.shape))
+    groups = duplicate_groups([average_hash(im[None]) for im in images], max_distance=6)
+    assert all(groups[2 * i] == groups[2 * i + 1] for i in range(10))
+    for seed in range(5):
+        split = split_examples(len(images), 0.3, seed, groups)
+        val = set(split.val)
+        assert all((2 * i in val) == (2 * i + 1 in val) for i in range(10))
+        assert val and len(split.train) + len(split.val) == 20
+    assert split_examples(20, 0.3, 7, groups).val == split_examples(20, 0.3, 7, groups).val
+
+
+def test_few_examples_validate_on_training_and_say_so():
+    from napari_lgms.training.data import split_examples
+
+    split = split_examples(2, 0.2, 0)
+    assert split.validated_on_training and split.train == split.val == [0, 1]
+    assert "too few" in split.describe()
+
+
+# ----------------------------------------------------------------------------- augmentation, losses
+def test_augmentation_keeps_image_and_mask_aligned():
+    from napari_lgms.training.augment import AugmentParams, augment
+
+    rng = np.random.default_rng(0)
+    image, mask = ellipse_phantom(rng, (32, 32))
+    params = AugmentParams(rot90_p=1, flip_p=1, intensity_p=0, scale_p=1, elastic_p=1)
+    for seed in range(5):
+        out_image, out_mask = augment(image[None].astype(np.float32), mask, np.random.default_rng(seed), params)
+        assert out_image.shape == (1, 32, 32) and out_mask.shape == (32, 32)
+        inside = out_image[0][out_mask > 0].mean()
+        outside = out_image[0][out_mask == 0].mean()
+        assert inside - outside > 50  # the bright ellipse moved with its mask
+    a = augment(image[None].astype(np.float32), mask, np.random.default_rng(9), params)
+    b = augment(image[None].astype(np.float32), mask, np.random.default_rng(9), params)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_patch_sampling_prefers_focus_and_pads_small_images():
+    from napari_lgms.training.augment import sample_patch
+
+    image = np.zeros((1, 64, 64), np.float32)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[60:, 60:] = 1
+    focus = np.flatnonzero(mask)
+    rng = np.random.default_rng(0)
+    hits = sum(sample_patch(image, mask, (16, 16), rng, focus, bias=1.0)[1].any() for _ in range(20))
+    assert hits == 20
+    small_image, small_mask = sample_patch(image[:, :8, :8], mask[:8, :8], (16, 16), rng)
+    assert small_image.shape == (1, 16, 16) and small_mask.shape == (16, 16)
+
+
+def test_losses_match_the_recipe():
+    from napari_lgms.training.losses import bce_dice_loss, ce_dice_loss
+
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    target[:, 2:6, 2:6] = 1
+    perfect = (target.float() * 40 - 20)[:, None]
+    assert float(bce_dice_loss(perfect, target)) < 1e-3
+    zero = torch.zeros(2, 1, 8, 8)
+    expected_bce = float(torch.nn.functional.binary_cross_entropy_with_logits(zero[:, 0], target.float()))
+    dice = (2 * 0.5 * 16 + 1e-5) / (0.5 * 64 + 16 + 1e-5)
+    assert float(bce_dice_loss(zero, target)) == pytest.approx(0.5 * expected_bce + 1 - dice, rel=1e-5)
+    logits = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 30
+    assert float(ce_dice_loss(logits, target)) < 0.51  # class 2 absent: its soft Dice is ~1 by smoothing
+
+
+# ----------------------------------------------------------------------------- config
+def test_yaml_then_flags_override(tmp_path):
+    import argparse
+
+    from napari_lgms.training.config import add_config_flags, config_from_args
+
+    path = tmp_path / "c.yaml"
+    path.write_text("name: a\nepochs: 7\nlr: 0.5\npatch_size: [64, 64]\nmodel_args: {num_classes: 3}\ndata: x\n")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    add_config_flags(parser)
+    args = parser.parse_args(["--config", str(path), "--epochs", "3", "--patch-size", "32", "32", "--no-cache"])
+    config = config_from_args(args)
+    assert (config.name, config.epochs, config.lr, config.patch_size, config.cache) == ("a", 3, 0.5, [32, 32], False)
+    assert config.model_args == {"num_classes": 3}
+    from napari_lgms.errors import InputError
+
+    path.write_text("epoch: 3\n")
+    with pytest.raises(InputError, match="unknown setting"):
+        config_from_args(parser.parse_args(["--config", str(path)]))
+
+
+def test_shipped_example_configs_parse():
+    from napari_lgms.training.config import config_from_dict, load_yaml
+
+    folder = Path(__file__).resolve().parents[1] / "training" / "configs"
+    files = sorted(folder.glob("*.yaml"))
+    assert len(files) >= 5
+    for file in files:
+        config = config_from_dict(load_yaml(file), source=file.name)
+        assert "NAPARI_LGMS_DATA" in (config.data + config.images)
+        assert config.licence and config.citation and config.data_terms
+
+
+# ----------------------------------------------------------------------------- the loop
+def test_training_writes_model_log_plot_and_learns(tmp_path, tiny_arch):
+    from napari_lgms.training.engine import TrainProgress, train_steps
+    from napari_lgms.zoo import load_model, read_card
+
+    data = write_2d_dataset(tmp_path / "data", count=8)
+    config = tiny_config(tmp_path, data, epochs=6, optimizer="adamw", lr=0.02, schedule="cosine", warmup_epochs=1)
+    reports = []
+    generator = train_steps(config, command="napari-lgms train --test")
+    while True:
+        try:
+            reports.append(next(generator))
+        except StopIteration as done:
+            result = done.value
+            break
+    assert all(isinstance(r, TrainProgress) for r in reports)
+    assert {"loading", "train", "validate", "epoch", "saving", "done"} <= {r.phase for r in reports}
+    assert result.card_path is not None and result.card_path.exists()
+    card = read_card(result.card_path)
+    assert card.input["patch_size"] == [32, 32] and card.input["size_divisor"] == 4 and card.input["mode"] == "resize"
+    assert card.training["command"] == "napari-lgms train --test" and card.training["seed"] == 41
+    assert card.training["split"]["val_fraction"] == 0.25 and card.metrics["split"].startswith("validation")
+    assert card.licence == "CC0-1.0" and card.citation == ["test citation"] and card.intended_use
+    assert 0 <= card.metrics["dice"] <= 1
+    lines = [json.loads(line) for line in (tmp_path / "run" / "training_log.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+    assert (tmp_path / "run" / "training_curves.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "run" / "split.json").read_text())["val"]
+    loaded = load_model(result.card_path)
+    assert loaded.card.name == "tiny-trained"
+
+
+def test_resume_gives_identical_weights(tmp_path, tiny_arch):
+    from napari_lgms.training.checkpoint import load_checkpoint
+    from napari_lgms.training.engine import train, train_steps
+
+    data = write_2d_dataset(tmp_path / "data", count=8)
+    straight = train(tiny_config(tmp_path / "a", data, epochs=2, intensity_p=0.5, scale_p=0.5))
+    # Interrupt: close the generator right after epoch 1 is reported (checkpoint written), then resume.
+    generator = train_steps(tiny_config(tmp_path / "b", data, epochs=2, intensity_p=0.5, scale_p=0.5))
+    for progress in generator:
+        if progress.phase == "epoch" and progress.epoch == 1:
+            generator.close()
+            break
+    assert load_checkpoint(tmp_path / "b" / "run" / "checkpoint.pt")["epoch"] == 1
+    resumed = train(tiny_config(tmp_path / "b", data, epochs=2, intensity_p=0.5, scale_p=0.5, resume=True))
+    a = load_checkpoint(straight.checkpoint_path)
+    b = load_checkpoint(resumed.checkpoint_path)
+    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    assert a["best_epoch"] == b["best_epoch"]
+
+
+def test_should_stop_ends_cleanly_with_best_model(tmp_path, tiny_arch):
+    from napari_lgms.training.engine import train_steps
+
+    data = write_2d_dataset(tmp_path / "data", count=8)
+    seen = {"epochs": 0}
+
+    def should_stop():
+        return seen["epochs"] >= 1
+
+    generator = train_steps(tiny_config(tmp_path, data, epochs=50), should_stop)
+    try:
+        while True:
+            progress = next(generator)
+            if progress.phase == "epoch":
+                seen["epochs"] += 1
+    except StopIteration as done:
+        result = done.value
+    assert result.stopped and result.epochs_completed == 1
+    assert result.card_path is not None and result.card_path.exists()
+
+
+def test_multiclass_3d_patches_and_early_stopping(tmp_path, tiny_arch):
+    from napari_lgms.training.engine import train
+    from napari_lgms.zoo import read_card
+
+    data = write_msd_dataset(tmp_path / "Task04", count=4)
+    config = tiny_config(
+        tmp_path, data, model_args={"in_channels": 1, "num_classes": 3, "spatial_dims": 3},
+        patch_size=[8, 8, 8], input_mode="patch", epochs=30, batch_size=2, samples_per_epoch=2,
+        early_stop_patience=1, lr=1e-9, optimizer="adamw", normalization={"kind": "zscore"}, group_duplicates=False,
+        class_names=["background", "anterior", "posterior"],
+    )
+    result = train(config)
+    assert result.epochs_completed < 30  # a learning rate of 1e-9 cannot improve: stops early
+    card = read_card(result.card_path)
+    assert card.input["mode"] == "sliding_window" and card.input["spacing"] == [1.0, 1.0, 1.0]
+    assert {"dice", "dice_class_1", "dice_class_2"} <= set(card.metrics)
+    assert card.class_names == ["background", "anterior", "posterior"]
+
+
+def test_cli_train_flags_override_yaml(tmp_path, tiny_arch):
+    from napari_lgms.cli import main
+
+    data = write_2d_dataset(tmp_path / "data", count=6)
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text(
+        "name: from-yaml\nmodel: tiny_test_net\nmodel_args: {in_channels: 1, num_classes: 1}\n"
+        f"data: {data}\npatch_size: [32, 32]\nepochs: 5\nbatch_size: 4\ndevice: cpu\n"
+    )
+    out = tmp_path / "cli-out"
+    code = main(["train", "--config", str(yaml_file), "--epochs", "1", "--name", "from-flag", "--output", str(out)])
+    assert code == 0
+    card = json.loads((out / "from-flag.json").read_text())
+    assert card["training"]["config"]["epochs"] == 1
+    assert "--epochs 1" in card["training"]["command"]
+    assert main(["train", "--config", str(yaml_file), "--optimizer", "adam", "--output", str(out)]) == 2
+
+
+@pytest.mark.data
+def test_real_kvasir_loader_smoke(tmp_path, tiny_arch):
+    root = Path(os.environ.get("NAPARI_LGMS_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+    if not (root / "kvasir-seg" / "images").is_dir():
+        pytest.skip(f"Kvasir-SEG not found under {root} (set NAPARI_LGMS_DATA)")
+    from napari_lgms.training.data import PrepareSpec, discover_examples, prepare
+
+    examples, kind, _ = discover_examples(str(root / "kvasir-seg"))
+    assert kind == "folders" and len(examples) > 100
+    sample = prepare(examples[0].load(), PrepareSpec(3, 1, 2, (64, 64), "resize", {"kind": "percentile_zscore"}))
+    assert sample.image.shape == (3, 64, 64) and set(np.unique(sample.mask)) <= {0, 1}

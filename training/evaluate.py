@@ -1,0 +1,67 @@
+"""Validation: run the network on prepared samples and score them per image, as the papers do.
+
+Binary (one logit): sigmoid > 0.5, IoU and Dice per image
+(:func:`napari_lgms.metrics.binary_scores`). Multi-class: argmax, Dice per
+foreground class (:func:`napari_lgms.metrics.class_dice`), ``dice`` = their
+mean. Returned as *sums* plus a count so ranks can add them up before dividing.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import numpy as np
+
+from napari_lgms.metrics import binary_scores, class_dice
+
+
+def metric_keys(num_classes: int) -> list[str]:
+    if num_classes == 1:
+        return ["loss", "iou", "dice"]
+    return ["loss", "dice"] + [f"dice_class_{k}" for k in range(1, num_classes)]
+
+
+def evaluate_sums(network, samples: Sequence, device, num_classes: int, *, batch_size: int = 8,
+                  autocast=contextlib.nullcontext) -> dict[str, float]:
+    """Sum of per-image metrics over ``samples`` (plus ``count``); the network is left in eval mode."""
+    import torch
+
+    from napari_lgms.models.padding import padded_forward
+    from napari_lgms.training.losses import segmentation_loss
+
+    keys = metric_keys(num_classes)
+    totals = dict.fromkeys(keys, 0.0)
+    totals["count"] = 0.0
+    network.eval()
+    by_shape: dict[tuple, list] = {}
+    for sample in samples:
+        by_shape.setdefault(tuple(sample.image.shape), []).append(sample)
+    with torch.no_grad():
+        for group in by_shape.values():
+            for start in range(0, len(group), batch_size):
+                batch = group[start:start + batch_size]
+                images = torch.from_numpy(np.stack([s.image for s in batch])).to(device)
+                masks = torch.from_numpy(np.stack([s.mask.astype(np.int64) for s in batch])).to(device)
+                with autocast():
+                    logits = padded_forward(network, images)
+                logits = logits.float()
+                for i, sample in enumerate(batch):
+                    totals["loss"] += float(segmentation_loss(logits[i:i + 1], masks[i:i + 1]))
+                    if num_classes == 1:
+                        prediction = (logits[i, 0] > 0).cpu().numpy()
+                        scores = binary_scores(prediction, sample.mask)
+                        totals["iou"] += scores["iou"]
+                        totals["dice"] += scores["dice"]
+                    else:
+                        prediction = logits[i].argmax(0).cpu().numpy()
+                        per_class = class_dice(prediction, sample.mask, list(range(1, num_classes)))
+                        totals["dice"] += float(np.mean(list(per_class.values())))
+                        for label, value in per_class.items():
+                            totals[f"dice_class_{label}"] += value
+                    totals["count"] += 1
+    return totals
+
+
+def means(totals: dict[str, float]) -> dict[str, float]:
+    count = max(totals.get("count", 0.0), 1.0)
+    return {k: v / count for k, v in totals.items() if k != "count"}

@@ -1,0 +1,50 @@
+"""Segmentation losses (MODELS.md §3).
+
+Binary (one logit): ``0.5 · BCE-with-logits + (1 − soft Dice)``, soft Dice per
+sample on sigmoid probabilities with smooth 1e-5, averaged over the batch, as
+LGMSNet/CMUNeXt train. Multi-class (K logits): ``CE + (1 − mean soft Dice)``
+over the foreground classes of the softmax, per sample.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SMOOTH = 1e-5
+
+
+def soft_dice_per_sample(probabilities: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N, *S) probabilities and (N, *S) {0,1} target -> (N,) soft Dice."""
+    flat_p = probabilities.reshape(probabilities.shape[0], -1)
+    flat_t = target.reshape(target.shape[0], -1)
+    intersection = (flat_p * flat_t).sum(1)
+    return (2 * intersection + SMOOTH) / (flat_p.sum(1) + flat_t.sum(1) + SMOOTH)
+
+
+def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N, 1, *S) logits, (N, *S) labels (foreground > 0) -> scalar."""
+    logits = logits[:, 0].float()
+    truth = (target > 0).float()
+    bce = F.binary_cross_entropy_with_logits(logits, truth)
+    dice = soft_dice_per_sample(torch.sigmoid(logits), truth).mean()
+    return 0.5 * bce + (1.0 - dice)
+
+
+def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N, K, *S) logits, (N, *S) labels in [0, K) -> scalar."""
+    logits = logits.float()
+    classes = logits.shape[1]
+    target = target.long()
+    ce = F.cross_entropy(logits, target)
+    probabilities = torch.softmax(logits, dim=1)
+    one_hot = torch.movedim(F.one_hot(target, classes), -1, 1).float()
+    dices = [soft_dice_per_sample(probabilities[:, k], one_hot[:, k]) for k in range(1, classes)]
+    dice = torch.stack(dices, 1).mean() if dices else logits.new_tensor(1.0)
+    return ce + (1.0 - dice)
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE+Dice for one output channel, CE+Dice for several."""
+    if logits.shape[1] == 1:
+        return bce_dice_loss(logits, target)
+    return ce_dice_loss(logits, target)
