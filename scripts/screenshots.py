@@ -1,0 +1,209 @@
+"""Pictures of the widgets in use, for the README (run under Xvfb on a headless machine).
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py [--out resources]
+
+Writes ``screenshot-segment.png`` (ultrasound sample, segmentation, a saved
+correction), ``screenshot-volume.png`` (anisotropic volume, a box prompt on a
+Shapes layer, one slice segmented), ``screenshot-endoscopy.png`` and
+``screenshot-finetune.png`` (a short fine-tuning run on generated corrections:
+live loss / Dice plot, Dice before and after). Uses the first shipped model, or
+untrained networks when none is shipped (the pictures then show random output
+and say so). Model and corrections folders are temporary: nothing of the
+user's is touched.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+WINDOW_SIZE = (1500, 950)
+FINETUNE_STEPS = 40
+
+
+def wait_until(predicate, timeout: float = 300.0) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("timed out waiting for the widget")
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def settle(seconds: float = 0.6) -> None:
+    """Let Qt and the canvas draw for a moment."""
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def choose_model(widget, dims: int = 2) -> bool:
+    """Select the first shipped model of ``dims`` in ``widget`` (else an untrained one); True if trained."""
+    for choice in widget._choices:
+        if choice.trained and choice.spatial_dims == dims:
+            widget.select_model(choice.source)
+            return True
+    widget.select_model("lgmsnet" if dims == 2 else "lgmsnet3d")
+    return False
+
+
+def banner(viewer, trained: bool) -> None:
+    if trained:
+        return
+    overlay = viewer.canvas.overlays["text"]
+    overlay.text = "untrained network (no shipped model yet): random output"
+    overlay.color = "yellow"
+    overlay.position = "top_left"
+    overlay.visible = True
+
+
+def new_viewer(title: str):
+    import napari
+
+    viewer = napari.Viewer(title=title)
+    viewer.window.resize(*WINDOW_SIZE)
+    return viewer
+
+
+def run_segment(widget) -> None:
+    widget.run()
+    if widget.task is None:
+        raise RuntimeError(widget.status_label.text())
+    wait_until(lambda: widget.task.finished)
+    if widget.last_output is None:
+        raise RuntimeError(widget.status_label.text())
+
+
+def shot_segment(out: Path) -> None:
+    import numpy as np
+
+    viewer = new_viewer("napari-lgms: Segment")
+    viewer.open_sample("napari-lgms", "ultrasound")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-lgms", "Segment")
+    trained = choose_model(widget)
+    widget.image_combo.setCurrentText("ultrasound")
+    run_segment(widget)
+    labels = widget.last_output
+    corrected = np.array(labels.data)
+    corrected[:40] = 0  # a correction: nothing in the near field
+    labels.data = corrected
+    viewer.layers.selection.active = labels
+    widget.corrections.save_current()
+    banner(viewer, trained)
+    settle()
+    viewer.screenshot(str(out / "screenshot-segment.png"), canvas_only=False)
+    viewer.close()
+
+
+def shot_volume(out: Path) -> None:
+    import numpy as np
+
+    from napari_lgms.widgets.segment import MODE_BOX
+
+    viewer = new_viewer("napari-lgms: box prompt on a volume")
+    viewer.open_sample("napari-lgms", "volume")
+    image = viewer.layers["volume"]
+    z = image.data.shape[0] // 2
+    viewer.dims.set_point(0, z * image.scale[0])
+    _, widget = viewer.window.add_plugin_dock_widget("napari-lgms", "Segment")
+    trained = choose_model(widget, dims=2)
+    widget.image_combo.setCurrentText("volume")
+    box = np.array([[z, 14, 10], [z, 14, 60], [z, 58, 60], [z, 58, 10]], dtype=float)  # data coordinates
+    viewer.add_shapes([box], shape_type="rectangle", name="box prompt", edge_color="yellow",
+                      face_color="transparent", edge_width=1.5, scale=image.scale, units=image.units)
+    widget.mode_combo.setCurrentText(MODE_BOX)
+    widget.shapes_combo.setCurrentText("box prompt")
+    run_segment(widget)
+    banner(viewer, trained)
+    settle()
+    viewer.screenshot(str(out / "screenshot-volume.png"), canvas_only=False)
+    viewer.close()
+
+
+def shot_endoscopy(out: Path) -> None:
+    viewer = new_viewer("napari-lgms: endoscopy")
+    viewer.open_sample("napari-lgms", "endoscopy")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-lgms", "Segment")
+    trained = choose_model(widget)
+    widget.image_combo.setCurrentText("endoscopy")
+    run_segment(widget)
+    viewer.layers["endoscopy segmentation"].contour = 2
+    banner(viewer, trained)
+    settle()
+    viewer.screenshot(str(out / "screenshot-endoscopy.png"), canvas_only=False)
+    viewer.close()
+
+
+def shot_finetune(out: Path) -> None:
+    import numpy as np
+
+    from napari_lgms.corrections import CorrectionsStore
+    from napari_lgms.samples import make_ultrasound
+
+    viewer = new_viewer("napari-lgms: Fine-tune")
+    viewer.open_sample("napari-lgms", "ultrasound")
+    _, segment = viewer.window.add_plugin_dock_widget("napari-lgms", "Segment")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-lgms", "Fine-tune")
+    store = CorrectionsStore(segment.corrections.store.root)
+    for seed in range(1, 7):
+        image, mask = make_ultrasound(seed=seed)
+        store.save(f"generated {seed}", image, mask, np.zeros_like(mask), model="demo")
+    segment.corrections.refresh()
+    widget.set_store_root(str(store.root))
+    trained = any(c.trained and c.spatial_dims == 2 for c in widget._choices)
+    trained_2d = [c.label for c in widget._choices if c.trained and c.spatial_dims == 2]
+    label = trained_2d[0] if trained_2d else "lgmsnet (untrained)"
+    widget.model_combo.setCurrentText(label)
+    widget.fast_check.setChecked(True)
+    widget.budget_combo.setCurrentText("Steps")
+    widget.steps_spin.setValue(FINETUNE_STEPS)
+    widget.start()
+    wait_until(lambda: widget.task is not None and widget.task.finished, timeout=900)
+    banner(viewer, trained)
+    settle()
+    viewer.screenshot(str(out / "screenshot-finetune.png"), canvas_only=False)
+    viewer.close()
+
+
+SHOTS = {"segment": shot_segment, "volume": shot_volume, "endoscopy": shot_endoscopy,
+         "finetune": shot_finetune}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "resources"), help="folder for the PNG files")
+    parser.add_argument("--only", nargs="*", choices=sorted(SHOTS), help="take only these pictures")
+    args = parser.parse_args(argv)
+    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+        print("no display: run under xvfb-run -a -s '-screen 0 1600x1000x24'", file=sys.stderr)
+        return 1
+    import torch
+
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="lgms-screens-") as scratch:
+        os.environ["NAPARI_LGMS_MODEL_DIR"] = str(Path(scratch) / "models")
+        os.environ["NAPARI_LGMS_CORRECTIONS_DIR"] = str(Path(scratch) / "corrections")
+        for name in args.only or SHOTS:
+            started = time.monotonic()
+            SHOTS[name](out)
+            seconds = time.monotonic() - started
+            print(f"{name}: {out / f'screenshot-{name}.png'} ({seconds:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

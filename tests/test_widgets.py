@@ -1,0 +1,350 @@
+"""The napari widgets on a real viewer (needs a display: run under ``xvfb-run -a``).
+
+A tiny test network is saved into the isolated user model folder so it shows
+up in the model list like a fine-tuned model; runs take milliseconds.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+needs_display = pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs a display; run under xvfb-run -a")
+
+
+def test_throttled_keeps_first_last_and_important_items_and_the_return_value():
+    from napari_lgms.widgets._workers import throttled
+
+    def engine():
+        for index in range(500):
+            yield {"index": index, "important": index == 250}
+        return "result"
+
+    passed = []
+    steps = throttled(engine(), min_interval=10.0, always=lambda item: item["important"])
+    while True:
+        try:
+            passed.append(next(steps)["index"])
+        except StopIteration as stop:
+            assert stop.value == "result"
+            break
+    assert passed[0] == 0 and passed[-1] == 499 and 250 in passed and len(passed) <= 5
+
+
+def test_throttled_stop_closes_the_engine_before_it_goes_on():
+    from napari_lgms.widgets._workers import throttled
+
+    reached = []
+
+    def engine():
+        for index in range(100):
+            reached.append(index)
+            yield index
+        reached.append("saved")  # what a fine-tuning run does after its last report
+        return "result"
+
+    stop = []
+    steps = throttled(engine(), min_interval=0.0, should_stop=lambda: bool(stop))
+    next(steps), next(steps)
+    stop.append(True)
+    with pytest.raises(StopIteration) as finished:
+        next(steps)
+    assert finished.value.value is None and "saved" not in reached and len(reached) == 2
+
+
+def test_place_and_merge_touch_only_the_region():
+    from napari_lgms.widgets._layer_geometry import merge_into, place, region_slices
+
+    shape = (4, 6, 6)
+    region = region_slices(shape, roi=((0, 4), (1, 5), (1, 5)), slice_axis=0, slice_index=2)
+    full = place(np.ones((6, 6), np.uint8), shape, region, slice_axis=0, slice_index=2)
+    assert full.sum() == 16 and full[2, 1:5, 1:5].all()
+    existing = np.zeros(shape, np.int32)
+    existing[2, 1, 1] = 5
+    existing[0] = 9
+    replaced = merge_into(existing, full, region, fill_only_empty=False)
+    filled = merge_into(existing, full, region, fill_only_empty=True)
+    assert replaced[2, 1, 1] == 1 and filled[2, 1, 1] == 5
+    assert (replaced[0] == 9).all() and (filled[0] == 9).all()
+    assert replaced[2].sum() == 16 and filled[2].sum() == 15 + 5
+
+
+def test_box_from_a_shapes_layer_in_image_index_coordinates():
+    from napari.components import ViewerModel
+
+    from napari_lgms.widgets._layer_geometry import boxes_from_shapes
+
+    viewer = ViewerModel()
+    image = viewer.add_image(np.zeros((5, 40, 40), np.float32), scale=(2.0, 0.5, 0.5), translate=(0, 10, 0))
+    # world coordinates: z = 2 * 3, y = 10 + 0.5 * (4..20), x = 0.5 * (6..30)
+    world = np.array([[6.0, 12.0, 3.0], [6.0, 12.0, 15.0], [6.0, 20.0, 15.0], [6.0, 20.0, 3.0]])
+    shapes = viewer.add_shapes([world], shape_type="rectangle")
+    (box,) = boxes_from_shapes(viewer, shapes, image, [0, 1, 2], (5, 40, 40), only_selected=True)
+    assert box.roi == ((3, 4), (4, 21), (6, 31)) and box.flat_axes == (0,)
+
+
+@pytest.fixture
+def saved_tiny(tiny_model):
+    """Save tiny 2D and 3D models in the user model folder; return their card paths."""
+    from napari_lgms.zoo import save_model, user_model_dir
+
+    paths = {}
+    for dims in (2, 3):
+        loaded = tiny_model(spatial_dims=dims, name=f"tiny-{dims}d",
+                            training={"data": "generated test data"}, metrics={"dice": 0.5, "split": "test"})
+        paths[dims] = str(save_model(loaded.network, loaded.card, user_model_dir()))
+    return paths
+
+
+@pytest.fixture
+def corrections_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_LGMS_CORRECTIONS_DIR", str(tmp_path / "corrections"))
+    return tmp_path / "corrections"
+
+
+def _dock(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-lgms", name)
+    return widget
+
+
+def _run_and_wait(qtbot, widget, timeout=20000):
+    widget.run()
+    assert widget.task is not None, widget.status_label.text()
+    qtbot.waitUntil(lambda: widget.task.finished, timeout=timeout)
+
+
+@pytest.mark.gui
+@needs_display
+def test_segment_2d_sample_new_layer_keeps_geometry(make_napari_viewer, qtbot, saved_tiny, corrections_dir):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-lgms", "ultrasound")
+    widget = _dock(viewer, "Segment")
+    widget.select_model(saved_tiny[2])
+    assert "generated test data" in widget.card_label.text()
+    assert "2D" in widget.card_label.text()
+    widget.image_combo.setCurrentText("ultrasound")
+
+    _run_and_wait(qtbot, widget)
+
+    labels = viewer.layers["ultrasound segmentation"]
+    image = viewer.layers["ultrasound"]
+    assert labels.data.shape == image.data.shape
+    np.testing.assert_allclose(labels.scale, image.scale)
+    np.testing.assert_allclose(labels.translate, image.translate)
+    assert [str(u) for u in labels.units] == [str(u) for u in image.units]
+    assert labels.axis_labels == image.axis_labels
+    meta = labels.metadata["napari_lgms"]
+    np.testing.assert_array_equal(meta["prediction"], labels.data)
+    assert meta["model"] == "tiny-2d"
+    assert " s on cpu" in widget.status_label.text()
+
+    # corrections: paint, save (button and Shift-S), same slice replaces, delete
+    from napari.utils.key_bindings import KeyBinding
+
+    corrected = np.array(labels.data)
+    corrected[:, :20] = 1
+    labels.data = corrected
+    viewer.layers.selection.active = labels
+    panel = widget.corrections
+    assert panel.save_current() == "ultrasound"
+    viewer.keymap[KeyBinding.from_str("Shift-S")](viewer)
+    assert len(panel.store) == 1
+    example = panel.store.load("ultrasound")
+    np.testing.assert_array_equal(example.mask, labels.data)
+    np.testing.assert_array_equal(example.prediction, meta["prediction"])
+    assert example.entry.model == "tiny-2d"
+    assert example.entry.geometry["scale"] == [0.2, 0.2]
+    assert panel.entry_list.count() == 1
+    panel.entry_list.setCurrentRow(0)
+    panel.delete_selected()
+    assert len(panel.store) == 0 and "0 corrections" in panel.count_label.text()
+
+
+@pytest.mark.gui
+@needs_display
+def test_segment_volume_slice_box_and_fill_only_empty(make_napari_viewer, qtbot, saved_tiny, corrections_dir):
+    from napari_lgms.samples import make_volume
+
+    from napari_lgms.widgets.segment import FILL_EMPTY, MODE_BOX, MODE_SLICE
+
+    volume = make_volume(shape=(8, 32, 32))[0]
+    viewer = make_napari_viewer()
+    image = viewer.add_image(volume, name="vol", scale=(3.0, 1.0, 1.0), translate=(0.0, 5.0, -2.0))
+    painted = np.zeros(volume.shape, dtype=np.uint8)
+    painted[:, :4, :4] = 7
+    viewer.add_labels(painted, name="mine", scale=image.scale, translate=image.translate)
+    viewer.dims.set_point(0, 3 * 3.0)  # slice 3
+    widget = _dock(viewer, "Segment")
+    widget.select_model(saved_tiny[2])
+    widget.image_combo.setCurrentText("vol")
+
+    widget.mode_combo.setCurrentText(MODE_SLICE)
+    _run_and_wait(qtbot, widget)
+    result = viewer.layers["vol segmentation"]
+    np.testing.assert_allclose(result.scale, (3.0, 1.0, 1.0))
+    np.testing.assert_allclose(result.translate, (0.0, 5.0, -2.0))
+    others = np.delete(np.arange(8), 3)
+    assert not result.data[others].any(), "only the current slice is segmented"
+
+    # a box on slice 5 into the user's own layer, keeping what is painted
+    viewer.dims.set_point(0, 5 * 3.0)
+    box = np.array([[5 * 3.0, 5 + 2, -2 + 2], [5 * 3.0, 5 + 2, -2 + 30], [5 * 3.0, 5 + 30, -2 + 30],
+                    [5 * 3.0, 5 + 30, -2 + 2]])
+    viewer.add_shapes([box], shape_type="rectangle", name="boxes")
+    widget.mode_combo.setCurrentText(MODE_BOX)
+    widget.shapes_combo.setCurrentText("boxes")
+    widget.output_combo.setCurrentText("mine")
+    widget.merge_combo.setCurrentText(FILL_EMPTY)
+    plan = widget.plan()
+    assert plan.jobs[0].slice_index == 5 and plan.jobs[0].roi[1:] == ((2, 31), (2, 31))
+    _run_and_wait(qtbot, widget)
+    mine = viewer.layers["mine"].data
+    assert (mine[:, :4, :4] == 7).all(), "painted labels are kept"
+    outside = np.ones(mine.shape, dtype=bool)
+    outside[5, 2:31, 2:31] = False
+    assert (mine[outside & (painted == 0)] == 0).all(), "nothing written outside the box"
+
+    # a correction on a slice of a volume is stored as a 2D example
+    viewer.layers.selection.active = result
+    key = widget.corrections.save_current()
+    assert key is not None and key.endswith("=5")
+    assert widget.corrections.store.load(key).mask.shape == (32, 32)
+
+    # every box at once with a 3D model: a box drawn on one slice spans the whole depth
+    from napari_lgms.widgets.segment import MODE_ALL_BOXES, NEW_LAYER
+
+    second = box.copy()
+    second[:, 1:] = [[5 + 20, -2 + 20], [5 + 20, -2 + 28], [5 + 28, -2 + 28], [5 + 28, -2 + 20]]
+    viewer.layers["boxes"].add_rectangles([second])
+    widget.select_model(saved_tiny[3])
+    widget.mode_combo.setCurrentText(MODE_ALL_BOXES)
+    widget.output_combo.setCurrentText(NEW_LAYER)
+    plan = widget.plan()
+    assert [job.roi for job in plan.jobs] == [((0, 8), (2, 31), (2, 31)), ((0, 8), (20, 29), (20, 29))]
+    _run_and_wait(qtbot, widget)
+    assert widget.last_output.name.startswith("vol segmentation") and widget.last_output is not result
+    assert "tiny-3d" in widget.status_label.text()
+
+
+@pytest.mark.gui
+@needs_display
+def test_cancel_leaves_the_viewer_unchanged(make_napari_viewer, qtbot, saved_tiny, monkeypatch):
+    import napari_lgms.inference as inference
+    from napari_lgms.inference import Progress
+
+    stopped = []
+
+    def slow_steps(image, model, *, should_stop=None, **kwargs):
+        step = 0
+        try:
+            for step in range(1000):
+                if should_stop is not None and should_stop():
+                    return None
+                time.sleep(0.01)
+                yield Progress(step, 1000, "slow")
+            raise AssertionError("never cancelled")
+        finally:
+            stopped.append(step)
+
+    monkeypatch.setattr(inference, "segment_steps", slow_steps)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.float32), name="img")
+    widget = _dock(viewer, "Segment")
+    widget.select_model(saved_tiny[2])
+    widget.run()
+    qtbot.waitUntil(lambda: widget.task.worker.pbar.n > 0, timeout=10000)
+    assert widget.cancel_button.isEnabled()
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.task.finished, timeout=10000)
+    assert stopped and stopped[0] < 999, "the engine stopped early"
+    assert [layer.name for layer in viewer.layers] == ["img"]
+    assert "Cancelled" in widget.status_label.text()
+    assert widget.run_button.isEnabled()
+
+
+@pytest.mark.gui
+@needs_display
+def test_errors_become_one_line_notifications(make_napari_viewer, qtbot, saved_tiny, monkeypatch):
+    from napari_lgms.widgets import _workers
+
+    shown = []
+    monkeypatch.setattr(_workers, "notify_error", lambda error: shown.append(_workers.one_line(error)))
+    import napari_lgms.widgets.segment as segment
+
+    monkeypatch.setattr(segment, "notify_error", lambda error: shown.append(_workers.one_line(error)))
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.float32), name="flat")
+    widget = _dock(viewer, "Segment")
+    widget.select_model(saved_tiny[3])  # a 3D model on a 2D image
+    widget.run()
+    assert shown and "3D model" in shown[-1]
+    assert widget.status_label.text().startswith("Error:")
+
+
+def _store_examples(root, count=3, size=32):
+    from napari_lgms.corrections import CorrectionsStore
+    from napari_lgms.samples import make_ultrasound
+
+    store = CorrectionsStore(root)
+    for seed in range(count):
+        image, mask = make_ultrasound(shape=(size, size), seed=seed)
+        store.save(f"example {seed}", image, mask, np.zeros_like(mask), model="tiny-2d")
+    return store
+
+
+@pytest.mark.gui
+@needs_display
+def test_finetune_runs_plots_and_offers_roll_back(make_napari_viewer, qtbot, saved_tiny, corrections_dir):
+    from napari_lgms.zoo import user_model_dir
+
+    viewer = make_napari_viewer()
+    segment = _dock(viewer, "Segment")
+    finetune = _dock(viewer, "Fine-tune")
+    listed = [finetune.model_combo.itemText(i) for i in range(finetune.model_combo.count())]
+    assert "tiny-2d (yours)" in listed
+    assert str(finetune.store_root) == str(segment.corrections.store.root)
+    _store_examples(finetune.store_root)
+    finetune.set_store_root(str(finetune.store_root))
+    assert finetune.store_label.text().startswith("3 in")
+
+    finetune.model_combo.setCurrentText("tiny-2d (yours)")
+    finetune.budget_combo.setCurrentText("Steps")
+    finetune.steps_spin.setValue(6)
+    finetune.start()
+    qtbot.waitUntil(lambda: finetune.task.finished, timeout=60000)
+    assert finetune.result is not None, finetune.status_label.text()
+    assert finetune.plot.loss and finetune.plot.dice, "live loss and validation Dice points"
+    assert "before" in finetune.status_label.text() and "after" in finetune.status_label.text()
+    new_card = finetune.result.card_path
+    assert new_card.exists() and new_card.parent == user_model_dir()
+    assert any(c.source == str(new_card) for c in segment._choices), "appears in Segment at once"
+
+    finetune.use_new_model()
+    assert segment.current_choice().source == str(new_card)
+    finetune.result = type("Result", (), {"card_path": new_card})()
+    finetune.roll_back()
+    assert not new_card.exists() and not new_card.with_suffix(".safetensors").exists()
+    assert all(c.source != str(new_card) for c in segment._choices)
+
+
+@pytest.mark.gui
+@needs_display
+def test_finetune_cancel_keeps_the_previous_model(make_napari_viewer, qtbot, saved_tiny, corrections_dir):
+    from napari_lgms.zoo import user_model_dir
+
+    viewer = make_napari_viewer()
+    finetune = _dock(viewer, "Fine-tune")
+    _store_examples(finetune.store_root)
+    before = sorted(p.name for p in user_model_dir().iterdir())
+    finetune.model_combo.setCurrentText("tiny-2d (yours)")
+    finetune.budget_combo.setCurrentText("Steps")
+    finetune.steps_spin.setValue(100000)
+    finetune.start()
+    qtbot.waitUntil(lambda: len(finetune.plot.loss) >= 2, timeout=60000)
+    finetune.cancel()
+    qtbot.waitUntil(lambda: finetune.task.finished, timeout=30000)
+    assert finetune.result is None
+    assert sorted(p.name for p in user_model_dir().iterdir()) == before
+    assert "previous model is kept" in finetune.status_label.text()
