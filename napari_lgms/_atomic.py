@@ -19,6 +19,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -44,6 +45,12 @@ def atomic_write_with(target: str | os.PathLike, writer: Callable[[Path], None])
     """Call ``writer(tmp_path)`` and move the result over ``target`` atomically."""
     with atomic_path(target) as tmp:
         writer(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:

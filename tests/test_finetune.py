@@ -136,3 +136,41 @@ def test_cli_finetune(tmp_path, tiny_model, capsys):
     assert "validation dice" in capsys.readouterr().out
     assert len(list((tmp_path / "out").glob("tiny-test-ft-*.json"))) == 1
     assert main(["finetune", "--model", str(parent.path), "--output", str(tmp_path / "out")]) == 2
+
+
+def test_corrections_plus_folder_pairs_validate_on_held_out_corrections_only(tmp_path):
+    """Folder pairs only ever train; validation comes from the corrections."""
+    from napari_lgms.corrections import CorrectionsStore
+    from napari_lgms.io import write_mask
+    from napari_lgms.models.registry import create_model
+    from napari_lgms.training.finetune import finetune_steps
+    from napari_lgms.zoo import save_model, untrained_card
+
+    rng = np.random.default_rng(0)
+    store = CorrectionsStore(tmp_path / "store")
+    for index in range(5):
+        image = rng.normal(size=(32, 32)).astype(np.float32)
+        mask = (image > 0.5).astype(np.uint8)
+        store.save(f"c{index}", image, mask, np.zeros_like(mask), model="m", geometry={})
+    for index in range(4):
+        image = (rng.random((32, 32)) * 255).astype(np.uint8)
+        write_mask(image, tmp_path / "pairs" / "images" / f"p{index}.png")
+        write_mask((image > 128).astype(np.uint8), tmp_path / "pairs" / "masks" / f"p{index}.png")
+    network = create_model("unext", in_channels=1)
+    card = untrained_card("unext", in_channels=1)
+    card.input["patch_size"] = [32, 32]
+    card_file = save_model(network, card, tmp_path / "base")
+    steps = finetune_steps(card_file, corrections=tmp_path / "store", images=tmp_path / "pairs" / "images",
+                           masks=tmp_path / "pairs" / "masks", output=tmp_path / "out", steps=2, device="cpu")
+    while True:
+        try:
+            next(steps)
+        except StopIteration as finished:
+            result = finished.value
+            break
+    from napari_lgms.zoo import load_model
+
+    data = load_model(result.card_path).card.lineage["data"]
+    assert len(data["keys"]) == 5 and len(data["names"]) == 4
+    assert result.split["val"] and all(name.startswith("c") for name in result.split["val"])
+    assert sum(name.startswith("p") for name in result.split["train"]) == 4

@@ -151,21 +151,29 @@ def finetune_steps(
     else:
         loaded = load_model(model, torch_device, allow_untrained=True)
     parent = loaded.card
+    if freeze_encoder is None and loaded.origin == "untrained":
+        freeze = False  # random features are not worth keeping
     network = copy.deepcopy(loaded.network).to(torch_device)
     parent_sha = parent.weights.get("sha256")
     if not parent_sha and loaded.path is not None:
         weights = Path(loaded.path).with_suffix(".safetensors")
         parent_sha = sha256_of(weights) if weights.is_file() else None
 
-    # -- data ------------------------------------------------------------------------------
+    # -- data: corrections (validation is held out from these), plus optional folder pairs -----
+    if corrections is None and (images is None or masks is None):
+        raise InputError("give corrections (a corrections store folder), images and masks folders, or both")
+    examples, data_record = [], {}
     if corrections is not None:
         examples, kind, _ = data_mod.discover_examples(data=str(corrections))
-        data_record = {"kind": kind, "corrections": str(corrections), "keys": [e.name for e in examples]}
-    elif images is not None and masks is not None:
-        examples, kind, _ = data_mod.discover_examples(images=str(images), masks=str(masks))
-        data_record = {"kind": kind, "images": str(images), "masks": str(masks), "names": [e.name for e in examples]}
-    else:
-        raise InputError("give corrections (a corrections store folder) or both images and masks folders")
+        data_record.update(kind=kind, corrections=str(corrections), keys=[e.name for e in examples])
+    held_out_pool = len(examples)
+    if images is not None and masks is not None:
+        extra, kind, _ = data_mod.discover_examples(images=str(images), masks=str(masks))
+        examples += extra
+        data_record.update(images=str(images), masks=str(masks), names=[e.name for e in extra])
+        data_record.setdefault("kind", kind)
+    if not held_out_pool:
+        held_out_pool = len(examples)
     num_classes = parent.num_classes
     dims = parent.spatial_dims
     divisor = int(getattr(network, "size_divisor", parent.input.get("size_divisor", 1)))
@@ -176,7 +184,8 @@ def finetune_steps(
     for done in cache.preload():
         yield TrainProgress(0, steps or 0, 0, 0, None, 0.0, time.monotonic() - started, None, None, "loading",
                             f"loaded {done}/{len(examples)} examples")
-    split = data_mod.split_examples(len(examples), 0.2, seed)
+    split = data_mod.split_examples(held_out_pool, 0.2, seed)
+    split.train += list(range(held_out_pool, len(examples)))  # folder pairs only ever train
     val_samples = [cache.get(i) for i in split.val]
 
     augment = AugmentParams(**AUGMENTATION)

@@ -35,7 +35,9 @@ from napari_lgms.widgets._workers import notify_error, one_line, start_engine_ta
 
 FAST_MINUTES = 2.0
 BUDGET_MINUTES, BUDGET_STEPS = "Minutes", "Steps"
-SOURCE_STORE, SOURCE_FOLDER = "Saved corrections", "A folder of image / mask pairs"
+SOURCE_STORE, SOURCE_BOTH, SOURCE_FOLDER = (
+    "Saved corrections", "Saved corrections + a folder of pairs", "A folder of image / mask pairs"
+)
 
 
 def _clock(seconds) -> str:
@@ -87,7 +89,7 @@ class FinetuneWidget(QWidget):
         self.store_label.setWordWrap(True)
         self.store_button = QPushButton("Folder…")
         self.source_combo = QComboBox()
-        self.source_combo.addItems([SOURCE_STORE, SOURCE_FOLDER])
+        self.source_combo.addItems([SOURCE_STORE, SOURCE_BOTH, SOURCE_FOLDER])
         self.extra_edit = QLineEdit()
         self.extra_edit.setPlaceholderText("a folder with images/ and masks/ (or imagesTr/ + labelsTr/)")
         self.extra_button = QPushButton("Browse…")
@@ -218,18 +220,24 @@ class FinetuneWidget(QWidget):
         index = self.model_combo.currentIndex()
         if not 0 <= index < len(self._choices):
             raise InputError("no base model chosen")
-        if self.source_combo.currentText() == SOURCE_STORE:
-            data = self.store_root
-            if data is None or not Path(data).is_dir():
+        source = self.source_combo.currentText()
+        data: dict = {}
+        if source in (SOURCE_STORE, SOURCE_BOTH):
+            if self.store_root is None or not Path(self.store_root).is_dir():
                 raise InputError("no corrections saved yet; save a few with the Segment widget (Shift-S)")
-        else:
-            data = self.extra_edit.text().strip()
-            if not data:
+            data["corrections"] = str(self.store_root)
+        if source in (SOURCE_BOTH, SOURCE_FOLDER):
+            folder = self.extra_edit.text().strip()
+            if not folder:
                 raise InputError("choose a folder holding images/ and masks/ (paired by file name)")
+            if source == SOURCE_FOLDER:
+                data["corrections"] = folder  # the engine reads images/ + masks/ (or imagesTr/ + labelsTr/)
+            else:
+                data["images"], data["masks"] = str(Path(folder) / "images"), str(Path(folder) / "masks")
         by_time = self.budget_combo.currentText() == BUDGET_MINUTES
         return {
             "model": self._choices[index].source,
-            "corrections": str(data),
+            **data,
             "time_budget": self.minutes_spin.value() * 60.0 if by_time else None,
             "steps": None if by_time else self.steps_spin.value(),
             "device": self.device_combo.currentText(),
