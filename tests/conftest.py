@@ -72,8 +72,14 @@ def tiny_model():
     return make
 
 
+@pytest.fixture(scope="session")
+def _session_cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_user_models(tmp_path_factory, monkeypatch):
-    """Never touch the real user model folder from a test."""
+def _isolated_user_models(tmp_path_factory, monkeypatch, _session_cache_dir):
+    """Never touch the real user model or cache folders from a test."""
     monkeypatch.setenv("NAPARI_LGMS_MODEL_DIR", str(tmp_path_factory.mktemp("user-models")))
+    monkeypatch.setenv("NAPARI_LGMS_CACHE_DIR", str(_session_cache_dir))
     monkeypatch.setenv("NAPARI_LGMS_DEVICE", "cpu")

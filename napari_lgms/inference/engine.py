@@ -200,7 +200,9 @@ def segment_steps(
         gaussian = windows.gaussian_weights(windows.window_shape(plan.grid, plan.patch))
         window_weights = torch.from_numpy(gaussian).to(torch_device)
     divisor = _size_divisor(network, card)
-    forward = _BatchedForward(network, divisor, torch_device)
+    from napari_lgms.inference.fast import inference_network
+
+    forward = _BatchedForward(inference_network(network, torch_device), divisor, torch_device)
     for index, batch in enumerate(batches):
         if should_stop is not None and should_stop():
             return None
