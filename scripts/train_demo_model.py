@@ -62,6 +62,7 @@ def main() -> None:
             patch_size=[args.size, args.size],
             val_fraction=0.25,
             split_seed=0,
+            group_duplicates=False,  # generated images share the fan outline; seeds are independent
             seed=0,
             epochs=args.epochs,
             batch_size=8,

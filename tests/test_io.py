@@ -481,7 +481,7 @@ def test_importing_io_stays_light():
 
 
 def write_dicom_slice(path: Path, pixels: np.ndarray, position, series_uid: str, index: int) -> None:
-    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 

@@ -235,9 +235,9 @@ def test_gms_split_must_add_up():
     "name, shape, message",
     [
         ("lgmsnet", (1, 3, 48, 64), "multiple of 32"),
-        ("lgmsnet", (1, 1, 64, 64), "3 input channels"),
-        ("lgmsnet", (3, 64, 64), r"\(N, C, H, W\)"),
-        ("lgmsnet3d", (1, 1, 32, 32), r"\(N, C, D, H, W\)"),
+        ("lgmsnet", (1, 1, 64, 64), r"takes a \(N, 3, H, W\) tensor"),
+        ("lgmsnet", (3, 64, 64), r"\(N, 3, H, W\)"),
+        ("lgmsnet3d", (1, 1, 32, 32), r"\(N, 1, D, H, W\)"),
         ("cmunext", (1, 3, 24, 32), "multiple of 16"),
     ],
 )

@@ -11,6 +11,9 @@ from napari_lgms.zoo import load_model, save_model, untrained_card
 EXPECTED_PARAMETERS = {
     "lgmsnet": 2_321_393,
     "lgmsnet3d": 6_193_742,
+    # our reconstruction (no published count): pinned so a change is deliberate
+    "esdmrnet": 721_821,
+    "esdmrnet3d": 970_727,
     "cmunext": 3_149_185,
     "tinyunet": 481_105,
     "unext": 1_471_921,

@@ -26,7 +26,6 @@ import contextlib
 import copy
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -198,7 +197,6 @@ def train_steps(
     command: str | None = None,
 ) -> Generator[TrainProgress, None, TrainResult]:
     """Train per ``config``; yields :class:`TrainProgress`, returns :class:`TrainResult`."""
-    import torch
 
     from napari_lgms.training import distributed
 
@@ -216,7 +214,6 @@ def train_steps(
 
 
 def _run(config: TrainConfig, should_stop, command: str, info, device):
-    import numpy as np
     import torch
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
@@ -341,7 +338,7 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
                 "split": {k: v for k, v in split_record.items() if k not in ("train", "val")},
                 "seed": config.seed, "command": command, "world_size": info.world_size,
                 "device": device.type, "precision": str(amp_dtype or "fp32").replace("torch.", ""),
-                "epochs_trained": epoch_of_best, "best_epoch": epoch_of_best, "steps": step,
+                "best_epoch": epoch_of_best, "steps": step,
                 "optimizer": config.optimizer, "lr": config.lr, "schedule": config.schedule,
                 "batch_size": config.batch_size, "initialised_from": parent_card.name if parent_card else "random",
                 "config": config.to_dict(),

@@ -10,7 +10,6 @@ The result is never worse on held-out corrections than the starting model
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

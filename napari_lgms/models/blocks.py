@@ -120,23 +120,3 @@ class Decoder(nn.Module):
 
     def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.fuse(torch.cat((skip, self.up(deep)), dim=1))
-
-
-def check_spatial_size(x: torch.Tensor, spatial_dims: int, divisor: int, network: str) -> None:
-    """Raise :class:`InputError` unless ``x`` is (N, C, *spatial) with every axis a multiple of ``divisor``."""
-    if x.dim() != spatial_dims + 2:
-        raise InputError(
-            f"{network} ({spatial_dims}D) takes a (N, C, {', '.join('DHW'[3 - spatial_dims:])}) tensor, "
-            f"got shape {tuple(x.shape)}"
-        )
-    spatial = tuple(x.shape[2:])
-    if any(s % divisor for s in spatial):
-        raise InputError(
-            f"{network} needs every spatial size to be a multiple of {divisor}, got {spatial}; "
-            "pad the input (see napari_lgms.models.padding.padded_forward)"
-        )
-
-
-def check_channels(x: torch.Tensor, expected: int, network: str) -> None:
-    if x.shape[1] != expected:
-        raise InputError(f"{network} was built for {expected} input channels, got {x.shape[1]}")

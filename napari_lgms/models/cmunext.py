@@ -17,8 +17,6 @@ from napari_lgms.models.blocks import (
     Decoder,
     SkipFusion,
     UpConv,
-    check_channels,
-    check_spatial_size,
     stem_conv,
 )
 from napari_lgms.models.registry import register_architecture, register_model
@@ -98,8 +96,7 @@ class CMUNeXt(nn.Module):
         self.head = layers.conv(sd, dims[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_spatial_size(x, 2, 16, "CMUNeXt")
-        check_channels(x, self.in_channels, "CMUNeXt")
+        layers.check_input(x, self.in_channels, 2, 16, "CMUNeXt")
         features = [self.encoders[0](self.stem(x))]
         for encoder in self.encoders[1:]:
             features.append(encoder(self.pool(features[-1])))

@@ -5,8 +5,11 @@ these helpers, as MONAI's ``basic_unet`` does, instead of naming Conv2d/Conv3d.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from napari_lgms.errors import InputError
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
@@ -73,3 +76,15 @@ class Upsample(nn.Module):
     def forward(self, x):
         return F.interpolate(x, scale_factor=self.scale_factor, mode=self.mode,
                              align_corners=self.align_corners)
+
+
+def check_input(x: torch.Tensor, in_channels: int, spatial_dims: int, divisor: int, network: str) -> None:
+    """Raise :class:`InputError` unless ``x`` is (N, in_channels, *spatial), each size a multiple of ``divisor``."""
+    if x.dim() != spatial_dims + 2 or x.shape[1] != in_channels:
+        axes = ", ".join("DHW"[3 - spatial_dims:])
+        raise InputError(f"{network} ({spatial_dims}D) takes a (N, {in_channels}, {axes}) tensor, "
+                         f"got shape {tuple(x.shape)}")
+    spatial = tuple(x.shape[2:])
+    if any(s % divisor for s in spatial):
+        raise InputError(f"{network} needs every spatial size to be a multiple of {divisor}, got {spatial}; "
+                         "pad the input (see napari_lgms.models.padding.padded_forward)")

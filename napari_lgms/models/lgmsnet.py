@@ -23,8 +23,6 @@ from napari_lgms.models.blocks import (
     Decoder,
     SkipFusion,
     UpConv,
-    check_channels,
-    check_spatial_size,
     stem_conv,
 )
 from napari_lgms.models.registry import register_architecture, register_model
@@ -267,8 +265,7 @@ class LGMSNet(nn.Module):
         self.head = layers.conv(sd, dims[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_spatial_size(x, self.spatial_dims, 32, "LGMSNet")
-        check_channels(x, self.in_channels, "LGMSNet")
+        layers.check_input(x, self.in_channels, self.spatial_dims, 32, "LGMSNet")
         x1 = self.encoder1(self.stem(x))
         x2 = self.encoder2(self.pool(x1))
         x3 = self.encoder3(self.pool(x2))

@@ -92,12 +92,12 @@ class ModelCard:
         data = self.training.get("data")
         if data:
             lines.append(f"trained on: {data}")
-        if self.metrics:
-            split = self.metrics.get("split", "unspecified split")
-            numbers = ", ".join(
-                f"{k} {v:.3f}" for k, v in self.metrics.items() if isinstance(v, (int, float))
-            )
-            lines.append(f"validation ({split}): {numbers}")
+        scores = {k: v for k, v in self.metrics.items()
+                  if isinstance(v, float) and k not in ("loss", "epoch", "steps")}
+        if scores:
+            split = str(self.metrics.get("split", "unspecified split")).removeprefix("validation: ")
+            numbers = ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+            lines.append(f"validation: {numbers} ({split})")
         if self.lineage.get("parent"):
             lines.append(f"fine-tuned from: {self.lineage['parent']}")
         return "\n".join(lines)

@@ -90,11 +90,9 @@ def read_card(path: str | Path) -> ModelCard:
 
 def load_network_from_card(card_file: str | Path, device="cpu", *, verify: bool = True):
     """Build the card's network and load its weights; returns (network, card)."""
-    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from napari_lgms.models.registry import build_network
 
     card_file = Path(card_file)
     card = read_card(card_file)
