@@ -162,13 +162,10 @@ def test_corrections_plus_folder_pairs_validate_on_held_out_corrections_only(tmp
     card_file = save_model(network, card, tmp_path / "base")
     steps = finetune_steps(card_file, corrections=tmp_path / "store", images=tmp_path / "pairs" / "images",
                            masks=tmp_path / "pairs" / "masks", output=tmp_path / "out", steps=2, device="cpu")
-    while True:
-        try:
-            next(steps)
-        except StopIteration as finished:
-            result = finished.value
-            break
+    from napari_lgms._generators import run_to_end
     from napari_lgms.zoo import load_model
+
+    result = run_to_end(steps)
 
     data = load_model(result.card_path).card.lineage["data"]
     assert len(data["keys"]) == 5 and len(data["names"]) == 4

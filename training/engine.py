@@ -492,11 +492,6 @@ def _safe_plot(history, path):
 def train(config: TrainConfig | dict, should_stop=None, on_progress: Callable[[TrainProgress], None] | None = None,
           *, command: str | None = None) -> TrainResult:
     """Run :func:`train_steps` to the end; ``on_progress`` sees every report."""
-    generator = train_steps(config, should_stop, command=command)
-    while True:
-        try:
-            progress = next(generator)
-        except StopIteration as finished:
-            return finished.value
-        if on_progress:
-            on_progress(progress)
+    from napari_lgms._generators import run_to_end
+
+    return run_to_end(train_steps(config, should_stop, command=command), on_progress)

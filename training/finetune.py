@@ -345,11 +345,6 @@ def finetune_steps(
 
 def finetune(model, *, on_progress: Callable[[TrainProgress], None] | None = None, **options) -> FinetuneResult:
     """Run :func:`finetune_steps` to the end (same keyword arguments); ``on_progress`` sees every report."""
-    generator = finetune_steps(model, **options)
-    while True:
-        try:
-            progress = next(generator)
-        except StopIteration as finished:
-            return finished.value
-        if on_progress:
-            on_progress(progress)
+    from napari_lgms._generators import run_to_end
+
+    return run_to_end(finetune_steps(model, **options), on_progress)

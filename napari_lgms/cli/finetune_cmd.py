@@ -40,6 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import time
 
+    from napari_lgms._generators import every, run_to_end
     from napari_lgms.errors import InputError
     from napari_lgms.training.finetune import finetune_steps
 
@@ -52,21 +53,16 @@ def run(args: argparse.Namespace) -> int:
         time_budget=args.time_budget, steps=args.steps, device=args.device, preset=args.preset,
         freeze_encoder=args.freeze_encoder, lr=args.lr, batch_size=args.batch_size, seed=args.seed, name=args.name,
     )
-    last = 0.0
-    while True:
-        try:
-            progress = next(generator)
-        except StopIteration as finished:
-            result = finished.value
-            break
-        if progress.phase == "train":
-            if time.monotonic() - last < 2.0:
-                continue
-            last = time.monotonic()
+    train_line_due = every(2.0, time.monotonic)
+
+    def report(progress) -> None:
+        if progress.phase == "train" and train_line_due():
             left = f", {progress.remaining:.0f}s left" if progress.remaining is not None else ""
             print(f"step {progress.step} loss {progress.loss:.4f}{left}", flush=True)
         elif progress.phase == "validate" and progress.val_metrics:
             print(f"validation dice {progress.val_metrics['dice']:.4f} {progress.message}", flush=True)
+
+    result = run_to_end(generator, report)
     before, after = result.metrics_before["dice"], result.metrics_after["dice"]
     print(f"model: {result.card_path}\nvalidation dice {before:.4f} -> {after:.4f} ({result.message})")
     return 0

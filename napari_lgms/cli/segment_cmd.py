@@ -170,6 +170,7 @@ def load_model_for_cli(name_or_path: str, device_text: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_lgms._generators import run_to_end
     from napari_lgms.inference import segment_steps
     from napari_lgms.io import read_image, write_mask
 
@@ -197,15 +198,8 @@ def run(args: argparse.Namespace) -> int:
                 slice_axis=args.slice_axis, probabilities=args.probabilities, batch_size=args.batch_size,
                 device=device, overlap=args.overlap,
             )
-            result = None
-            while True:
-                try:
-                    step = next(steps)
-                except StopIteration as finished:
-                    result = finished.value
-                    break
-                if bar is not None:
-                    bar.show(index + step.done / max(step.total, 1), job.source.name)
+            result = run_to_end(steps, None if bar is None else (
+                lambda step: bar.show(index + step.done / max(step.total, 1), job.source.name)))
             written = _write_outputs(job, result, image, write_mask)
         except LgmsError as error:
             if count == 1:

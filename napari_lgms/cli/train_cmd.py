@@ -68,6 +68,9 @@ def equivalent_command(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     import os
 
+    import time
+
+    from napari_lgms._generators import every, run_to_end
     from napari_lgms.training.config import config_from_args
     from napari_lgms.training.engine import train_steps
 
@@ -75,23 +78,16 @@ def run(args: argparse.Namespace) -> int:
     main_rank = int(os.environ.get("RANK", "0")) == 0
     command = equivalent_command(args)
     generator = train_steps(config, command=command)
-    last_train_line = 0.0
-    import time
+    train_line_due = every(2.0, time.monotonic)
 
-    while True:
-        try:
-            progress = next(generator)
-        except StopIteration as finished:
-            result = finished.value
-            break
-        if not main_rank or args.quiet:
-            continue
-        if progress.phase == "train" and time.monotonic() - last_train_line < 2.0:
-            continue
-        last_train_line = time.monotonic() if progress.phase == "train" else last_train_line
+    def report(progress) -> None:
+        if not main_rank or args.quiet or (progress.phase == "train" and not train_line_due()):
+            return
         text = _line(progress)
         if text:
             print(text, flush=True)
+
+    result = run_to_end(generator, report)
     if main_rank:
         if result.card_path is None:
             print("napari-lgms train: stopped before any validation; no model written", file=sys.stderr)

@@ -85,12 +85,9 @@ def segment(image, model, **kwargs) -> SegmentationResult | None:
 
     Returns None only when ``should_stop`` stopped it.
     """
-    steps = segment_steps(image, model, **kwargs)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as finished:
-            return finished.value
+    from napari_lgms._generators import run_to_end
+
+    return run_to_end(segment_steps(image, model, **kwargs))
 
 
 def segment_steps(
