@@ -151,3 +151,11 @@ def test_exported_graphs_are_cached_on_disk_by_weights_and_shape(tmp_path, monke
         next(network.parameters()).add_(1.0)
     fast.cached_onnx_bytes(network, (1, 3, 32, 32), export)
     assert len(calls) == 3 and len(list((tmp_path / "onnx").glob("*.onnx"))) == 3
+
+
+@pytest.mark.parametrize("name, expected", [("lgmsnet", "OnnxRuntimeNetwork"), ("tinyunet", "torch")])
+def test_auto_backend_takes_onnx_runtime_only_where_the_benchmark_showed_a_win(name, expected):
+    pytest.importorskip("onnxruntime")
+    network = create_model(name, widths=(16, 16, 16, 16)) if name == "tinyunet" else create_model(name)
+    optimized = fast.build_inference_network(network.eval(), "cpu")
+    assert (type(optimized).__name__ == "OnnxRuntimeNetwork") == (expected == "OnnxRuntimeNetwork")

@@ -53,6 +53,10 @@ class FastSettings:
 
 
 SETTINGS = FastSettings()
+# Architectures whose ONNX Runtime forward beat torch in benchmarks/run.py (2-core CPU, see
+# benchmarks/README.md): 0.25-0.60 of eager. TinyU-Net is 1.6-4.6x slower in ONNX Runtime
+# (its bicubic Resize), so it stays on the torch path.
+ONNX_RUNTIME_WINS = frozenset({"lgmsnet", "cmunext", "esdmrnet", "unext"})
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
@@ -268,14 +272,13 @@ def _agrees(original: nn.Module, optimized: nn.Module, device) -> bool:
 def build_inference_network(network: nn.Module, device, *, backend: str = "auto") -> nn.Module:
     """An optimised copy of ``network`` for ``device``; ``backend``: "auto", "torch" or "onnxruntime".
 
-    "auto" takes ONNX Runtime on the CPU for registry-built networks (those with an
-    ``architecture`` attribute, whose exports are tested) when it is installed and
-    enabled, else torch.
+    "auto" takes ONNX Runtime on the CPU for the architectures in
+    :data:`ONNX_RUNTIME_WINS` when it is installed and enabled, else torch.
     """
     device = torch.device(device)
     use_ort = backend == "onnxruntime" or (
         backend == "auto" and SETTINGS.onnxruntime and device.type == "cpu"
-        and hasattr(network, "architecture") and onnxruntime_available()
+        and getattr(network, "architecture", None) in ONNX_RUNTIME_WINS and onnxruntime_available()
     )
     channels_last = SETTINGS.channels_last and not use_ort and _spatial_dims(network) == 2
     optimized = optimize_for_inference(network, fold_batch_norm=SETTINGS.fold_batch_norm,
