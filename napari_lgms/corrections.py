@@ -29,6 +29,7 @@ import io
 import json
 import os
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,6 +43,7 @@ from napari_lgms.errors import InputError, OutputError
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 STORE_DIR_ENV = "NAPARI_LGMS_CORRECTIONS_DIR"
+STALE_TEMP_SECONDS = 300.0  # a write in progress is seconds old; older temp files are crash leftovers
 _PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -163,12 +165,23 @@ class CorrectionsStore:
         except (OSError, ValueError, KeyError, EOFError):
             return None
 
+    def _remove_stale_temp_files(self) -> None:
+        """Delete ``.*.tmp`` files a killed write left behind (old enough not to be a live write)."""
+        now = time.time()
+        for temp in self.root.glob(".*.tmp"):
+            try:
+                if now - temp.stat().st_mtime > STALE_TEMP_SECONDS:
+                    temp.unlink()
+            except OSError:
+                pass  # gone already, or a read-only store
+
     def _reconciled(self) -> dict[str, dict]:
         """Manifest entries whose file exists, plus data files the manifest lags behind on."""
         listed = self._read_manifest()
         entries = {k: v for k, v in listed.items() if (self.root / v.get("file", "")).is_file()}
         known_files = {v["file"] for v in entries.values()}
         if self.root.is_dir():
+            self._remove_stale_temp_files()
             for file in sorted(self.root.glob("*.npz")):
                 if file.name.startswith(".") or file.name in known_files:
                     continue

@@ -208,6 +208,16 @@ def test_segment_bad_input_exit_2_one_line(kind, model_2d, tiny_model, tmp_path,
     assert len(lines) == 1 and lines[0].startswith("napari-lgms segment: error:"), err
     assert "Traceback" not in err
     assert files_in(out_dir) == []
+    assert not out_dir.exists()  # the folder this run created is not left behind, empty
+
+
+def test_segment_failure_keeps_an_existing_empty_output_folder(model_2d, tmp_path, capsys):
+    _, card = model_2d
+    out_dir = tmp_path / "existing"
+    out_dir.mkdir()
+    code, _, _ = run_cli(capsys, "segment", tmp_path / "missing.png", "--model", card, "--output", out_dir / "a" / "b")
+    assert code == 2
+    assert out_dir.is_dir() and files_in(out_dir) == [] and not (out_dir / "a").exists()
 
 
 def test_segment_bad_hash_model_exit_2(model_2d, tmp_path, capsys):

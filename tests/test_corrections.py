@@ -122,6 +122,26 @@ def test_manifest_entry_without_file_is_dropped_and_corrupt_manifest_rebuilt(tmp
     assert [e.key for e in CorrectionsStore(tmp_path).entries()] == ["b"]
 
 
+def test_temp_files_left_by_a_killed_write_are_cleaned_up_when_old(tmp_path):
+    import os
+    import time
+
+    store = CorrectionsStore(tmp_path)
+    image = np.zeros((8, 8), np.float32)
+    store.save("a", image, np.ones((8, 8), np.uint8), None, model="m")
+    stale = tmp_path / ".manifest.json.abc123.tmp"
+    live = tmp_path / ".a-0000000000.npz.def456.tmp"
+    for temp in (stale, live):
+        temp.write_bytes(b"half a file")
+    old = time.time() - corrections.STALE_TEMP_SECONDS - 60
+    os.utime(stale, (old, old))
+
+    reopened = CorrectionsStore(tmp_path)
+    assert [e.key for e in reopened.entries()] == ["a"]
+    assert not stale.exists()
+    assert live.exists()  # may be a write in progress in another process
+
+
 def test_default_root_is_per_project(monkeypatch, tmp_path):
     monkeypatch.setenv("NAPARI_LGMS_CORRECTIONS_DIR", str(tmp_path))
     assert default_store_root("liver") == tmp_path / "liver"

@@ -159,3 +159,34 @@ def test_auto_backend_takes_onnx_runtime_only_where_the_benchmark_showed_a_win(n
     network = create_model(name, widths=(16, 16, 16, 16)) if name == "tinyunet" else create_model(name)
     optimized = fast.build_inference_network(network.eval(), "cpu")
     assert (type(optimized).__name__ == "OnnxRuntimeNetwork") == (expected == "OnnxRuntimeNetwork")
+
+
+def test_two_threads_asking_for_a_new_shape_export_it_once(monkeypatch):
+    """napari's worker thread and the main thread segmenting at once must not export concurrently."""
+    import threading
+    import time
+
+    import napari_lgms.export as export_module
+
+    exports = []
+    running = []
+
+    def slow_export(network, sample_shape, export):
+        running.append(1)
+        overlapped = len(running) > 1
+        time.sleep(0.2)
+        running.pop()
+        exports.append((sample_shape, overlapped))
+        return b"graph"
+
+    monkeypatch.setattr(fast, "cached_onnx_bytes", slow_export)
+    monkeypatch.setattr(export_module, "ort_session", lambda model_bytes, threads=None: object())
+    wrapper = fast.OnnxRuntimeNetwork(torch.nn.Identity())
+    sessions = []
+    threads = [threading.Thread(target=lambda: sessions.append(wrapper.session((1, 1, 32, 32)))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert exports == [((1, 1, 32, 32), False)]
+    assert len(sessions) == 2 and sessions[0] is sessions[1] is not None

@@ -154,6 +154,18 @@ def test_augmentation_keeps_image_and_mask_aligned():
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
+def test_zoom_out_pads_labels_like_the_image_at_a_foreground_border():
+    from napari_lgms.training.augment import AugmentParams, random_resample
+
+    mask = np.zeros((32, 32), np.uint8)
+    mask[:, :10] = 1  # foreground touching the left border
+    image = mask[None].astype(np.float32)
+    for params in (AugmentParams(scale_p=1.0, scale_range=(0.6, 0.6)), AugmentParams(elastic_p=1.0, elastic_alpha=0.3)):
+        for seed in range(3):
+            out_image, out_mask = random_resample(image, mask, np.random.default_rng(seed), params)
+            assert np.array_equal(out_image[0] > 0.5, out_mask > 0)
+
+
 def test_patch_sampling_prefers_focus_and_pads_small_images():
     from napari_lgms.training.augment import sample_patch
 

@@ -348,3 +348,32 @@ def test_finetune_cancel_keeps_the_previous_model(make_napari_viewer, qtbot, sav
     assert finetune.result is None
     assert sorted(p.name for p in user_model_dir().iterdir()) == before
     assert "previous model is kept" in finetune.status_label.text()
+
+
+@pytest.mark.gui
+@needs_display
+def test_finetune_cancel_during_save_removes_the_new_version(make_napari_viewer, qtbot, saved_tiny,
+                                                             corrections_dir, monkeypatch):
+    import napari_lgms.zoo as zoo
+    from napari_lgms.zoo import user_model_dir
+
+    viewer = make_napari_viewer()
+    finetune = _dock(viewer, "Fine-tune")
+    _store_examples(finetune.store_root)
+    before = sorted(p.name for p in user_model_dir().iterdir())
+    real_save = zoo.save_model
+
+    def save_then_cancel(*args, **kwargs):
+        path = real_save(*args, **kwargs)
+        finetune.task._stop.set()  # the user pressed Cancel while the file was being written
+        return path
+
+    monkeypatch.setattr(zoo, "save_model", save_then_cancel)
+    finetune.model_combo.setCurrentText("tiny-2d (yours)")
+    finetune.budget_combo.setCurrentText("Steps")
+    finetune.steps_spin.setValue(2)
+    finetune.start()
+    qtbot.waitUntil(lambda: finetune.task.finished, timeout=60000)
+    assert finetune.result is None
+    assert sorted(p.name for p in user_model_dir().iterdir()) == before
+    assert "previous model is kept" in finetune.status_label.text()

@@ -113,7 +113,8 @@ def random_resample(image: np.ndarray, mask: np.ndarray, rng: np.random.Generato
     image_t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).unsqueeze(0)
     mask_t = torch.from_numpy(np.ascontiguousarray(mask).astype(np.float32)).unsqueeze(0).unsqueeze(0)
     warped = F.grid_sample(image_t, grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
-    labels = F.grid_sample(mask_t, grid, mode="nearest", padding_mode="zeros", align_corners=True)[0, 0]
+    # same padding as the image: where the image repeats its border, the labels repeat theirs
+    labels = F.grid_sample(mask_t, grid, mode="nearest", padding_mode="border", align_corners=True)[0, 0]
     return warped.numpy(), labels.numpy().round().astype(mask.dtype)
 
 

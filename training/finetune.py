@@ -112,13 +112,15 @@ def finetune_steps(
     eval_every: int | None = None,
     seed: int = 0,
     name: str | None = None,
+    precision: str = "auto",
     should_stop: Callable[[], bool] | None = None,
 ) -> Generator[TrainProgress, None, FinetuneResult]:
     """Fine-tune ``model`` (a name, a path or a LoadedModel); yields progress, returns :class:`FinetuneResult`.
 
     ``time_budget`` (seconds, whole call) and/or ``steps`` bound the run; with
     neither, the preset decides. ``eval_every`` (steps) overrides the preset's
-    evaluation interval in seconds.
+    evaluation interval in seconds. ``precision``: "auto" (bf16 autocast on CPUs with
+    native bf16 and on CUDA GPUs that have it, else fp32), "fp32" or "bf16".
     """
     import numpy as np
     import torch
@@ -126,6 +128,7 @@ def finetune_steps(
     from napari_lgms._device import select_device
     from napari_lgms.training import data as data_mod
     from napari_lgms.training.augment import AugmentParams
+    from napari_lgms.training.engine import autocast_factory, resolve_precision
     from napari_lgms.training.evaluate import evaluate_sums, means
     from napari_lgms.training.losses import segmentation_loss
     from napari_lgms.zoo import LoadedModel, load_model, save_model, sha256_of, user_model_dir
@@ -144,6 +147,8 @@ def finetune_steps(
     batch_size = int(batch_size or settings["batch_size"])
     freeze = settings["freeze_encoder"] if freeze_encoder is None else bool(freeze_encoder)
     torch_device = select_device(device)
+    amp_dtype, needs_scaler = resolve_precision(precision, torch_device)
+    autocast = autocast_factory(torch_device, None if needs_scaler else amp_dtype)  # bf16 only: no scaler here
 
     # -- model -----------------------------------------------------------------------------
     if isinstance(model, LoadedModel):
@@ -273,7 +278,9 @@ def finetune_steps(
             tick = time.monotonic()
             network.train()
             _freeze_norm_statistics(network)
-            loss = segmentation_loss(network(batch_images), batch_masks)
+            with autocast():
+                logits = network(batch_images)
+            loss = segmentation_loss(logits, batch_masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -330,7 +337,8 @@ def finetune_steps(
                  "parent_lineage": parent.lineage or None},
         weights={}, created="",
     )
-    yield TrainProgress(step, step, epoch, 0, None, 0.0, time.monotonic() - started, 0.0, best_metrics, "saving", note)
+    yield TrainProgress(step, step, epoch, 0, None, 0.0, time.monotonic() - started, 0.0, best_metrics, "saving", note,
+                        output=str(destination / f"{card.name}.json"))
     network.cpu()
     card_path = save_model(network, card, destination)
     split_record = {"description": validation_note, "train": [examples[i].name for i in split.train],

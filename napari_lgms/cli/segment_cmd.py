@@ -175,7 +175,34 @@ def run(args: argparse.Namespace) -> int:
     from napari_lgms.io import read_image, write_mask
 
     roi = parse_roi(args.roi) if args.roi else None
+    created = missing_folders(args.output)
     output = ensure_writable_folder(args.output)
+    try:
+        return _segment_all(args, roi, output, read_image, write_mask, run_to_end, segment_steps)
+    finally:
+        remove_if_empty(created)
+
+
+def missing_folders(folder: str | os.PathLike) -> list[Path]:
+    """The folders ``folder`` and its missing parents that creating it would make, deepest first."""
+    missing = []
+    path = Path(folder).expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove folders this run created (deepest first) when nothing was written in them."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _segment_all(args, roi, output, read_image, write_mask, run_to_end, segment_steps) -> int:
     files, problems = collect_inputs(args.inputs)
     jobs, plan_problems = plan_jobs(files, output, args.probabilities)
     problems += plan_problems

@@ -159,6 +159,9 @@ class OnnxRuntimeNetwork(nn.Module):
         self.network = network
         self.threads = threads
         self._sessions: dict[tuple[int, ...], object] = {}
+        # napari's worker thread and the main thread may ask for the same new shape at once:
+        # export it once (torch.onnx.export is not safe to run concurrently on one module).
+        self._sessions_lock = threading.Lock()
         for name in ("architecture", "arguments", "size_divisor", "folded_batch_norms"):
             if hasattr(network, name):
                 setattr(self, name, getattr(network, name))
@@ -167,13 +170,14 @@ class OnnxRuntimeNetwork(nn.Module):
         """The session for inputs (1, C, *S) of ``sample_shape``; None when export failed."""
         from napari_lgms.export import ExportError, onnx_bytes, ort_session
 
-        if sample_shape not in self._sessions:
-            try:
-                model_bytes = cached_onnx_bytes(self.network, sample_shape, onnx_bytes)
-                self._sessions[sample_shape] = ort_session(model_bytes, self.threads)
-            except ExportError:
-                self._sessions[sample_shape] = None
-        return self._sessions[sample_shape]
+        with self._sessions_lock:
+            if sample_shape not in self._sessions:
+                try:
+                    model_bytes = cached_onnx_bytes(self.network, sample_shape, onnx_bytes)
+                    self._sessions[sample_shape] = ort_session(model_bytes, self.threads)
+                except ExportError:
+                    self._sessions[sample_shape] = None
+            return self._sessions[sample_shape]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from napari_lgms.export import INPUT_NAME

@@ -264,6 +264,7 @@ class FinetuneWidget(QWidget):
         self.start_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.status_label.setText("Fine-tuning…")
+        self._saving_to = None
         self.task = start_engine_task(
             # no should_stop for the engine: on Cancel the worker closes the generator at its
             # next report, so it never reaches "save" and the previous model stays as it was
@@ -281,6 +282,8 @@ class FinetuneWidget(QWidget):
             self.task.cancel()
 
     def _show_progress(self, record) -> None:
+        if getattr(record, "phase", "") == "saving":
+            self._saving_to = getattr(record, "output", "") or None
         step = int(getattr(record, "step", 0))
         total = int(getattr(record, "total_steps", 0) or 0)
         if total:
@@ -350,4 +353,10 @@ class FinetuneWidget(QWidget):
         self.start_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if cancelled:
+            if getattr(self, "_saving_to", None):
+                # Cancel landed while the engine was saving: remove that unwanted new version
+                card = Path(self._saving_to)
+                for path in (card, card.with_suffix(".safetensors")):
+                    path.unlink(missing_ok=True)
+                hub.models_changed.emit()
             self.status_label.setText("Cancelled; the previous model is kept.")
