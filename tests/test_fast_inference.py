@@ -190,3 +190,16 @@ def test_two_threads_asking_for_a_new_shape_export_it_once(monkeypatch):
         thread.join()
     assert exports == [((1, 1, 32, 32), False)]
     assert len(sessions) == 2 and sessions[0] is sessions[1] is not None
+
+
+def test_onnx_cache_drops_least_recently_used_graphs_beyond_its_size(tmp_path):
+    import os
+
+    from napari_lgms.inference import fast
+
+    for index, age in enumerate((300, 200, 100)):
+        path = tmp_path / f"g{index}.onnx"
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (path.stat().st_atime - age, path.stat().st_mtime - age))
+    fast.prune_onnx_cache(tmp_path, max_bytes=250)
+    assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["g1.onnx", "g2.onnx"]

@@ -193,6 +193,9 @@ class OnnxRuntimeNetwork(nn.Module):
         return torch.cat(outputs)
 
 
+ONNX_CACHE_BYTES = 1 << 30  # exported graphs kept on disk, least recently used dropped first
+
+
 def onnx_cache_dir() -> Path:
     """Where exported graphs are kept between sessions (``$NAPARI_LGMS_CACHE_DIR`` overrides)."""
     override = os.environ.get("NAPARI_LGMS_CACHE_DIR")
@@ -223,11 +226,24 @@ def cached_onnx_bytes(network: nn.Module, sample_shape: tuple[int, ...], export)
 
     path = onnx_cache_dir() / f"{_weights_digest(network, sample_shape)}.onnx"
     with contextlib.suppress(OSError):
-        return path.read_bytes()
+        model_bytes = path.read_bytes()
+        os.utime(path)  # recently used: pruned last
+        return model_bytes
     model_bytes = export(network, sample_shape)
     with contextlib.suppress(OSError):
         atomic_write_bytes(path, model_bytes)
+        prune_onnx_cache(path.parent)
     return model_bytes
+
+
+def prune_onnx_cache(folder: Path, max_bytes: int = ONNX_CACHE_BYTES) -> None:
+    """Delete the least recently used graphs until the folder holds at most ``max_bytes``."""
+    files = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+    total = 0
+    for path in files:
+        total += path.stat().st_size
+        if total > max_bytes:
+            path.unlink(missing_ok=True)
 
 
 def onnxruntime_available() -> bool:
