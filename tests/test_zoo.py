@@ -134,3 +134,14 @@ def test_device_selection(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             select_device("cuda")
+
+
+def test_saved_model_files_get_normal_permissions(tiny_model, tmp_path):
+    import os
+
+    original = tiny_model()
+    card_file = save_model(original.network, original.card, tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (card_file, card_file.with_suffix(".safetensors")):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
