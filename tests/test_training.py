@@ -109,6 +109,22 @@ def test_prepare_resizes_adapts_channels_and_binarises():
     assert sample.focus is not None and np.all(sample.mask.flat[sample.focus] == 1)
 
 
+def test_training_inputs_match_what_inference_feeds_the_network():
+    """Same channel mapping (RGB -> BT.601 luminance), normalisation and resampling as the engine."""
+    import torch
+
+    from napari_lgms.inference.geometry import match_channels, resize
+    from napari_lgms.inference.normalize import normalize
+    from napari_lgms.training.data import PrepareSpec, RawExample, prepare
+
+    rgb = np.random.default_rng(2).integers(0, 255, (3, 40, 48)).astype(np.uint8)
+    spec = PrepareSpec(1, 1, 2, (32, 32), "resize", {"kind": "percentile_zscore"})
+    sample = prepare(RawExample(rgb, np.zeros((40, 48), np.uint8)), spec)
+    engine = normalize(match_channels(rgb, 1), spec.normalization)
+    expected = resize(torch.from_numpy(engine)[None], (32, 32))[0].numpy()
+    np.testing.assert_allclose(sample.image, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_near_duplicates_never_straddle_the_split():
     from napari_lgms.training.data import average_hash, duplicate_groups, split_examples
 

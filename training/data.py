@@ -207,39 +207,30 @@ class Sample:
     spacing: tuple[float, ...] | None = None
 
 
-def adapt_channels(image: np.ndarray, channels: int, name: str = "image") -> np.ndarray:
-    """(C, *S) -> (channels, *S): grey repeated to RGB, RGB averaged to grey, alpha dropped."""
-    have = image.shape[0]
-    if have == channels:
-        return image
-    if have == 4 and channels == 3:
-        return image[:3]
-    if have == 1:
-        return np.repeat(image, channels, axis=0)
-    if channels == 1 and have in (3, 4):
-        return image[:3].astype(np.float32).mean(axis=0, keepdims=True)
-    raise InputError(f"{name}: has {have} channels, the model takes {channels} (accepted: 1, 3 or {channels})")
-
-
-def resize(image: np.ndarray, mask: np.ndarray, size: tuple[int, ...]):
-    """(C, *S), (*S) -> (C, *size) bilinear/trilinear (antialiased in 2D), (*size) nearest."""
+def _resize_labels(mask: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """(*S) -> (*size), nearest neighbour (labels are never blended)."""
     if tuple(mask.shape) == tuple(size):
-        return image, mask
+        return mask
     import torch
     import torch.nn.functional as F
 
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-    if len(size) == 2:
-        out = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=True)
-    else:
-        out = F.interpolate(tensor, size=size, mode="trilinear", align_corners=False)
     labels = torch.from_numpy(np.ascontiguousarray(mask).astype(np.float32))[None, None]
-    labels = F.interpolate(labels, size=size, mode="nearest")[0, 0]
-    return out[0].numpy(), labels.numpy().astype(mask.dtype)
+    return F.interpolate(labels, size=size, mode="nearest")[0, 0].numpy().astype(mask.dtype)
+
+
+def _resize_image(image: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """(C, *S) -> (C, *size) with the inference engine's resampling."""
+    import torch
+
+    from napari_lgms.inference.geometry import resize
+
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    return resize(tensor, size)[0].numpy()
 
 
 def prepare(raw: RawExample, spec: PrepareSpec, name: str = "image") -> Sample:
-    """Channel adaptation, resize (resize mode), normalisation, label checks, focus voxels."""
+    """Channel mapping, normalisation, resize (resize mode), label checks, focus voxels."""
+    from napari_lgms.inference.geometry import match_channels
     from napari_lgms.inference.normalize import normalize
 
     image = raw.image
@@ -247,16 +238,19 @@ def prepare(raw: RawExample, spec: PrepareSpec, name: str = "image") -> Sample:
         raise InputError(
             f"{name}: has {image.ndim - 1} spatial axes, the model is {spec.spatial_dims}D"
         )
-    image = adapt_channels(image, spec.in_channels, name).astype(np.float32, copy=False)
+    # The same channel mapping, normalisation and resampling, in the same order, as inference.
+    try:
+        image = match_channels(image, spec.in_channels)
+    except InputError as error:
+        raise InputError(f"{name}: {error}") from None
+    image = normalize(image, spec.normalization)
     mask = np.asarray(raw.mask)
     region = raw.region
     if spec.input_mode == "resize":
         size = tuple(spec.patch_size)
         if region is not None:
-            _, region = resize(region[None].astype(np.float32), region.astype(np.uint8), size)
-            region = region.astype(bool)
-        image, mask = resize(image, mask, size)
-    image = normalize(image, spec.normalization)
+            region = _resize_labels(region.astype(np.uint8), size).astype(bool)
+        image, mask = _resize_image(image, size), _resize_labels(mask, size)
     if spec.num_classes == 1:
         mask = (mask > 0).astype(np.uint8)
     else:
