@@ -537,3 +537,26 @@ def test_dicom_series_folder_reads_in_slice_order_with_ras_geometry(tmp_path):
     out = write_mask((image.array > 0).astype(np.uint8), tmp_path / "mask.nii.gz", reference=image)
     written = nib.load(str(out))
     assert np.allclose(written.affine @ [3, 2, 1, 1], [-(-10 + 1.8), -(20 + 1.6), 7.5, 1])
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".tif"])
+def test_class_probabilities_round_trip_on_the_source_grid(tmp_path, suffix):
+    from napari_lgms.io import write_probabilities
+
+    source = save_nifti(tmp_path / "scan.nii.gz", labels_volume((10, 12, 8)).astype(np.int16), oblique_affine())
+    image = read_image(source)
+    probabilities = np.random.default_rng(0).random((3,) + image.spatial_shape).astype(np.float32)
+    written = write_probabilities(probabilities, tmp_path / f"p{suffix}", image)
+    if suffix == ".nii.gz":
+        import nibabel as nib
+
+        back = nib.load(written)
+        np.testing.assert_allclose(back.affine, nib.load(source).affine)
+        assert back.shape == nib.load(source).shape + (3,)
+        np.testing.assert_array_equal(np.moveaxis(np.asarray(back.dataobj), -1, 0)[1].T, probabilities[1])
+    else:
+        import tifffile
+
+        assert tifffile.imread(written).shape == (image.spatial_shape[0], 3) + image.spatial_shape[1:]
+    with pytest.raises(InputError, match="do not match"):
+        write_probabilities(probabilities[:, :-1], tmp_path / f"bad{suffix}", image)

@@ -170,15 +170,11 @@ def load_model_for_cli(name_or_path: str, device_text: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_lgms._generators import run_to_end
-    from napari_lgms.inference import segment_steps
-    from napari_lgms.io import read_image, write_mask
-
     roi = parse_roi(args.roi) if args.roi else None
     created = missing_folders(args.output)
     output = ensure_writable_folder(args.output)
     try:
-        return _segment_all(args, roi, output, read_image, write_mask, run_to_end, segment_steps)
+        return _segment_all(args, roi, output)
     finally:
         remove_if_empty(created)
 
@@ -202,7 +198,11 @@ def remove_if_empty(folders: list[Path]) -> None:
             return
 
 
-def _segment_all(args, roi, output, read_image, write_mask, run_to_end, segment_steps) -> int:
+def _segment_all(args, roi, output) -> int:
+    from napari_lgms._generators import run_to_end
+    from napari_lgms.inference import segment_steps
+    from napari_lgms.io import read_image
+
     files, problems = collect_inputs(args.inputs)
     jobs, plan_problems = plan_jobs(files, output, args.probabilities)
     problems += plan_problems
@@ -227,7 +227,7 @@ def _segment_all(args, roi, output, read_image, write_mask, run_to_end, segment_
             )
             result = run_to_end(steps, None if bar is None else (
                 lambda step: bar.show(index + step.done / max(step.total, 1), job.source.name)))
-            written = _write_outputs(job, result, image, write_mask)
+            written = _write_outputs(job, result, image)
         except LgmsError as error:
             if count == 1:
                 raise named_error(str(job.source), error) from None
@@ -246,7 +246,9 @@ def _segment_all(args, roi, output, read_image, write_mask, run_to_end, segment_
     return 0
 
 
-def _write_outputs(job: Job, result, image, write_mask) -> list[Path]:
+def _write_outputs(job: Job, result, image) -> list[Path]:
+    from napari_lgms.io import write_mask, write_probabilities
+
     written = [write_mask(result.labels, job.mask, reference=image)]
     if job.probabilities is not None:
         try:
@@ -256,88 +258,6 @@ def _write_outputs(job: Job, result, image, write_mask) -> list[Path]:
             raise
         written.append(job.probabilities)
     return written
-
-
-def write_probabilities(probabilities, path: Path, reference) -> Path:
-    """Write float32 probabilities ((*spatial) or (K, *spatial)) as TIFF or NIfTI, atomically.
-
-    NIfTI reuses the source header/affine (class axis as the 4th file axis);
-    TIFF is ImageJ-style with the class axis as channels.
-    """
-    import numpy as np
-
-    from napari_lgms._atomic import atomic_write_bytes
-    from napari_lgms.io.image import suffix_of
-
-    data = np.asarray(probabilities, dtype=np.float32)
-    spatial_dims = len(reference.spatial_shape)
-    has_classes = data.ndim == spatial_dims + 1
-    try:
-        if suffix_of(path) in (".nii", ".nii.gz"):
-            payload = _nifti_bytes(data, has_classes, reference, gzip_it=suffix_of(path) == ".nii.gz")
-        else:
-            payload = _tiff_bytes(data, has_classes, reference)
-        atomic_write_bytes(path, payload)
-    except OSError as error:
-        raise OutputError(f"cannot write {path}: {error.strerror or type(error).__name__}") from None
-    return path
-
-
-def _nifti_bytes(data, has_classes: bool, reference, gzip_it: bool) -> bytes:
-    import gzip
-
-    import nibabel as nib
-    import numpy as np
-
-    from napari_lgms.io.nifti import NiftiGeometry, file_affine_from_napari
-
-    spatial = data.ndim - int(has_classes)
-    order = tuple(range(data.ndim - 1, data.ndim - 1 - spatial, -1))  # reversed spatial axes
-    file_data = np.transpose(data, order + ((0,) if has_classes else ()))
-    if spatial == 2:  # (i, j[, K]) -> (i, j, 1[, K])
-        file_data = np.expand_dims(file_data, 2)
-    file_data = np.asfortranarray(file_data)
-    geometry = reference.header
-    if isinstance(geometry, NiftiGeometry):
-        header = geometry.header.copy()
-        header.set_data_shape(file_data.shape)
-        header.set_data_dtype(np.float32)
-        header.set_slope_inter(1.0, 0.0)
-        header["cal_min"], header["cal_max"] = 0, 0
-        image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-        image = image_class(file_data, None, header)
-    else:
-        if reference.affine is not None:
-            affine = file_affine_from_napari(reference.affine)
-        else:
-            spacing = list(reference.spacing or [1.0] * spatial)
-            affine = file_affine_from_napari(np.diag(([1.0] if spatial == 2 else []) + spacing + [1.0]))
-        image = nib.Nifti1Image(file_data, affine)
-    payload = image.to_bytes()
-    return gzip.compress(payload, compresslevel=6, mtime=0) if gzip_it else payload
-
-
-def _tiff_bytes(data, has_classes: bool, reference) -> bytes:
-    import io
-
-    import numpy as np
-    import tifffile
-
-    spatial = data.ndim - int(has_classes)
-    if has_classes and spatial == 3:  # ImageJ order is Z, C, Y, X
-        data, axes = np.moveaxis(data, 0, 1), "ZCYX"
-    else:
-        axes = ("C" if has_classes else "") + ("ZYX" if spatial == 3 else "YX")
-    metadata: dict[str, object] = {"axes": axes}
-    options: dict[str, object] = {}
-    spacing = reference.spacing
-    if spacing and len(spacing) == spatial:
-        options["resolution"] = (1.0 / float(spacing[-1]), 1.0 / float(spacing[-2]))
-        if spatial == 3:
-            metadata["spacing"] = float(spacing[0])
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, np.ascontiguousarray(data), imagej=True, metadata=metadata, **options)
-    return buffer.getvalue()
 
 
 def named_error(name: str, error: LgmsError) -> LgmsError:

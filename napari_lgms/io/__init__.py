@@ -13,6 +13,7 @@ from napari_lgms.io.image import (
     read_image,
     read_mask,
     write_mask,
+    write_probabilities,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "read_image",
     "read_mask",
     "write_mask",
+    "write_probabilities",
 ]

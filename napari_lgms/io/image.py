@@ -17,6 +17,8 @@ is cheap and never imports torch or Qt.
 """
 from __future__ import annotations
 
+import contextlib
+
 import copy
 import dataclasses
 from dataclasses import dataclass
@@ -347,7 +349,7 @@ def write_mask(mask: np.ndarray, path: str | Path, reference: ImageData | None =
         )
     labels = label_array_for_writing(mask)
     fmt = _FORMAT_BY_SUFFIX[suffix]
-    try:
+    with _as_output_error(path):
         if fmt == "nifti":
             from napari_lgms.io import nifti
 
@@ -362,12 +364,50 @@ def write_mask(mask: np.ndarray, path: str | Path, reference: ImageData | None =
             from napari_lgms.io import raster
 
             raster.write_png_mask(labels, path)
+    return path
+
+
+PROBABILITY_SUFFIXES = (".nii.gz", ".nii", ".tif", ".tiff")
+
+
+def write_probabilities(probabilities: np.ndarray, path: str | Path, reference: ImageData) -> Path:
+    """Write float32 probabilities, (*spatial) or (K, *spatial), as NIfTI or TIFF, atomically.
+
+    NIfTI reuses the reference header and affine (class axis as the 4th file
+    axis); TIFF is ImageJ-style with the class axis as channels.
+    """
+    path = Path(path)
+    suffix = suffix_of(path)
+    if suffix not in PROBABILITY_SUFFIXES:
+        raise OutputError(f"cannot write probabilities as {suffix or '(no suffix)'!r} ({path.name}); "
+                          f"accepted: {', '.join(PROBABILITY_SUFFIXES)}")
+    data = np.asarray(probabilities, dtype=np.float32)
+    has_classes = data.ndim == len(reference.spatial_shape) + 1
+    if tuple(data.shape[int(has_classes):]) != reference.spatial_shape:
+        raise InputError(f"probabilities of shape {data.shape} do not match the image's spatial shape "
+                         f"{reference.spatial_shape}")
+    with _as_output_error(path):
+        if _FORMAT_BY_SUFFIX[suffix] == "nifti":
+            from napari_lgms.io import nifti
+
+            nifti.write_nifti_array(data, path, reference, has_classes=has_classes)
+        else:
+            from napari_lgms.io import tiff
+
+            tiff.write_tiff_array(data, path, reference, has_classes=has_classes)
+    return path
+
+
+@contextlib.contextmanager
+def _as_output_error(path: Path):
+    """Turn an OS error while writing ``path`` into a one-line :class:`OutputError`."""
+    try:
+        yield
     except LgmsError:
         raise
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise OutputError(f"cannot write {path}: {_one_line(reason)}") from error
-    return path
 
 
 # --------------------------------------------------------------------------- napari

@@ -168,32 +168,45 @@ def _mask_in_file_layout(mask: np.ndarray) -> np.ndarray:
 
 def write_nifti_mask(labels: np.ndarray, path: Path, reference: ImageData | None) -> None:
     """Write ``labels`` (napari layout, uint8/uint16) as NIfTI; gzip when the suffix is ``.nii.gz``."""
+    write_nifti_array(labels, path, reference, intent="label")
+
+
+def write_nifti_array(data: np.ndarray, path: Path, reference: ImageData | None, *,
+                      has_classes: bool = False, intent: str = "none") -> None:
+    """Write ``data`` ((*spatial) or, with ``has_classes``, (K, *spatial), napari layout) as NIfTI.
+
+    The class axis becomes the 4th file axis. With a NIfTI reference its header
+    is reused, so qform/sform and their codes stay exactly as in the source.
+    """
     import nibabel as nib
 
+    spatial_dims = data.ndim - int(has_classes)
+    if has_classes:
+        file_data = np.asfortranarray(np.stack([_mask_in_file_layout(c) for c in data], axis=-1))
+    else:
+        file_data = _mask_in_file_layout(data)
     geometry = reference.header if reference is not None else None
     if isinstance(geometry, NiftiGeometry):
         header = geometry.header.copy()
         image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-        file_labels = _mask_in_file_layout(labels)
-        if len(geometry.file_shape) == 2 and file_labels.shape[2] == 1:
-            file_labels = file_labels[:, :, 0]  # the source file itself was 2D
-        header.set_data_shape(file_labels.shape)
-        header.set_data_dtype(file_labels.dtype)
+        if not has_classes and len(geometry.file_shape) == 2 and file_data.shape[2] == 1:
+            file_data = file_data[:, :, 0]  # the source file itself was 2D
+        header.set_data_shape(file_data.shape)
+        header.set_data_dtype(file_data.dtype)
         header.set_slope_inter(1.0, 0.0)
         header["cal_min"] = 0
         header["cal_max"] = 0
-        header.set_intent("label")
+        header.set_intent(intent)
         # affine=None keeps the header's qform/sform and their codes exactly as in the source.
-        image = image_class(file_labels, None, header)
+        image = image_class(file_data, None, header)
     else:
-        file_labels = _mask_in_file_layout(labels)
-        file_affine = _affine_without_nifti_header(reference, labels.ndim)
-        image = nib.Nifti1Image(file_labels, file_affine)
+        file_affine = _affine_without_nifti_header(reference, spatial_dims)
+        image = nib.Nifti1Image(file_data, file_affine)
         image.set_qform(file_affine, code=1)
         image.set_sform(file_affine, code=1)
         unit = reference.units[0] if reference is not None and reference.units else None
         image.header.set_xyzt_units(xyz=_NAPARI_UNIT_TO_NIFTI.get(str(unit), "mm") if unit else "mm")
-        image.header.set_intent("label")
+        image.header.set_intent(intent)
     payload = image.to_bytes()
     if suffix_of(path) == ".nii.gz":
         payload = gzip.compress(payload, compresslevel=6, mtime=0)

@@ -155,19 +155,30 @@ def read_tiff(path: str | Path) -> ImageData:
 
 def write_tiff_mask(labels: np.ndarray, path: Path, reference: ImageData | None) -> None:
     """ImageJ-compatible TIFF of ``labels`` (``YX`` or ``ZYX``) with the reference voxel size."""
+    write_tiff_array(labels, path, reference)
+
+
+def write_tiff_array(data: np.ndarray, path: Path, reference: ImageData | None, *,
+                     has_classes: bool = False) -> None:
+    """ImageJ-compatible TIFF of ``data`` ((*spatial) or, with ``has_classes``, (K, *spatial) as
+    channels) with the reference voxel size."""
     import tifffile
 
-    axes = "ZYX" if labels.ndim == 3 else "YX"
+    spatial_dims = data.ndim - int(has_classes)
+    if has_classes and spatial_dims == 3:  # ImageJ order is Z, C, Y, X
+        data, axes = np.moveaxis(data, 0, 1), "ZCYX"
+    else:
+        axes = ("C" if has_classes else "") + ("ZYX" if spatial_dims == 3 else "YX")
     metadata: dict[str, object] = {"axes": axes}
     options: dict[str, object] = {}
     spacing = reference.spacing if reference is not None else None
-    if spacing and len(spacing) == labels.ndim:
+    if spacing and len(spacing) == spatial_dims:
         size_y, size_x = float(spacing[-2]), float(spacing[-1])
         options["resolution"] = (1.0 / size_x, 1.0 / size_y)
-        if labels.ndim == 3:
+        if spatial_dims == 3:
             metadata["spacing"] = float(spacing[0])
         unit = reference.units[0] if reference.units else None
         metadata["unit"] = _IMAGEJ_UNIT.get(normalise_unit(unit) or "", "pixel")
     buffer = io.BytesIO()
-    tifffile.imwrite(buffer, labels, imagej=True, metadata=metadata, **options)
+    tifffile.imwrite(buffer, np.ascontiguousarray(data), imagej=True, metadata=metadata, **options)
     atomic_write_bytes(path, buffer.getvalue())
