@@ -1,51 +1,111 @@
-"""Retrain the shipped models from their configs (``make weights``).
+"""Retrain the shipped models from their configs (``make weights``), ship and score them.
 
-    NAPARI_LGMS_DATA=../shared/datasets python scripts/train_weights.py [NAME ...] [--resume]
+    NAPARI_LGMS_DATA=../shared/datasets python scripts/train_weights.py [NAME ...] [--resume] [TRAIN FLAGS]
+    NAPARI_LGMS_DATA=../shared/datasets python scripts/train_weights.py NAME --score-only
 
 Each ``training/configs/NAME.yaml`` is trained with ``napari-lgms train`` (its
 output folder keeps a checkpoint, so ``--resume`` continues an interrupted run,
-across sessions if need be); the best model is then copied into
-``resources/models`` with fp16 weights. The demo model is
+across sessions if need be); extra flags (``--epochs 20 --patch-size 160 160``)
+override the config. The best model is copied into ``resources/models`` with
+fp16 weights, then scored the way users run it: ``napari-lgms evaluate`` (the
+engine, at each image's own resolution) on the validation images of the
+config's ``split_file``; those numbers go into the card as ``metrics.engine``.
+``--score-only`` re-scores an already shipped model. The demo model is
 ``scripts/train_demo_model.py``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shutil
 import sys
+import tempfile
 from pathlib import Path
 
+from napari_lgms._atomic import atomic_write_bytes, atomic_write_text
 from napari_lgms.cli import main as cli
 from napari_lgms.training.config import load_yaml
+from napari_lgms.training.data import expand_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "training" / "configs"
 SHIPPED = ROOT / "resources" / "models"
 
 
+def image_and_mask_folders(data: Path) -> tuple[Path, Path]:
+    """``images/`` + ``masks/`` or an MSD task's ``imagesTr/`` + ``labelsTr/``."""
+    for images, masks in (("images", "masks"), ("imagesTr", "labelsTr")):
+        if (data / images).is_dir() and (data / masks).is_dir():
+            return data / images, data / masks
+    raise SystemExit(f"{data}: neither images/ + masks/ nor imagesTr/ + labelsTr/")
+
+
+def score(name: str) -> int:
+    """Score the shipped NAME on its config's validation split with the engine; record it in the card."""
+    config = load_yaml(CONFIGS / f"{name}.yaml")
+    split_file = ROOT / config["split_file"]
+    images, masks = image_and_mask_folders(expand_path(config["data"]))
+    card_path = SHIPPED / f"{name}.json"
+    with tempfile.TemporaryDirectory() as scratch:
+        report_path = Path(scratch) / "scores.json"
+        status = cli(["evaluate", "--model", str(card_path), "--images", str(images), "--masks", str(masks),
+                      "--split", str(split_file), "--json", str(report_path)])
+        if status:
+            return status
+        report = json.loads(report_path.read_text())
+    split = json.loads(split_file.read_text())
+    card = json.loads(card_path.read_text())
+    card.setdefault("metrics", {})["engine"] = {
+        **report["mean"], "images": report["count"],
+        "split": f"{split_file.relative_to(ROOT).as_posix()}: {split['description']}",
+        "how": "napari-lgms evaluate (the inference engine at each image's own resolution, fp16-stored "
+               "weights, per-image scores averaged): what a user gets",
+        "command": f"napari-lgms evaluate --model {name} --images {config['data']}/{images.name} "
+                   f"--masks {config['data']}/{masks.name} "
+                   f"--split {split_file.relative_to(ROOT).as_posix()}",
+    }
+    class_dice = report["mean"].get("class_dice")
+    if class_dice:
+        card["metrics"]["engine"]["mean_class_dice"] = sum(class_dice.values()) / len(class_dice)
+    atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
+    print(f"scored {name}: {json.dumps(report['mean'])}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="config names (default: all)")
     parser.add_argument("--resume", action="store_true", help="continue from each run's checkpoint")
+    parser.add_argument("--score-only", action="store_true", help="only re-score the shipped models")
     args, extra = parser.parse_known_args()
     if not os.environ.get("NAPARI_LGMS_DATA"):
         print("set NAPARI_LGMS_DATA to the datasets folder (e.g. ../shared/datasets)", file=sys.stderr)
         return 2
     names = args.names or sorted(p.stem for p in CONFIGS.glob("*.yaml"))
     for name in names:
-        config_file = CONFIGS / f"{name}.yaml"
-        flags = ["train", "--config", str(config_file), "--save-half", *extra]
-        if args.resume:
-            flags.append("--resume")
-        status = cli(flags)
+        if not args.score_only:
+            status = train_and_ship(name, args.resume, extra)
+            if status:
+                return status
+        status = score(name)
         if status:
             return status
-        output = Path(load_yaml(config_file)["output"])
-        SHIPPED.mkdir(parents=True, exist_ok=True)
-        for suffix in (".json", ".safetensors"):
-            shutil.copy2(output / f"{name}{suffix}", SHIPPED / f"{name}{suffix}")
-        print(f"shipped {name}")
+    return 0
+
+
+def train_and_ship(name: str, resume: bool, extra: list[str]) -> int:
+    config_file = CONFIGS / f"{name}.yaml"
+    flags = ["train", "--config", str(config_file), "--save-half", *extra]
+    if resume:
+        flags.append("--resume")
+    status = cli(flags)
+    if status:
+        return status
+    output = Path(load_yaml(config_file)["output"])
+    SHIPPED.mkdir(parents=True, exist_ok=True)
+    for suffix in (".json", ".safetensors"):
+        atomic_write_bytes(SHIPPED / f"{name}{suffix}", (output / f"{name}{suffix}").read_bytes())
+    print(f"shipped {name}")
     return 0
 
 

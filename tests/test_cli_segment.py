@@ -137,6 +137,10 @@ def test_segment_roi(model_2d, tmp_path, capsys):
     expected = segment(read_image(source).array, model, roi=((10, 40), (5, 30))).labels
     np.testing.assert_array_equal(mask, expected)
     assert not mask[:10].any() and not mask[:, 30:].any()
+    assert "past the edge" not in err
+    code, _, err = run_cli(capsys, "segment", source, "--model", card, "--output", tmp_path / "wide",
+                           "--roi", "10:40,5:300")
+    assert code == 0 and "--roi reaches past the edge of cells.png; used 10:40,5:64" in err
 
 
 def test_segment_folder_continues_after_a_bad_file(model_2d, tmp_path, capsys):
@@ -322,6 +326,29 @@ def test_evaluate_binary_matches_hand_computation(model_2d, tmp_path, capsys):
     assert numbers["mean"]["iou"] == pytest.approx(mean_iou, abs=1e-6)
     assert f"{mean_iou:.4f}" in out
     assert numbers["unpaired_images"] == ["lonely.png"] and numbers["unpaired_masks"] == ["stray_mask.png"]
+
+
+def test_evaluate_scores_only_the_validation_images_of_a_split(model_2d, tmp_path, capsys):
+    _, card = model_2d
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(blob_image((24, 24))).save(images / f"{name}.png")
+        Image.fromarray(np.zeros((24, 24), np.uint8)).save(masks / f"{name}.png")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["a"], "val": ["c", "b"]}))
+    report = tmp_path / "scores.json"
+    code, _, err = run_cli(capsys, "evaluate", "--model", card, "--images", images, "--masks", masks,
+                           "--split", split, "--json", report)
+    assert code == 0, err
+    numbers = json.loads(report.read_text())
+    assert [row["image"] for row in numbers["per_image"]] == ["b.png", "c.png"]
+    assert numbers["unpaired_masks"] == [] and numbers["split"] == str(split)
+    split.write_text(json.dumps({"val": ["b", "zzz"]}))
+    code, _, err = run_cli(capsys, "evaluate", "--model", card, "--images", images, "--masks", masks,
+                           "--split", split)
+    assert code == 2 and "'zzz'" in err and "Traceback" not in err
 
 
 def test_evaluate_multiclass_dice_per_class(tiny_model, tmp_path, capsys):

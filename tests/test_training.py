@@ -1,6 +1,7 @@
 """Training engine: data discovery, splits, augmentation, losses, config, train loop, resume, CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -126,7 +127,7 @@ def test_training_inputs_match_what_inference_feeds_the_network():
 
 
 def test_near_duplicates_never_straddle_the_split():
-    from napari_lgms.training.data import average_hash, duplicate_groups, split_examples
+    from napari_lgms.training.data import duplicate_groups, split_examples, thumbnail
 
     rng = np.random.default_rng(3)
     originals = [ellipse_phantom(rng, (64, 64))[0] for _ in range(10)]
@@ -134,14 +135,44 @@ def test_near_duplicates_never_straddle_the_split():
     for original in originals:  # each image twice: itself and a slightly noisy copy
         images.append(original)
         images.append(original + rng.normal(0, 2, original.shape))
-    groups = duplicate_groups([average_hash(im[None]) for im in images], max_distance=6)
+    groups = duplicate_groups([thumbnail(im[None]) for im in images], min_correlation=0.95)
     assert all(groups[2 * i] == groups[2 * i + 1] for i in range(10))
+    assert len(set(groups)) == 10  # similar-looking phantoms of different shapes stay apart
     for seed in range(5):
         split = split_examples(len(images), 0.3, seed, groups)
         val = set(split.val)
         assert all((2 * i in val) == (2 * i + 1 in val) for i in range(10))
         assert val and len(split.train) + len(split.val) == 20
     assert split_examples(20, 0.3, 7, groups).val == split_examples(20, 0.3, 7, groups).val
+
+
+def test_a_big_duplicate_group_trains_instead_of_swallowing_validation():
+    from napari_lgms.training.data import split_examples
+
+    groups = [0] * 60 + list(range(1, 41))  # one group of 60 near-identical frames, 40 singletons
+    for seed in range(10):
+        split = split_examples(100, 0.2, seed, groups)
+        assert 20 <= len(split.val) <= 22
+        assert not set(range(60)) & set(split.val)
+
+
+def test_a_recorded_split_is_reused_by_name(tmp_path):
+    import json
+
+    from napari_lgms.errors import InputError
+    from napari_lgms.training.data import split_from_file
+
+    record = {"description": "drawn earlier", "seed": 41, "val_fraction": 0.4, "grouped_near_duplicates": True,
+              "groups": 4, "train": ["a", "c", "e"], "val": ["d", "b"]}
+    (tmp_path / "split.json").write_text(json.dumps(record))
+    split = split_from_file(tmp_path / "split.json", ["a", "b", "c", "d", "e", "f"])
+    assert split.val == [1, 3] and split.train == [0, 2, 4, 5]  # "f" is new: it trains
+    assert "recorded split" in split.describe() and split.seed == 41
+    with pytest.raises(InputError, match="not in the data"):
+        split_from_file(tmp_path / "split.json", ["a", "c", "d"])
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(InputError, match="not a readable split.json"):
+        split_from_file(tmp_path / "broken.json", ["a"])
 
 
 def test_few_examples_validate_on_training_and_say_so():
@@ -209,6 +240,27 @@ def test_losses_match_the_recipe():
     assert float(bce_dice_loss(zero, target)) == pytest.approx(0.5 * expected_bce + 1 - dice, rel=1e-5)
     logits = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 30
     assert float(ce_dice_loss(logits, target)) < 0.51  # class 2 absent: its soft Dice is ~1 by smoothing
+
+
+def test_sliding_window_validation_blends_windows_back_into_place():
+    import torch
+
+    from napari_lgms.training.evaluate import evaluate_sums, sliding_window_logits
+
+    torch.manual_seed(0)
+    pointwise = torch.nn.Conv3d(1, 3, 1)  # a voxel's logits do not depend on the window it sits in
+    volume = torch.randn(1, 1, 20, 13, 9)
+    whole = pointwise(volume)
+    blended = sliding_window_logits(pointwise, volume, (8, 8, 8), batch_size=3)
+    torch.testing.assert_close(blended, whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sliding_window_logits(pointwise, volume, (32, 32, 32)), whole)
+
+    from napari_lgms.training.data import Sample
+
+    mask = whole[0].argmax(0).numpy()
+    sample = Sample("v", volume[0].numpy(), mask, None)
+    scores = evaluate_sums(pointwise, [sample], "cpu", 3, window=(8, 8, 8))
+    assert scores["count"] == 1 and scores["dice"] == pytest.approx(1.0)
 
 
 # ----------------------------------------------------------------------------- config
@@ -339,6 +391,8 @@ def test_multiclass_3d_patches_and_early_stopping(tmp_path, tiny_arch):
     assert card.input["mode"] == "sliding_window" and card.input["spacing"] == [1.0, 1.0, 1.0]
     assert {"dice", "dice_class_1", "dice_class_2"} <= set(card.metrics)
     assert card.class_names == ["background", "anterior", "posterior"]
+    resumed = train(dataclasses.replace(config, resume=True))  # an early-stopped run stays stopped
+    assert resumed.epochs_completed == result.epochs_completed and resumed.steps == result.steps
 
 
 def test_cli_train_flags_override_yaml(tmp_path, tiny_arch):

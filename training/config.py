@@ -40,7 +40,8 @@ class TrainConfig:
     val_fraction: float = 0.2
     split_seed: int = 41
     group_duplicates: bool = True  # near-duplicates never straddle the split
-    duplicate_distance: int = 6  # max Hamming distance of the 64-bit image hashes
+    duplicate_correlation: float = 0.95  # thumbnails correlating at least this much are near-duplicates
+    split_file: str = ""  # a recorded split (a run's split.json) to reuse instead of drawing one
     # -- optimisation ---------------------------------------------------------------------------
     seed: int = 41
     epochs: int = 100
@@ -104,6 +105,8 @@ class TrainConfig:
             raise InputError("no training data: give --data FOLDER, or --images DIR and --masks DIR")
         if not 0.0 <= self.val_fraction < 1.0:
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 < self.duplicate_correlation <= 1.0:
+            raise InputError(f"duplicate_correlation must be in (0, 1], got {self.duplicate_correlation}")
         if self.epochs < 1 or self.batch_size < 1:
             raise InputError("epochs and batch_size must be at least 1")
         if not self.patch_size or any(int(s) < 1 for s in self.patch_size):

@@ -17,15 +17,18 @@ flat indices of the voxels patch sampling favours (voxels the user corrected,
 else foreground).
 
 Splits (:func:`split_examples`) are seeded and, optionally, grouped: images
-whose 64-bit average hashes differ in at most ``duplicate_distance`` bits are
-joined (union-find) and a group goes wholly to training or to validation.
+whose thumbnails (grey, 32x32 or 16x16x16, z-scored) correlate at least
+``duplicate_correlation`` are joined (union-find) and a group goes wholly to
+training or to validation. (A 64-bit average hash chained BUSI's similar-looking
+ultrasound frames into one group of hundreds; thumbnail correlation finds Kvasir's
+4 known duplicate pairs and BUSI's re-exported copies without chaining.)
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -268,22 +271,21 @@ def prepare(raw: RawExample, spec: PrepareSpec, name: str = "image") -> Sample:
 
 
 # ----------------------------------------------------------------------------- near duplicates & split
-def average_hash(image: np.ndarray) -> np.uint64:
-    """64-bit average hash of (C, *S): grey, area-downsampled to 8x8 (2D) or 4x4x4 (3D), > mean."""
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    """(C, *S) -> flat float32 z-scored grey thumbnail: area-downsampled to 32x32 (2D) or 16x16x16 (3D)."""
     import torch
     import torch.nn.functional as F
 
     grey = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).mean(0, keepdim=True)[None]
-    size = (8, 8) if grey.ndim == 4 else (4, 4, 4)
-    small = F.adaptive_avg_pool2d(grey, size) if grey.ndim == 4 else F.adaptive_avg_pool3d(grey, size)
-    bits = (small.flatten() > small.mean()).numpy()
-    return np.uint64(int("".join("1" if b else "0" for b in bits), 2))
+    pool = F.adaptive_avg_pool2d if grey.ndim == 4 else F.adaptive_avg_pool3d
+    small = pool(grey, (32, 32) if grey.ndim == 4 else (16, 16, 16)).flatten()
+    return ((small - small.mean()) / (small.std(unbiased=False) + 1e-6)).numpy()
 
 
-def duplicate_groups(hashes: list[int] | np.ndarray, max_distance: int) -> list[int]:
-    """Union-find over pairs whose hashes differ in <= ``max_distance`` bits; a group id per item."""
-    codes = np.asarray(hashes, dtype=np.uint64)
-    n = len(codes)
+def duplicate_groups(thumbnails: list[np.ndarray], min_correlation: float) -> list[int]:
+    """Union-find over pairs whose thumbnails correlate >= ``min_correlation``; a group id per item."""
+    vectors = np.stack(thumbnails).astype(np.float32) if len(thumbnails) else np.zeros((0, 1), np.float32)
+    n, length = vectors.shape
     parent = list(range(n))
 
     def find(i: int) -> int:
@@ -293,20 +295,14 @@ def duplicate_groups(hashes: list[int] | np.ndarray, max_distance: int) -> list[
         return i
 
     for start in range(0, n, 512):
-        block = codes[start:start + 512, None] ^ codes[None, :]
-        distance = np.bitwise_count(block) if hasattr(np, "bitwise_count") else _popcount(block)
-        rows, cols = np.nonzero(distance <= max_distance)
+        correlation = vectors[start:start + 512] @ vectors.T / length
+        rows, cols = np.nonzero(correlation >= min_correlation)
         for r, c in zip(rows + start, cols):
             if r < c:
                 a, b = find(int(r)), find(int(c))
                 if a != b:
                     parent[max(a, b)] = min(a, b)
     return [find(i) for i in range(n)]
-
-
-def _popcount(values: np.ndarray) -> np.ndarray:
-    bytes_ = values.view(np.uint8).reshape(values.shape + (8,))
-    return np.unpackbits(bytes_, axis=-1).sum(-1)
 
 
 @dataclass
@@ -320,8 +316,11 @@ class Split:
     grouped: bool
     groups: int
     validated_on_training: bool = False
+    source: str = ""  # the split file it was read from, if any
 
     def describe(self) -> str:
+        if self.source:
+            return f"recorded split {self.source}: {len(self.val)} validation / {len(self.train)} training"
         if self.validated_on_training:
             return f"training examples (only {len(self.train)}: too few to hold any out)"
         how = f"near-duplicate groups ({self.groups} groups)" if self.grouped else "examples"
@@ -332,7 +331,8 @@ class Split:
 def split_examples(count: int, val_fraction: float, seed: int, groups: list[int] | None = None,
                    min_for_holdout: int = 3) -> Split:
     """Shuffle the groups with ``numpy.random.default_rng(seed)``; validation takes whole groups
-    in that order until it holds at least ``round(val_fraction * count)`` examples (at least 1).
+    in that order until it holds at least ``round(val_fraction * count)`` examples (at least 1),
+    passing over any group that would overshoot that by more than 10 % (big groups train).
 
     Fewer than ``min_for_holdout`` examples, or ``val_fraction == 0``: validate on the training set.
     """
@@ -343,6 +343,7 @@ def split_examples(count: int, val_fraction: float, seed: int, groups: list[int]
     unique = sorted(set(group_of))
     order = np.random.default_rng(seed).permutation(len(unique))
     wanted = max(1, int(round(val_fraction * count)))
+    ceiling = wanted + max(1, wanted // 10)
     members: dict[int, list[int]] = {}
     for index, g in enumerate(group_of):
         members.setdefault(g, []).append(index)
@@ -351,12 +352,35 @@ def split_examples(count: int, val_fraction: float, seed: int, groups: list[int]
         if len(val) >= wanted:
             break
         candidate = members[unique[position]]
-        if len(val) + len(candidate) >= count:  # keep at least one training group
+        if len(val) + len(candidate) >= count or (val and len(val) + len(candidate) > ceiling):
             continue
         val.extend(candidate)
     val_set = set(val)
     train = [i for i in range(count) if i not in val_set]
     return Split(train, sorted(val), seed, val_fraction, groups is not None, len(unique))
+
+
+def split_from_file(path: Path, names: list[str]) -> Split:
+    """The split recorded in ``path`` (a run's ``split.json``: ``"val"`` example names, plus its
+    ``seed``/``val_fraction``); every other example trains. Listed names that are missing are an error."""
+    import json
+
+    try:
+        record = json.loads(Path(path).read_text())
+        wanted = [str(name) for name in record["val"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputError(f"split_file {path}: not a readable split.json with a \"val\" list ({error})") from None
+    index = {name: i for i, name in enumerate(names)}
+    missing = [name for name in wanted if name not in index]
+    if missing:
+        raise InputError(f"split_file {path}: {len(missing)} validation example(s) are not in the data, "
+                         f"e.g. {missing[0]!r}; use the data the split was made on")
+    val = sorted(index[name] for name in wanted)
+    chosen = set(val)
+    train = [i for i in range(len(names)) if i not in chosen]
+    return Split(train, val, int(record.get("seed", 0)), float(record.get("val_fraction", 0.0)),
+                 bool(record.get("grouped_near_duplicates", False)), int(record.get("groups", 0)),
+                 source=Path(path).as_posix())
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -427,10 +451,6 @@ class TrainingDataset:
         return torch.from_numpy(image), torch.from_numpy(mask.astype(np.int64))
 
 
-def hash_groups(cache: SampleCache, max_distance: int, progress: Callable[[int], None] | None = None) -> list[int]:
-    hashes = []
-    for index in range(len(cache)):
-        hashes.append(average_hash(cache.get(index).image))
-        if progress:
-            progress(index + 1)
-    return duplicate_groups(hashes, max_distance)
+def near_duplicate_groups(cache: SampleCache, min_correlation: float) -> list[int]:
+    """A group id per example of ``cache`` (see :func:`duplicate_groups`)."""
+    return duplicate_groups([thumbnail(cache.get(i).image) for i in range(len(cache))], min_correlation)

@@ -278,10 +278,13 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
             if time.monotonic() - last >= PROGRESS_INTERVAL:
                 last = time.monotonic()
                 yield report(0, 0, 0, None, 0.0, "loading", message=f"loaded {done}/{total_examples}")
-    groups = None
-    if config.group_duplicates and config.val_fraction > 0 and total_examples >= 3:
-        groups = data_mod.hash_groups(cache, config.duplicate_distance)
-    split = data_mod.split_examples(total_examples, config.val_fraction, config.split_seed, groups)
+    if config.split_file:
+        split = data_mod.split_from_file(data_mod.expand_path(config.split_file), [e.name for e in examples])
+    else:
+        groups = None
+        if config.group_duplicates and config.val_fraction > 0 and total_examples >= 3:
+            groups = data_mod.near_duplicate_groups(cache, config.duplicate_correlation)
+        split = data_mod.split_examples(total_examples, config.val_fraction, config.split_seed, groups)
     val_samples = [cache.get(i) for i in split.val]
     split_record = {
         "description": split.describe(), "seed": split.seed, "val_fraction": split.val_fraction,
@@ -390,8 +393,8 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
     session_start_step, session_start_time = step, time.monotonic()
     epoch = start_epoch
     for epoch in range(start_epoch, config.epochs):
-        if step >= total_steps:
-            break
+        if step >= total_steps or (config.early_stop_patience > 0 and stale >= config.early_stop_patience):
+            break  # done, or a resumed run that had already stopped early
         torch.manual_seed(config.seed * 100003 + epoch * 101 + info.rank)
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
@@ -444,7 +447,8 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
             yield report(step, total_steps, epoch + 1, None, scheduler.get_last_lr()[0], "validate")
             keys = metric_keys(num_classes) + ["count"]
             sums = evaluate_sums(network, val_samples[info.rank::info.world_size], device, num_classes,
-                                 batch_size=config.batch_size, autocast=autocast)
+                                 batch_size=config.batch_size, autocast=autocast,
+                                 window=tuple(config.patch_size) if config.input_mode == "patch" else None)
             reduced = distributed.all_reduce_sums([sums[k] for k in keys], info, device)
             metrics = means(dict(zip(keys, reduced)))
             row["val"] = metrics

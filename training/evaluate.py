@@ -4,6 +4,12 @@ Binary (one logit): sigmoid > 0.5, IoU and Dice per image
 (:func:`napari_lgms.metrics.binary_scores`). Multi-class: argmax, Dice per
 foreground class (:func:`napari_lgms.metrics.class_dice`), ``dice`` = their
 mean. Returned as *sums* plus a count so ranks can add them up before dividing.
+
+With ``window`` (patch-trained models, e.g. 3D), every sample is predicted the
+way the inference engine predicts it: Gaussian-blended sliding windows of the
+training patch size with the engine's default overlap, so the epoch chosen as
+best is the one that is best for users (one forward over a whole padded volume
+scores differently: normalisation layers then see the padding).
 """
 from __future__ import annotations
 
@@ -21,9 +27,38 @@ def metric_keys(num_classes: int) -> list[str]:
     return ["loss", "dice"] + [f"dice_class_{k}" for k in range(1, num_classes)]
 
 
+def sliding_window_logits(network, image, window: tuple[int, ...], *, overlap: float = 0.25,
+                          batch_size: int = 4, autocast=contextlib.nullcontext):
+    """(1, C, *S) tensor -> (1, K, *S) float32 logits, blended over windows of ``window`` (clipped to S)."""
+    import torch
+
+    from napari_lgms.inference.windows import gaussian_weights, window_shape, window_slices
+    from napari_lgms.models.padding import padded_forward
+
+    spatial = tuple(image.shape[2:])
+    windows = window_slices(spatial, window, overlap)
+    weights = torch.from_numpy(gaussian_weights(window_shape(spatial, window))).to(image.device)
+    total, norm = None, torch.zeros(spatial, device=image.device)
+    for start in range(0, len(windows), batch_size):
+        chosen = windows[start:start + batch_size]
+        crops = torch.cat([image[(slice(None), slice(None), *w)] for w in chosen])
+        with autocast():
+            logits = padded_forward(network, crops)
+        logits = logits.float() * weights
+        if total is None:
+            total = torch.zeros((1, logits.shape[1], *spatial), device=image.device)
+        for w, piece in zip(chosen, logits):
+            total[(0, slice(None), *w)] += piece
+            norm[w] += weights
+    return total / norm
+
+
 def evaluate_sums(network, samples: Sequence, device, num_classes: int, *, batch_size: int = 8,
-                  autocast=contextlib.nullcontext) -> dict[str, float]:
-    """Sum of per-image metrics over ``samples`` (plus ``count``); the network is left in eval mode."""
+                  autocast=contextlib.nullcontext, window: tuple[int, ...] | None = None) -> dict[str, float]:
+    """Sum of per-image metrics over ``samples`` (plus ``count``); the network is left in eval mode.
+
+    ``window``: predict each sample by sliding windows of this size (see the module docstring).
+    """
     import torch
 
     from napari_lgms.models.padding import padded_forward
@@ -42,9 +77,13 @@ def evaluate_sums(network, samples: Sequence, device, num_classes: int, *, batch
                 batch = group[start:start + batch_size]
                 images = torch.from_numpy(np.stack([s.image for s in batch])).to(device)
                 masks = torch.from_numpy(np.stack([s.mask.astype(np.int64) for s in batch])).to(device)
-                with autocast():
-                    logits = padded_forward(network, images)
-                logits = logits.float()
+                if window is None:
+                    with autocast():
+                        logits = padded_forward(network, images).float()
+                else:
+                    logits = torch.cat([sliding_window_logits(network, images[i:i + 1], window,
+                                                              batch_size=batch_size, autocast=autocast)
+                                        for i in range(len(batch))])
                 for i, sample in enumerate(batch):
                     totals["loss"] += float(segmentation_loss(logits[i:i + 1], masks[i:i + 1]))
                     if num_classes == 1:

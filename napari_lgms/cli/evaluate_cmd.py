@@ -46,6 +46,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--images", required=True, help="folder of images")
     parser.add_argument("--masks", required=True, help="folder of reference masks")
     parser.add_argument("--json", dest="json_path", help="also write the numbers to this JSON file")
+    parser.add_argument("--split", dest="split_path",
+                        help="a training run's split.json: score only its validation images (by name stem)")
     add_device_argument(parser)
     parser.add_argument("--slice-axis", type=int, default=0, help="axis a 2D model walks through a volume")
     return parser
@@ -97,6 +99,14 @@ def _list_folder(folder: str, what: str) -> list[Path]:
     if not path.is_dir():
         raise InputError(f"--{what} {path} is not a folder")
     return sorted(child for child in path.iterdir() if not child.name.startswith(".") and is_supported(child))
+
+
+def validation_names(split_path: str) -> set[str]:
+    """The ``"val"`` name stems of a training run's ``split.json``."""
+    try:
+        return {str(name) for name in json.loads(Path(split_path).expanduser().read_text())["val"]}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputError(f"--split {split_path}: not a readable split.json with a \"val\" list ({error})") from None
 
 
 def score_pair(image_path: Path, mask_path: Path, model, device, slice_axis: int) -> dict:
@@ -163,7 +173,18 @@ def run(args: argparse.Namespace) -> int:
     json_path = ensure_writable_file(args.json_path) if args.json_path else None
     images = _list_folder(args.images, "images")
     masks = _list_folder(args.masks, "masks")
+    if args.split_path:
+        from napari_lgms.io.image import stem_of
+
+        wanted = validation_names(args.split_path)
+        images = [image for image in images if stem_of(image) in wanted]
+        missing = wanted - {stem_of(image) for image in images}
+        if missing:
+            raise InputError(f"--split {args.split_path}: {len(missing)} validation image(s) are not in "
+                             f"{args.images}, e.g. {sorted(missing)[0]!r}")
     pairs, lonely_images, lonely_masks = pair_files(images, masks)
+    if args.split_path:
+        lonely_masks = []  # the other masks belong to training images
     for image in lonely_images:
         print(f"napari-lgms evaluate: warning: no mask for image {image.name}", file=sys.stderr)
     for mask in lonely_masks:
@@ -196,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
             "model_path": str(model.path) if model.path else None,
             "images": str(Path(args.images)),
             "masks": str(Path(args.masks)),
+            "split": str(Path(args.split_path)) if args.split_path else None,
             "class_names": list(model.card.class_names),
             "per_image": rows,
             "mean": means,

@@ -227,6 +227,7 @@ def _segment_all(args, roi, output) -> int:
             )
             result = run_to_end(steps, None if bar is None else (
                 lambda step: bar.show(index + step.done / max(step.total, 1), job.source.name)))
+            _warn_if_clipped(roi, result.roi, args.slice_axis, job.source)
             written = _write_outputs(job, result, image)
         except LgmsError as error:
             if count == 1:
@@ -244,6 +245,18 @@ def _segment_all(args, roi, output) -> int:
         print(f"napari-lgms segment: {failures} of {count} input(s) failed", file=sys.stderr)
         return 2
     return 0
+
+
+def _warn_if_clipped(asked, used, slice_axis: int, source) -> None:
+    """Say so when the engine clipped ``--roi`` to the image (stops past an edge)."""
+    if asked is None or used is None:
+        return
+    if len(asked) != len(used):  # a 2D model on a volume: the slice axis is not part of the ROI used
+        asked = tuple(r for axis, r in enumerate(asked) if axis != slice_axis % len(asked))
+    if tuple(map(tuple, asked)) != tuple(map(tuple, used)):
+        shown = ",".join(f"{start}:{stop}" for start, stop in used)
+        print(f"napari-lgms segment: note: --roi reaches past the edge of {Path(source).name}; used {shown}",
+              file=sys.stderr)
 
 
 def _write_outputs(job: Job, result, image) -> list[Path]:

@@ -98,6 +98,12 @@ class ModelCard:
             split = str(self.metrics.get("split", "unspecified split")).removeprefix("validation: ")
             numbers = ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
             lines.append(f"validation: {numbers} ({split})")
+        engine = self.metrics.get("engine")
+        if isinstance(engine, dict) and isinstance(engine.get("dice"), float):
+            numbers = ", ".join(f"{k} {engine[k]:.3f}" for k in ("iou", "dice", "mean_class_dice")
+                                if isinstance(engine.get(k), float))
+            lines.append(f"as users run it (engine, original resolution): {numbers} on "
+                         f"{engine.get('images', '?')} validation images")
         if self.lineage.get("parent"):
             lines.append(f"fine-tuned from: {self.lineage['parent']}")
         return "\n".join(lines)
