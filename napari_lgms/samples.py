@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 DEFAULT_SEED = 0
+MODEL_HINT_KEY = "napari_lgms_model"  # image layer metadata: the shipped model made for this sample
 
 LayerData = tuple  # (data, kwargs, layer_type)
 
@@ -178,7 +179,8 @@ def ultrasound_sample() -> list[LayerData]:
     image, mask = make_ultrasound()
     geometry = {"scale": (0.2, 0.2), "units": ("mm", "mm"), "axis_labels": ("y", "x")}
     return [
-        (image, {"name": "ultrasound", "colormap": "gray", **geometry}, "image"),
+        (image, {"name": "ultrasound", "colormap": "gray", "metadata": {MODEL_HINT_KEY: "lgmsnet-synthetic-us"},
+                 **geometry}, "image"),
         (mask, _truth_kwargs("ultrasound", **geometry), "labels"),
     ]
 

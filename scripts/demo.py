@@ -3,8 +3,9 @@
     python scripts/demo.py                      # interactive: the window stays open
     python scripts/demo.py --screenshot out/    # save a screenshot and the mask, then exit 0
 
-It uses the first shipped model that fits the sample (2D), else an untrained
-LGMSNet (random weights), and says so on the canvas. Without a display (Linux,
+It uses the model the Segment widget suggests for the sample (the sample names
+``lgmsnet-synthetic-us``, the shipped model trained on such generated images),
+and says on the canvas which one, with a warning if it is untrained. Without a display (Linux,
 no $DISPLAY) it re-runs itself under ``xvfb-run`` when that is installed, and
 then saves and exits, as with ``NAPARI_LGMS_DEMO_EXIT=1``. Exit status: 0 when
 the segmentation was shown (and saved), 1 otherwise.
@@ -24,25 +25,12 @@ if str(REPO) not in sys.path:
 
 DEFAULT_OUTPUT = "demo-output"
 TIMEOUT_MS = 180_000
-UNTRAINED_MODEL = "lgmsnet"
 
 
 def _has_display() -> bool:
     if sys.platform in ("darwin", "win32"):
         return True
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
-def _pick_model():
-    """(source, trained, description): the first shipped 2D model (1 channel first) or untrained LGMSNet."""
-    from napari_lgms.zoo import list_available_models
-
-    shipped = [e for e in list_available_models() if e.origin == "shipped" and e.spatial_dims == 2]
-    shipped.sort(key=lambda e: e.in_channels != 1)
-    if shipped:
-        return str(shipped[0].card_path), True, f"shipped model {shipped[0].name}"
-    return UNTRAINED_MODEL, False, ("UNTRAINED LGMSNet (random weights, no shipped model yet): "
-                                    "the mask is meaningless")
 
 
 def main(argv=None) -> int:
@@ -65,17 +53,15 @@ def main(argv=None) -> int:
     import napari
     from qtpy.QtCore import QTimer
 
-    source, trained, description = _pick_model()
     viewer = napari.Viewer(title="napari-lgms demo")
     viewer.window.resize(1500, 900)
     viewer.open_sample("napari-lgms", "ultrasound")
     _, widget = viewer.window.add_plugin_dock_widget("napari-lgms", "Segment")
-    if trained:
-        widget.select_model(source)
-    else:
-        widget.select_model(UNTRAINED_MODEL)
     widget.image_combo.setCurrentText("ultrasound")
-    banner = description if trained else "UNTRAINED LGMSNet, random output"
+    choice = widget.current_choice()
+    trained = choice is not None and choice.trained
+    description = f"model {choice.label}" if choice is not None else "no model"
+    banner = description if trained else f"UNTRAINED {description}, random output"
     _show_banner(viewer, f"napari-lgms demo: {banner}", warning=not trained)
     print(f"demo: segmenting the generated ultrasound sample with {description}", flush=True)
 

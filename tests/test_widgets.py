@@ -54,6 +54,35 @@ def test_throttled_stop_closes_the_engine_before_it_goes_on():
     assert finished.value.value is None and "saved" not in reached and len(reached) == 2
 
 
+def test_the_suggested_model_fits_the_image():
+    from napari_lgms.widgets._shared import ModelChoice, suggested_index
+
+    def choice(name, dims, channels, origin="shipped", trained=True):
+        return ModelChoice(name, f"/models/{name}.json", trained, dims, channels, "", name, origin)
+
+    choices = [choice("esdmrnet-breast-us", 2, 1), choice("esdmrnet-polyp", 2, 3),
+               choice("lgmsnet-breast-us", 2, 1), choice("lgmsnet-polyp", 2, 3),
+               choice("lgmsnet-synthetic-us", 2, 1), choice("lgmsnet3d-hippocampus", 3, 1),
+               choice("lgmsnet", 2, 3, "none yet", trained=False)]
+    names = [c.name for c in choices]
+
+    def pick(*args, **kwargs):
+        return names[suggested_index(choices, **kwargs)]
+
+    assert pick(spatial_ndim=2, channels=3) == "lgmsnet-polyp"
+    assert pick(spatial_ndim=2, channels=1) == "lgmsnet-breast-us"
+    assert pick(spatial_ndim=3, channels=1) == "lgmsnet3d-hippocampus"
+    assert pick(spatial_ndim=3, channels=3) == "lgmsnet-polyp"  # an RGB stack: a 2D model, slice by slice
+    assert pick(spatial_ndim=2, channels=1, hint="lgmsnet-synthetic-us") == "lgmsnet-synthetic-us"
+    assert pick(spatial_ndim=2, channels=1, hint="not-installed") == "lgmsnet-breast-us"
+    choices.insert(0, choice("lgmsnet-breast-us-ft-20261122-101500", 2, 1, "user"))
+    names.insert(0, choices[0].name)
+    assert pick(spatial_ndim=2, channels=1) == "lgmsnet-breast-us-ft-20261122-101500"  # yours first
+    assert pick(spatial_ndim=2, channels=3) == "lgmsnet-polyp"
+    untrained = [c for c in choices if not c.trained]
+    assert suggested_index(untrained, spatial_ndim=2, channels=1) == 0
+
+
 def test_place_and_merge_touch_only_the_region():
     from napari_lgms.widgets._layer_geometry import merge_into, place, region_slices
 
@@ -160,6 +189,23 @@ def test_segment_2d_sample_new_layer_keeps_geometry(make_napari_viewer, qtbot, s
     panel.entry_list.setCurrentRow(0)
     panel.delete_selected()
     assert len(panel.store) == 0 and "0 corrections" in panel.count_label.text()
+
+
+@pytest.mark.gui
+@needs_display
+def test_the_model_follows_the_image_until_the_user_picks_one(make_napari_viewer, saved_tiny):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-lgms", "ultrasound")  # made for lgmsnet-synthetic-us (layer metadata)
+    widget = _dock(viewer, "Segment")
+    assert widget.current_choice().name == "lgmsnet-synthetic-us"
+    viewer.add_image(np.zeros((6, 32, 32), np.float32), name="scan")  # a volume: the user's 3D model
+    widget.image_combo.setCurrentText("scan")
+    assert widget.current_choice().name == "tiny-3d"
+    index = next(i for i, c in enumerate(widget._choices) if c.name == "tiny-2d")
+    widget.model_combo.setCurrentIndex(index)
+    widget.model_combo.activated.emit(index)  # what a click in the list does
+    widget.image_combo.setCurrentText("ultrasound")
+    assert widget.current_choice().name == "tiny-2d"
 
 
 @pytest.mark.gui

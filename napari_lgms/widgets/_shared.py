@@ -13,7 +13,10 @@ from pathlib import Path
 
 from psygnal import Signal
 
+from napari_lgms.samples import MODEL_HINT_KEY  # noqa: F401  (re-exported for the widgets)
+
 UNTRAINED_NOTE = "untrained: random weights, the output is meaningless until it is trained or fine-tuned"
+PREFERRED_MODELS = ("lgmsnet-polyp", "lgmsnet-breast-us", "lgmsnet3d-hippocampus")  # real-data, best first
 
 
 class _Hub:
@@ -38,6 +41,8 @@ class ModelChoice:
     spatial_dims: int
     in_channels: int
     summary: str
+    name: str = ""
+    origin: str = ""  # "user", "shipped", "file" or "none yet"
 
 
 def _describe(card, spatial_dims: int, in_channels: int) -> str:
@@ -58,12 +63,13 @@ def model_choices(include_untrained: bool = True) -> list[ModelChoice]:
                 choices.append(ModelChoice(
                     f"{entry.name} (untrained)", entry.name, False, entry.spatial_dims, entry.in_channels,
                     f"{entry.architecture} {entry.spatial_dims}D, {entry.in_channels} input channel(s)\n"
-                    f"{UNTRAINED_NOTE}",
+                    f"{UNTRAINED_NOTE}", entry.name, entry.origin,
                 ))
             continue
         label = f"{entry.name} ({'yours' if entry.origin == 'user' else entry.origin})"
         choices.append(ModelChoice(label, str(entry.card_path), True, entry.spatial_dims, entry.in_channels,
-                                   _describe(entry.card, entry.spatial_dims, entry.in_channels)))
+                                   _describe(entry.card, entry.spatial_dims, entry.in_channels),
+                                   entry.name, entry.origin))
     return choices
 
 
@@ -78,6 +84,37 @@ def default_index(choices: list[ModelChoice]) -> int:
     return 0
 
 
+def suggested_index(choices: list[ModelChoice], *, spatial_ndim: int, channels: int,
+                    hint: str | None = None) -> int:
+    """The row a first click should use on an image with ``spatial_ndim`` (2 or 3) axes and
+    ``channels`` (1 grey, 3 RGB).
+
+    The model the image names (``hint``, from its layer metadata) if listed; else, among trained
+    models a network of at most ``spatial_ndim`` dimensions can run on, the best fit (same
+    dimensions and channels first), the user's own models before the shipped real-data
+    LGMSNets (:data:`PREFERRED_MODELS`) before any other; else :func:`default_index`.
+    """
+    if hint:
+        for index, choice in enumerate(choices):
+            if choice.trained and choice.name == hint:
+                return index
+
+    def rank(choice: ModelChoice) -> tuple:
+        fit = (choice.spatial_dims != spatial_ndim) + 2 * (choice.in_channels != channels)
+        if choice.origin in ("user", "file"):
+            source = 0
+        elif choice.name in PREFERRED_MODELS:
+            source = 1 + PREFERRED_MODELS.index(choice.name)
+        else:
+            source = 1 + len(PREFERRED_MODELS)
+        return fit, source
+
+    usable = [i for i, c in enumerate(choices) if c.trained and c.spatial_dims <= spatial_ndim]
+    if usable:
+        return min(usable, key=lambda i: (rank(choices[i]), i))
+    return default_index(choices)
+
+
 def choice_for_file(path: str | Path) -> ModelChoice:
     """A combo-box row for a model file the user picked (reads its card; raises on a bad file)."""
     from napari_lgms.zoo.locations import resolve_card_path
@@ -86,7 +123,7 @@ def choice_for_file(path: str | Path) -> ModelChoice:
     card_path = resolve_card_path(str(path))
     card = read_card(card_path.with_suffix(".json") if card_path.suffix in (".pt", ".pth") else card_path)
     return ModelChoice(f"{card.name} (file {Path(path).name})", str(path), True, card.spatial_dims,
-                       card.in_channels, _describe(card, card.spatial_dims, card.in_channels))
+                       card.in_channels, _describe(card, card.spatial_dims, card.in_channels), card.name, "file")
 
 
 def load_choice(source: str, trained: bool, device=None):

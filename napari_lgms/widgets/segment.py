@@ -28,6 +28,7 @@ from napari_lgms.errors import InputError
 from napari_lgms.widgets import _layer_geometry as geo
 from napari_lgms.widgets._shared import (
     DEVICE_CHOICES,
+    MODEL_HINT_KEY,
     ModelChoice,
     choice_for_file,
     connect_while_alive,
@@ -35,6 +36,7 @@ from napari_lgms.widgets._shared import (
     hub,
     load_choice,
     model_choices,
+    suggested_index,
 )
 from napari_lgms.widgets._workers import notify_error, one_line, start_engine_task
 
@@ -112,6 +114,7 @@ class SegmentWidget(QWidget):
         self.task = None
         self.last_output = None  # the Labels layer the last run wrote
         self.last_outcome: RunOutcome | None = None
+        self._model_chosen = False  # once the user picks a model, images no longer suggest one
         self._build()
         self.refresh_layers()
         self.refresh_models()
@@ -173,6 +176,8 @@ class SegmentWidget(QWidget):
         layout.addStretch(1)
 
         self.model_combo.currentIndexChanged.connect(self._show_card)
+        self.model_combo.activated.connect(self._remember_model_choice)
+        self.image_combo.currentIndexChanged.connect(self._suggest_model)
         self.model_file_button.clicked.connect(self._pick_model_file)
         self.mode_combo.currentIndexChanged.connect(self._update_enabled)
         self.output_combo.currentIndexChanged.connect(self._update_enabled)
@@ -207,6 +212,7 @@ class SegmentWidget(QWidget):
             self.image_combo.setCurrentIndex(len(images) - 1)  # the newest image
         self._refill(self.shapes_combo, self._layers_of("Shapes"))
         self._refill(self.output_combo, self._layers_of("Labels"), [NEW_LAYER])
+        self._suggest_model()
         self._update_enabled()
 
     def refresh_models(self) -> None:
@@ -221,18 +227,42 @@ class SegmentWidget(QWidget):
         self.model_combo.clear()
         self.model_combo.addItems([choice.label for choice in self._choices])
         if current is not None:
-            self.select_model(current.source)
+            self._select(current.source)
         elif self._choices:
-            self.model_combo.setCurrentIndex(default_index(self._choices))
+            self.model_combo.setCurrentIndex(self._suggestion())
         self.model_combo.blockSignals(False)
         self._models.clear()
         self._show_card()
 
     def select_model(self, source: str) -> None:
+        """Select a model deliberately (it then stays, whatever image is chosen)."""
+        if self._select(source):
+            self._model_chosen = True
+
+    def _remember_model_choice(self, *_) -> None:
+        self._model_chosen = True
+
+    def _suggestion(self) -> int:
+        """The model row that suits the chosen image (see :func:`suggested_index`)."""
+        name = self.image_combo.currentText() if hasattr(self, "image_combo") else ""
+        if name not in self.viewer.layers:
+            return default_index(self._choices)
+        layer = self.viewer.layers[name]
+        rgb = bool(getattr(layer, "rgb", False))
+        spatial_ndim = min(3, max(2, layer.ndim))
+        hint = (getattr(layer, "metadata", None) or {}).get(MODEL_HINT_KEY)
+        return suggested_index(self._choices, spatial_ndim=spatial_ndim, channels=3 if rgb else 1, hint=hint)
+
+    def _suggest_model(self, *_) -> None:
+        if not self._model_chosen and self._choices:
+            self.model_combo.setCurrentIndex(self._suggestion())
+
+    def _select(self, source: str) -> bool:
         for index, choice in enumerate(self._choices):
             if choice.source == str(source):
                 self.model_combo.setCurrentIndex(index)
-                return
+                return True
+        return False
 
     def current_choice(self) -> ModelChoice | None:
         index = self.model_combo.currentIndex() if hasattr(self, "model_combo") else -1
