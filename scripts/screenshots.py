@@ -6,7 +6,8 @@ Writes ``screenshot-segment.png`` (ultrasound sample, segmentation, a saved
 correction), ``screenshot-volume.png`` (anisotropic volume, a box prompt on a
 Shapes layer, one slice segmented), ``screenshot-endoscopy.png`` and
 ``screenshot-finetune.png`` (a short fine-tuning run on generated corrections:
-live loss / Dice plot, Dice before and after). Uses the first shipped model, or
+live loss / Dice plot, Dice before and after). Uses the model the Segment
+widget suggests for each image (the volume shot: a 2D model slice by slice), or
 untrained networks when none is shipped (the pictures then show random output
 and say so). Model and corrections folders are temporary: nothing of the
 user's is touched.
@@ -49,14 +50,17 @@ def settle(seconds: float = 0.6) -> None:
         time.sleep(0.02)
 
 
-def choose_model(widget, dims: int = 2) -> bool:
-    """Select the first shipped model of ``dims`` in ``widget`` (else an untrained one); True if trained."""
-    for choice in widget._choices:
-        if choice.trained and choice.spatial_dims == dims:
-            widget.select_model(choice.source)
-            return True
-    widget.select_model("lgmsnet" if dims == 2 else "lgmsnet3d")
-    return False
+def choose_model(widget, image: str, dims: int | None = None) -> bool:
+    """Choose ``image`` and the model the widget suggests for it (or a trained model of ``dims``,
+    the generated samples' own first; else an untrained one); True if trained."""
+    widget.image_combo.setCurrentText(image)
+    choice = widget.current_choice()
+    if dims is not None and (choice is None or choice.spatial_dims != dims):
+        fitting = [c for c in widget._choices if c.trained and c.spatial_dims == dims]
+        fitting.sort(key=lambda c: c.name != "lgmsnet-synthetic-us")  # the generated samples' own model
+        choice = fitting[0] if fitting else None
+        widget.select_model(choice.source if choice else ("lgmsnet" if dims == 2 else "lgmsnet3d"))
+    return widget.current_choice() is not None and widget.current_choice().trained
 
 
 def banner(viewer, trained: bool) -> None:
@@ -92,8 +96,7 @@ def shot_segment(out: Path) -> None:
     viewer = new_viewer("napari-lgms: Segment")
     viewer.open_sample("napari-lgms", "ultrasound")
     _, widget = viewer.window.add_plugin_dock_widget("napari-lgms", "Segment")
-    trained = choose_model(widget)
-    widget.image_combo.setCurrentText("ultrasound")
+    trained = choose_model(widget, "ultrasound")
     run_segment(widget)
     labels = widget.last_output
     corrected = np.array(labels.data)
@@ -118,8 +121,7 @@ def shot_volume(out: Path) -> None:
     z = image.data.shape[0] // 2
     viewer.dims.set_point(0, z * image.scale[0])
     _, widget = viewer.window.add_plugin_dock_widget("napari-lgms", "Segment")
-    trained = choose_model(widget, dims=2)
-    widget.image_combo.setCurrentText("volume")
+    trained = choose_model(widget, "volume", dims=2)
     box = np.array([[z, 14, 10], [z, 14, 60], [z, 58, 60], [z, 58, 10]], dtype=float)  # data coordinates
     viewer.add_shapes([box], shape_type="rectangle", name="box prompt", edge_color="yellow",
                       face_color="transparent", edge_width=1.5, scale=image.scale, units=image.units)
@@ -136,8 +138,7 @@ def shot_endoscopy(out: Path) -> None:
     viewer = new_viewer("napari-lgms: endoscopy")
     viewer.open_sample("napari-lgms", "endoscopy")
     _, widget = viewer.window.add_plugin_dock_widget("napari-lgms", "Segment")
-    trained = choose_model(widget)
-    widget.image_combo.setCurrentText("endoscopy")
+    trained = choose_model(widget, "endoscopy")
     run_segment(widget)
     viewer.layers["endoscopy segmentation"].contour = 2
     banner(viewer, trained)

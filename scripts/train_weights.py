@@ -1,6 +1,7 @@
 """Retrain the shipped models from their configs (``make weights``), ship and score them.
 
     NAPARI_LGMS_DATA=../shared/datasets python scripts/train_weights.py [NAME ...] [--resume] [TRAIN FLAGS]
+    NAPARI_LGMS_DATA=../shared/datasets python scripts/train_weights.py NAME --ship-only [--progress TEXT]
     NAPARI_LGMS_DATA=../shared/datasets python scripts/train_weights.py NAME --score-only
 
 Each ``training/configs/NAME.yaml`` is trained with ``napari-lgms train`` (its
@@ -10,7 +11,9 @@ override the config. The best model is copied into ``resources/models`` with
 fp16 weights, then scored the way users run it: ``napari-lgms evaluate`` (the
 engine, at each image's own resolution) on the validation images of the
 config's ``split_file``; those numbers go into the card as ``metrics.engine``.
-``--score-only`` re-scores an already shipped model. The demo model is
+``--ship-only`` ships a run trained by hand (``napari-lgms train --config ...``);
+``--score-only`` re-scores an already shipped model; ``--progress`` records in
+the card how far a shortened (CPU) schedule got. The demo model is
 ``scripts/train_demo_model.py``.
 """
 from __future__ import annotations
@@ -40,7 +43,7 @@ def image_and_mask_folders(data: Path) -> tuple[Path, Path]:
     raise SystemExit(f"{data}: neither images/ + masks/ nor imagesTr/ + labelsTr/")
 
 
-def score(name: str) -> int:
+def score(name: str, progress: str = "") -> int:
     """Score the shipped NAME on its config's validation split with the engine; record it in the card."""
     config = load_yaml(CONFIGS / f"{name}.yaml")
     split_file = ROOT / config["split_file"]
@@ -64,6 +67,8 @@ def score(name: str) -> int:
                    f"--masks {config['data']}/{masks.name} "
                    f"--split {split_file.relative_to(ROOT).as_posix()}",
     }
+    if progress:
+        card["training"]["progress"] = progress
     class_dice = report["mean"].get("class_dice")
     if class_dice:
         card["metrics"]["engine"]["mean_class_dice"] = sum(class_dice.values()) / len(class_dice)
@@ -77,17 +82,23 @@ def main() -> int:
     parser.add_argument("names", nargs="*", help="config names (default: all)")
     parser.add_argument("--resume", action="store_true", help="continue from each run's checkpoint")
     parser.add_argument("--score-only", action="store_true", help="only re-score the shipped models")
+    parser.add_argument("--ship-only", action="store_true",
+                        help="ship the best model of each finished run (no training), then score it")
+    parser.add_argument("--progress", default="",
+                        help="how far training got (a shortened CPU schedule...): stored in the card")
     args, extra = parser.parse_known_args()
     if not os.environ.get("NAPARI_LGMS_DATA"):
         print("set NAPARI_LGMS_DATA to the datasets folder (e.g. ../shared/datasets)", file=sys.stderr)
         return 2
     names = args.names or sorted(p.stem for p in CONFIGS.glob("*.yaml"))
     for name in names:
-        if not args.score_only:
+        if args.ship_only:
+            ship(name)
+        elif not args.score_only:
             status = train_and_ship(name, args.resume, extra)
             if status:
                 return status
-        status = score(name)
+        status = score(name, args.progress)
         if status:
             return status
     return 0
@@ -101,12 +112,37 @@ def train_and_ship(name: str, resume: bool, extra: list[str]) -> int:
     status = cli(flags)
     if status:
         return status
-    output = Path(load_yaml(config_file)["output"])
-    SHIPPED.mkdir(parents=True, exist_ok=True)
-    for suffix in (".json", ".safetensors"):
-        atomic_write_bytes(SHIPPED / f"{name}{suffix}", (output / f"{name}{suffix}").read_bytes())
-    print(f"shipped {name}")
+    ship(name)
     return 0
+
+
+def ship(name: str) -> None:
+    """Copy the best model of NAME's run (its config's output folder) into resources/models."""
+    config = load_yaml(CONFIGS / f"{name}.yaml")
+    output = Path(config["output"])
+    SHIPPED.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(SHIPPED / f"{name}.safetensors", (output / f"{name}.safetensors").read_bytes())
+    card = json.loads((output / f"{name}.json").read_text())
+    if card["input"].get("mode") == "resize" and not card["input"].get("max_resize_factor"):
+        card["input"]["max_resize_factor"] = max_resize_factor(config, card["input"]["patch_size"])
+        print(f"{name}: added input.max_resize_factor {card['input']['max_resize_factor']} "
+              "(the card came from a run older than that field)")
+    atomic_write_text(SHIPPED / f"{name}.json", json.dumps(card, indent=2) + "\n")
+    print(f"shipped {name}")
+
+
+def max_resize_factor(config: dict, patch_size: list[int]) -> float:
+    """What the training engine now records (``card_input``), from the sizes of the config's images."""
+    from types import SimpleNamespace
+
+    from napari_lgms.io import read_image
+    from napari_lgms.training.engine import RESIZE_MARGIN, largest_resize_factor
+    from napari_lgms.inference.engine import RESIZE_LIMIT
+
+    images, _ = image_and_mask_folders(expand_path(config["data"]))
+    shapes = [SimpleNamespace(original_shape=read_image(path).array.shape[:2])
+              for path in sorted(images.iterdir()) if not path.name.startswith(".")]
+    return round(max(RESIZE_LIMIT, RESIZE_MARGIN * largest_resize_factor(shapes, patch_size)), 2)
 
 
 if __name__ == "__main__":

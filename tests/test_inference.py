@@ -154,6 +154,21 @@ def test_resize_mode_tiles_an_image_much_larger_than_the_patch(tiny_model):
     assert sum(shape[0] for shape in seen) > 1
 
 
+def test_a_card_trained_on_large_images_resizes_them_whole(tiny_model):
+    model = tiny_model()
+    model.card.input["max_resize_factor"] = 6.0  # trained on images up to 4 patches wide
+    network = CountingNet(model.network)
+    seen = []
+    network.register_forward_pre_hook(lambda module, inputs: seen.append(tuple(inputs[0].shape)))
+    model = LoadedModel(network, model.card, None, "untrained")
+    result = segment(random_image(80, 40), model)  # 5 x 16: within the card's limit, squashed as in training
+    assert result.labels.shape == (80, 40)
+    assert seen == [(1, 1, 16, 16)]
+    seen.clear()
+    segment(random_image(112, 40), model)  # 7 x 16: beyond anything it was trained on, tiled
+    assert sum(shape[0] for shape in seen) > 1
+
+
 def test_two_d_model_on_volume_equals_per_slice_calls(tiny_model):
     model = tiny_model(num_classes=3)
     volume = random_image(4, 20, 24, dtype=np.int16)

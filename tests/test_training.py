@@ -263,6 +263,23 @@ def test_sliding_window_validation_blends_windows_back_into_place():
     assert scores["count"] == 1 and scores["dice"] == pytest.approx(1.0)
 
 
+def test_the_card_lets_whole_image_models_resize_images_as_large_as_their_training_images(tiny_arch):
+    from napari_lgms.models import create_model
+    from napari_lgms.training.config import TrainConfig
+    from napari_lgms.training.data import Sample
+    from napari_lgms.training.engine import card_input, largest_resize_factor
+
+    samples = [Sample(name, np.zeros((1, 32, 32)), np.zeros((32, 32)), None, None, shape)
+               for name, shape in (("a", (100, 50)), ("b", (300, 90)), ("c", ()))]
+    factor = largest_resize_factor(samples, (32, 32))
+    assert factor == pytest.approx(300 / 32)
+    network = create_model("lgmsnet", in_channels=1)
+    contract = card_input(TrainConfig(data="x", patch_size=[32, 32]), network, None, factor)
+    assert contract["max_resize_factor"] == round(1.5 * 300 / 32, 2)
+    patches = card_input(TrainConfig(data="x", patch_size=[32, 32], input_mode="patch"), network, None, factor)
+    assert "max_resize_factor" not in patches
+
+
 # ----------------------------------------------------------------------------- config
 def test_yaml_then_flags_override(tmp_path):
     import argparse
@@ -317,6 +334,7 @@ def test_training_writes_model_log_plot_and_learns(tmp_path, tiny_arch):
     assert result.card_path is not None and result.card_path.exists()
     card = read_card(result.card_path)
     assert card.input["patch_size"] == [32, 32] and card.input["size_divisor"] == 4 and card.input["mode"] == "resize"
+    assert card.input["max_resize_factor"] == 2.0  # 32x32 examples: the engine's default limit
     assert card.training["command"] == "napari-lgms train --test" and card.training["seed"] == 41
     assert card.training["split"]["val_fraction"] == 0.25 and card.metrics["split"].startswith("validation")
     assert card.licence == "CC0-1.0" and card.citation == ["test citation"] and card.intended_use

@@ -208,6 +208,7 @@ class Sample:
     mask: np.ndarray
     focus: np.ndarray | None
     spacing: tuple[float, ...] | None = None
+    original_shape: tuple[int, ...] = ()  # spatial shape before any resize
 
 
 def _resize_labels(mask: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
@@ -267,7 +268,7 @@ def prepare(raw: RawExample, spec: PrepareSpec, name: str = "image") -> Sample:
     focus = np.flatnonzero(source)
     if len(focus) > MAX_FOCUS:
         focus = np.random.default_rng(0).choice(focus, MAX_FOCUS, replace=False)
-    return Sample(name, image, mask, focus if len(focus) else None, raw.spacing)
+    return Sample(name, image, mask, focus if len(focus) else None, raw.spacing, tuple(raw.image.shape[1:]))
 
 
 # ----------------------------------------------------------------------------- near duplicates & split

@@ -163,7 +163,21 @@ def build_start_network(config: TrainConfig):
         raise InputError(f"model {config.model!r}: bad model_args {config.model_args} ({error})") from None
 
 
-def card_input(config: TrainConfig, network, spacing) -> dict[str, Any]:
+RESIZE_MARGIN = 1.5  # whole-image models are trusted this much beyond the largest training image
+
+
+def largest_resize_factor(samples, patch_size) -> float | None:
+    """How many patches the largest example spans along any axis (resize mode), or None."""
+    ratios = [max(s / p for s, p in zip(sample.original_shape, patch_size))
+              for sample in samples if sample.original_shape]
+    return max(ratios) if ratios else None
+
+
+def card_input(config: TrainConfig, network, spacing, resize_factor: float | None = None) -> dict[str, Any]:
+    """The card's input contract. Resize mode records ``max_resize_factor``: images up to that many
+    patches per axis are resized whole at inference, as in training; larger ones are tiled."""
+    from napari_lgms.inference.engine import RESIZE_LIMIT
+
     arguments = network.arguments
     dims = int(arguments.get("spatial_dims", 2))
     channels = int(arguments["in_channels"])
@@ -179,6 +193,8 @@ def card_input(config: TrainConfig, network, spacing) -> dict[str, Any]:
         "size_divisor": int(getattr(network, "size_divisor", 1)),
         "mode": mode,
         "spacing": list(spacing) if spacing else None,
+        **({"max_resize_factor": round(max(RESIZE_LIMIT, RESIZE_MARGIN * resize_factor), 2)}
+           if mode == "resize" and resize_factor else {}),
     }
 
 
@@ -294,6 +310,8 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
     }
     spacing = config.spacing or _median_spacing([cache.get(i) for i in range(min(total_examples, 64))]
                                                 if config.cache else [])
+    resize_factor = (largest_resize_factor([cache.get(i) for i in range(total_examples)], config.patch_size)
+                     if config.cache and config.input_mode == "resize" else None)
 
     dataset = data_mod.TrainingDataset(cache, split.train, AugmentParams.from_config(config), config.seed,
                                        config.foreground_bias, config.samples_per_epoch)
@@ -345,7 +363,7 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
         data_source = {"kind": kind, "data": config.data, "images": config.images, "masks": config.masks}
         return ModelCard(
             name=config.name, architecture=network.architecture, arguments=dict(arguments),
-            input=card_input(config, network, spacing), normalization=dict(config.normalization),
+            input=card_input(config, network, spacing, resize_factor), normalization=dict(config.normalization),
             class_names=list(config.class_names) or default_class_names(num_classes),
             output={"activation": "sigmoid" if num_classes == 1 else "softmax", "threshold": 0.5},
             version=str(config.version), description=config.description,

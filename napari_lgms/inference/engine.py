@@ -37,6 +37,7 @@ from napari_lgms.inference.normalize import normalize
 
 PROGRESS_INTERVAL = 0.05  # seconds: at most ~20 progress reports per second
 RESIZE_LIMIT = 2.0  # "resize" mode tiles instead when an axis exceeds this many patches
+# (unless the card's input.max_resize_factor, from the sizes the model was trained on, says more)
 # Voxels per forward batch, by device type: the batch holds about this many input voxels.
 BATCH_VOXELS = {"cpu": 4 * 256 * 256, "mps": 8 * 256 * 256, "cuda": 32 * 256 * 256}
 MAX_BATCH = 64
@@ -316,7 +317,8 @@ def _plan(items: np.ndarray, item_spacing, card, overlap: float, batch_size, dev
     if len(patch) != dims:
         raise InputError(f"model card patch_size {patch} does not have {dims} axes")
     mode = card.input.get("mode") or ("resize" if dims == 2 else "sliding_window")
-    if mode == "resize" and any(s > RESIZE_LIMIT * p for s, p in zip(item_shape, patch)):
+    limit = float(card.input.get("max_resize_factor") or RESIZE_LIMIT)
+    if mode == "resize" and any(s > limit * p for s, p in zip(item_shape, patch)):
         mode = "tile"
     if mode == "resize":
         grid, layout, resize_to = item_shape, [tuple(slice(0, s) for s in item_shape)], patch
