@@ -413,6 +413,19 @@ def test_multiclass_3d_patches_and_early_stopping(tmp_path, tiny_arch):
     assert resumed.epochs_completed == result.epochs_completed and resumed.steps == result.steps
 
 
+def test_training_on_from_a_trained_model_keeps_its_classes(tmp_path, tiny_arch):
+    from napari_lgms.training.engine import train
+    from napari_lgms.zoo import read_card
+
+    data = write_2d_dataset(tmp_path / "data", count=6)
+    first = train(tiny_config(tmp_path, data, epochs=1, class_names=["background", "lesion"]))
+    second = train(tiny_config(tmp_path, data, epochs=1, name="continued", model=str(first.card_path),
+                               model_args={}, patch_size=[64, 64], output=str(tmp_path / "second")))
+    card = read_card(second.card_path)
+    assert card.class_names == ["background", "lesion"]
+    assert card.training["initialised_from"] == "tiny-trained" and card.input["patch_size"] == [64, 64]
+
+
 def test_cli_train_flags_override_yaml(tmp_path, tiny_arch):
     from napari_lgms.cli import main
 

@@ -356,6 +356,9 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
         yield report(step, total_steps, start_epoch, None, scheduler.get_last_lr()[0], "loading",
                      message=f"resumed after epoch {start_epoch}")
 
+    inherited_class_names = (list(parent_card.class_names) if parent_card is not None
+                             and parent_card.num_classes == num_classes else [])
+
     def build_card(metrics: dict, epoch_of_best: int):
         from napari_lgms.zoo import ModelCard, default_class_names
         from napari_lgms.zoo.card import NOT_A_MEDICAL_DEVICE
@@ -364,7 +367,7 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
         return ModelCard(
             name=config.name, architecture=network.architecture, arguments=dict(arguments),
             input=card_input(config, network, spacing, resize_factor), normalization=dict(config.normalization),
-            class_names=list(config.class_names) or default_class_names(num_classes),
+            class_names=list(config.class_names) or inherited_class_names or default_class_names(num_classes),
             output={"activation": "sigmoid" if num_classes == 1 else "softmax", "threshold": 0.5},
             version=str(config.version), description=config.description,
             training={
