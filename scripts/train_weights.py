@@ -84,6 +84,8 @@ def main() -> int:
     parser.add_argument("--score-only", action="store_true", help="only re-score the shipped models")
     parser.add_argument("--ship-only", action="store_true",
                         help="ship the best model of each finished run (no training), then score it")
+    parser.add_argument("--run-dir", default="",
+                        help="with --ship-only: the run folder to ship from (default: the config's output)")
     parser.add_argument("--progress", default="",
                         help="how far training got (a shortened CPU schedule...): stored in the card")
     args, extra = parser.parse_known_args()
@@ -93,7 +95,7 @@ def main() -> int:
     names = args.names or sorted(p.stem for p in CONFIGS.glob("*.yaml"))
     for name in names:
         if args.ship_only:
-            ship(name)
+            ship(name, args.run_dir)
         elif not args.score_only:
             status = train_and_ship(name, args.resume, extra)
             if status:
@@ -116,10 +118,10 @@ def train_and_ship(name: str, resume: bool, extra: list[str]) -> int:
     return 0
 
 
-def ship(name: str) -> None:
-    """Copy the best model of NAME's run (its config's output folder) into resources/models."""
+def ship(name: str, run_dir: str = "") -> None:
+    """Copy the best model of NAME's run (``run_dir``, else its config's output folder) into resources/models."""
     config = load_yaml(CONFIGS / f"{name}.yaml")
-    output = Path(config["output"])
+    output = Path(run_dir or config["output"])
     SHIPPED.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(SHIPPED / f"{name}.safetensors", (output / f"{name}.safetensors").read_bytes())
     card = json.loads((output / f"{name}.json").read_text())
