@@ -28,26 +28,21 @@ from pathlib import Path
 from napari_lgms._atomic import atomic_write_bytes, atomic_write_text
 from napari_lgms.cli import main as cli
 from napari_lgms.training.config import load_yaml
-from napari_lgms.training.data import expand_path
+from napari_lgms.training.data import dataset_folders, expand_path, read_split
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "training" / "configs"
 SHIPPED = ROOT / "resources" / "models"
 
 
-def image_and_mask_folders(data: Path) -> tuple[Path, Path]:
-    """``images/`` + ``masks/`` or an MSD task's ``imagesTr/`` + ``labelsTr/``."""
-    for images, masks in (("images", "masks"), ("imagesTr", "labelsTr")):
-        if (data / images).is_dir() and (data / masks).is_dir():
-            return data / images, data / masks
-    raise SystemExit(f"{data}: neither images/ + masks/ nor imagesTr/ + labelsTr/")
-
-
 def score(name: str, progress: str = "") -> int:
     """Score the shipped NAME on its config's validation split with the engine; record it in the card."""
     config = load_yaml(CONFIGS / f"{name}.yaml")
     split_file = ROOT / config["split_file"]
-    images, masks = image_and_mask_folders(expand_path(config["data"]))
+    layout = dataset_folders(expand_path(config["data"]))
+    if layout is None:
+        raise SystemExit(f"{config['data']}: neither images/ + masks/ nor imagesTr/ + labelsTr/")
+    images, masks, _ = layout
     card_path = SHIPPED / f"{name}.json"
     with tempfile.TemporaryDirectory() as scratch:
         report_path = Path(scratch) / "scores.json"
@@ -56,7 +51,7 @@ def score(name: str, progress: str = "") -> int:
         if status:
             return status
         report = json.loads(report_path.read_text())
-    split = json.loads(split_file.read_text())
+    split = read_split(split_file)
     card = json.loads(card_path.read_text())
     card.setdefault("metrics", {})["engine"] = {
         **report["mean"], "images": report["count"],
@@ -119,32 +114,13 @@ def train_and_ship(name: str, resume: bool, extra: list[str]) -> int:
 
 
 def ship(name: str, run_dir: str = "") -> None:
-    """Copy the best model of NAME's run (``run_dir``, else its config's output folder) into resources/models."""
-    config = load_yaml(CONFIGS / f"{name}.yaml")
-    output = Path(run_dir or config["output"])
+    """Copy the best model of NAME's run (``run_dir``, else its config's output folder) into
+    resources/models, weights first (a crash leaves a card whose hash check fails, never a mix)."""
+    output = Path(run_dir or load_yaml(CONFIGS / f"{name}.yaml")["output"])
     SHIPPED.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(SHIPPED / f"{name}.safetensors", (output / f"{name}.safetensors").read_bytes())
-    card = json.loads((output / f"{name}.json").read_text())
-    if card["input"].get("mode") == "resize" and not card["input"].get("max_resize_factor"):
-        card["input"]["max_resize_factor"] = max_resize_factor(config, card["input"]["patch_size"])
-        print(f"{name}: added input.max_resize_factor {card['input']['max_resize_factor']} "
-              "(the card came from a run older than that field)")
-    atomic_write_text(SHIPPED / f"{name}.json", json.dumps(card, indent=2) + "\n")
+    for suffix in (".safetensors", ".json"):
+        atomic_write_bytes(SHIPPED / f"{name}{suffix}", (output / f"{name}{suffix}").read_bytes())
     print(f"shipped {name}")
-
-
-def max_resize_factor(config: dict, patch_size: list[int]) -> float:
-    """What the training engine now records (``card_input``), from the sizes of the config's images."""
-    from types import SimpleNamespace
-
-    from napari_lgms.io import read_image
-    from napari_lgms.training.engine import RESIZE_MARGIN, largest_resize_factor
-    from napari_lgms.inference.engine import RESIZE_LIMIT
-
-    images, _ = image_and_mask_folders(expand_path(config["data"]))
-    shapes = [SimpleNamespace(original_shape=read_image(path).array.shape[:2])
-              for path in sorted(images.iterdir()) if not path.name.startswith(".")]
-    return round(max(RESIZE_LIMIT, RESIZE_MARGIN * largest_resize_factor(shapes, patch_size)), 2)
 
 
 if __name__ == "__main__":

@@ -151,6 +151,15 @@ def pair_folders(images: Path, masks: Path) -> tuple[list[FilePair], list[str]]:
     return pairs, unpaired
 
 
+def dataset_folders(root: Path) -> tuple[Path, Path, str] | None:
+    """(images, masks, kind) of a dataset folder: an MSD task (``imagesTr/`` + ``labelsTr/``,
+    kind "msd") or ``images/`` + ``masks/`` (kind "folders"); None for neither."""
+    for images, masks, kind in (("imagesTr", "labelsTr", "msd"), ("images", "masks", "folders")):
+        if (root / images).is_dir() and (root / masks).is_dir():
+            return root / images, root / masks, kind
+    return None
+
+
 def discover_examples(data: str = "", images: str = "", masks: str = "") -> tuple[list, str, list[str]]:
     """Find the examples of a data source; returns (examples, kind, unpaired names).
 
@@ -165,12 +174,10 @@ def discover_examples(data: str = "", images: str = "", masks: str = "") -> tupl
         root = expand_path(data)
         if not root.is_dir():
             raise InputError(f"{root}: data folder not found")
-        if (root / "imagesTr").is_dir() and (root / "labelsTr").is_dir():
-            pairs, unpaired = pair_folders(root / "imagesTr", root / "labelsTr")
-            kind = "msd"
-        elif (root / "images").is_dir() and (root / "masks").is_dir():
-            pairs, unpaired = pair_folders(root / "images", root / "masks")
-            kind = "folders"
+        layout = dataset_folders(root)
+        if layout is not None:
+            images_dir, masks_dir, kind = layout
+            pairs, unpaired = pair_folders(images_dir, masks_dir)
         elif (root / "manifest.json").is_file() or any(root.glob("*.npz")):
             from napari_lgms.corrections import CorrectionsStore
 
@@ -361,16 +368,23 @@ def split_examples(count: int, val_fraction: float, seed: int, groups: list[int]
     return Split(train, sorted(val), seed, val_fraction, groups is not None, len(unique))
 
 
-def split_from_file(path: Path, names: list[str]) -> Split:
-    """The split recorded in ``path`` (a run's ``split.json``: ``"val"`` example names, plus its
-    ``seed``/``val_fraction``); every other example trains. Listed names that are missing are an error."""
+def read_split(path: str | os.PathLike) -> dict:
+    """A run's ``split.json`` with its ``"val"`` example names (name stems) as a list of str."""
     import json
 
     try:
-        record = json.loads(Path(path).read_text())
-        wanted = [str(name) for name in record["val"]]
+        record = json.loads(Path(path).expanduser().read_text())
+        record["val"] = [str(name) for name in record["val"]]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise InputError(f"split_file {path}: not a readable split.json with a \"val\" list ({error})") from None
+        raise InputError(f"{path}: not a readable split.json with a \"val\" list ({error})") from None
+    return record
+
+
+def split_from_file(path: Path, names: list[str]) -> Split:
+    """The split recorded in ``path`` (a run's ``split.json``: ``"val"`` example names, plus its
+    ``seed``/``val_fraction``); every other example trains. Listed names that are missing are an error."""
+    record = read_split(path)
+    wanted = record["val"]
     index = {name: i for i, name in enumerate(names)}
     missing = [name for name in wanted if name not in index]
     if missing:

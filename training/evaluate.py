@@ -27,18 +27,26 @@ def metric_keys(num_classes: int) -> list[str]:
     return ["loss", "dice"] + [f"dice_class_{k}" for k in range(1, num_classes)]
 
 
-def sliding_window_logits(network, image, window: tuple[int, ...], *, overlap: float = 0.25,
+def sliding_window_logits(network, image, window: tuple[int, ...], *, overlap: float | None = None,
                           batch_size: int = 4, autocast=contextlib.nullcontext):
-    """(1, C, *S) tensor -> (1, K, *S) float32 logits, blended over windows of ``window`` (clipped to S)."""
+    """(1, C, *S) tensor -> (1, K, *S) float32 logits, blended over windows of ``window`` (clipped to S)
+    as the inference engine blends them (its window layout, Gaussian weights and default overlap)."""
     import torch
 
-    from napari_lgms.inference.windows import gaussian_weights, window_shape, window_slices
+    from napari_lgms.inference.windows import (
+        DEFAULT_OVERLAP,
+        gaussian_weights,
+        weight_map,
+        window_shape,
+        window_slices,
+    )
     from napari_lgms.models.padding import padded_forward
 
     spatial = tuple(image.shape[2:])
-    windows = window_slices(spatial, window, overlap)
-    weights = torch.from_numpy(gaussian_weights(window_shape(spatial, window))).to(image.device)
-    total, norm = None, torch.zeros(spatial, device=image.device)
+    windows = window_slices(spatial, window, DEFAULT_OVERLAP if overlap is None else overlap)
+    gaussian = gaussian_weights(window_shape(spatial, window))
+    weights = torch.from_numpy(gaussian).to(image.device)
+    total = None
     for start in range(0, len(windows), batch_size):
         chosen = windows[start:start + batch_size]
         crops = torch.cat([image[(slice(None), slice(None), *w)] for w in chosen])
@@ -49,8 +57,7 @@ def sliding_window_logits(network, image, window: tuple[int, ...], *, overlap: f
             total = torch.zeros((1, logits.shape[1], *spatial), device=image.device)
         for w, piece in zip(chosen, logits):
             total[(0, slice(None), *w)] += piece
-            norm[w] += weights
-    return total / norm
+    return total / torch.from_numpy(weight_map(spatial, windows, gaussian)).to(image.device)
 
 
 def evaluate_sums(network, samples: Sequence, device, num_classes: int, *, batch_size: int = 8,

@@ -101,14 +101,6 @@ def _list_folder(folder: str, what: str) -> list[Path]:
     return sorted(child for child in path.iterdir() if not child.name.startswith(".") and is_supported(child))
 
 
-def validation_names(split_path: str) -> set[str]:
-    """The ``"val"`` name stems of a training run's ``split.json``."""
-    try:
-        return {str(name) for name in json.loads(Path(split_path).expanduser().read_text())["val"]}
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise InputError(f"--split {split_path}: not a readable split.json with a \"val\" list ({error})") from None
-
-
 def score_pair(image_path: Path, mask_path: Path, model, device, slice_axis: int) -> dict:
     """Segment one image and score it against its mask; one row of the report."""
     import numpy as np
@@ -175,8 +167,9 @@ def run(args: argparse.Namespace) -> int:
     masks = _list_folder(args.masks, "masks")
     if args.split_path:
         from napari_lgms.io.image import stem_of
+        from napari_lgms.training.data import read_split
 
-        wanted = validation_names(args.split_path)
+        wanted = set(read_split(args.split_path)["val"])
         images = [image for image in images if stem_of(image) in wanted]
         missing = wanted - {stem_of(image) for image in images}
         if missing:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from napari_lgms.errors import InputError, LgmsError, OutputError
+from napari_lgms.inference.windows import DEFAULT_OVERLAP
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -38,7 +39,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--probabilities", action="store_true", help="also write float32 probability maps")
     parser.add_argument("--slice-axis", type=int, default=0,
                         help="axis a 2D model walks through a volume (default 0, the first spatial axis)")
-    parser.add_argument("--overlap", type=float, default=0.25, help="window overlap for tiling (default 0.25)")
+    parser.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP,
+                        help=f"window overlap for tiling (default {DEFAULT_OVERLAP})")
     parser.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default: by device)")
     return parser
 

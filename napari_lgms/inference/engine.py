@@ -103,7 +103,7 @@ def segment_steps(
     probabilities: bool = False,
     batch_size: int | None = None,
     device=None,
-    overlap: float = 0.25,
+    overlap: float = windows.DEFAULT_OVERLAP,
     should_stop: Callable[[], bool] | None = None,
 ) -> Generator[Progress, None, SegmentationResult | None]:
     """Segment ``image`` step by step, yielding :class:`Progress`; see the module docstring.

@@ -14,6 +14,8 @@ from itertools import product
 
 import numpy as np
 
+DEFAULT_OVERLAP = 0.25  # share of a window its neighbours overlap (inference and validation)
+
 
 def window_shape(item_shape: tuple[int, ...], patch_size: tuple[int, ...]) -> tuple[int, ...]:
     """The window size per axis: the patch, or the whole axis where the item is smaller."""

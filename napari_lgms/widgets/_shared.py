@@ -13,8 +13,6 @@ from pathlib import Path
 
 from psygnal import Signal
 
-from napari_lgms.samples import MODEL_HINT_KEY  # noqa: F401  (re-exported for the widgets)
-
 UNTRAINED_NOTE = "untrained: random weights, the output is meaningless until it is trained or fine-tuned"
 PREFERRED_MODELS = ("lgmsnet-polyp", "lgmsnet-breast-us", "lgmsnet3d-hippocampus")  # real-data, best first
 

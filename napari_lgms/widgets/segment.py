@@ -25,10 +25,10 @@ from qtpy.QtWidgets import (
 )
 
 from napari_lgms.errors import InputError
+from napari_lgms.samples import MODEL_HINT_KEY
 from napari_lgms.widgets import _layer_geometry as geo
 from napari_lgms.widgets._shared import (
     DEVICE_CHOICES,
-    MODEL_HINT_KEY,
     ModelChoice,
     choice_for_file,
     connect_while_alive,
@@ -244,7 +244,7 @@ class SegmentWidget(QWidget):
 
     def _suggestion(self) -> int:
         """The model row that suits the chosen image (see :func:`suggested_index`)."""
-        name = self.image_combo.currentText() if hasattr(self, "image_combo") else ""
+        name = self.image_combo.currentText()
         if name not in self.viewer.layers:
             return default_index(self._choices)
         layer = self.viewer.layers[name]
