@@ -413,17 +413,28 @@ def test_multiclass_3d_patches_and_early_stopping(tmp_path, tiny_arch):
     assert resumed.epochs_completed == result.epochs_completed and resumed.steps == result.steps
 
 
-def test_training_on_from_a_trained_model_keeps_its_classes(tmp_path, tiny_arch):
+def test_training_on_from_a_trained_model_keeps_its_classes_and_stages(tmp_path, tiny_arch):
     from napari_lgms.training.engine import train
     from napari_lgms.zoo import read_card
 
     data = write_2d_dataset(tmp_path / "data", count=6)
-    first = train(tiny_config(tmp_path, data, epochs=1, class_names=["background", "lesion"]))
+    first = train(tiny_config(tmp_path, data, epochs=1, class_names=["background", "lesion"]), command="stage one")
     second = train(tiny_config(tmp_path, data, epochs=1, name="continued", model=str(first.card_path),
-                               model_args={}, patch_size=[64, 64], output=str(tmp_path / "second")))
+                               model_args={}, patch_size=[64, 64], output=str(tmp_path / "second")),
+                   command="stage two")
+    third = train(tiny_config(tmp_path, data, epochs=1, name="again", model=str(second.card_path),
+                              model_args={}, output=str(tmp_path / "third")), command="stage three")
     card = read_card(second.card_path)
     assert card.class_names == ["background", "lesion"]
     assert card.training["initialised_from"] == "tiny-trained" and card.input["patch_size"] == [64, 64]
+    first_card, last_card = read_card(first.card_path), read_card(third.card_path)
+    assert "earlier_stages" not in first_card.training
+    stages = last_card.training["earlier_stages"]  # every command that made the weights, oldest first
+    assert [stage["command"] for stage in stages] == ["stage one", "stage two"]
+    assert [stage["model"] for stage in stages] == ["tiny-trained", "continued"]
+    assert stages[0]["initialised_from"] == "random" and stages[1]["initialised_from"] == "tiny-trained"
+    assert stages[0]["validation"]["dice"] == first_card.metrics["dice"]
+    assert last_card.training["command"] == "stage three"
 
 
 def test_cli_train_flags_override_yaml(tmp_path, tiny_arch):

@@ -214,6 +214,22 @@ def _median_spacing(samples) -> list[float] | None:
     return [round(float(v), 4) for v in np.median(np.asarray(spacings), axis=0)]
 
 
+STAGE_KEYS = ("command", "initialised_from", "best_epoch", "steps", "device", "precision", "progress")
+
+
+def earlier_stages(parent_card) -> list[dict]:
+    """The training stages that made ``parent_card``'s weights, oldest first: its own
+    ``earlier_stages`` plus itself (command, best epoch, validation scores), so a model
+    trained on in several stages still says every command that made it."""
+    training = dict(parent_card.training or {})
+    own = {key: training[key] for key in STAGE_KEYS if key in training}
+    metrics = parent_card.metrics or {}
+    scores = {key: metrics[key] for key in ("selected_by", "epoch", "iou", "dice") if key in metrics}
+    engine = metrics.get("engine") or {}
+    scores.update({f"engine_{key}": engine[key] for key in ("iou", "dice") if key in engine})
+    return [*training.get("earlier_stages", []), {"model": parent_card.name, **own, "validation": scores}]
+
+
 def _set_threads_for_workers(_worker_id: int) -> None:
     import torch
 
@@ -380,6 +396,7 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
                 "best_epoch": epoch_of_best, "steps": step,
                 "optimizer": config.optimizer, "lr": config.lr, "schedule": config.schedule,
                 "batch_size": config.batch_size, "initialised_from": parent_card.name if parent_card else "random",
+                **({"earlier_stages": earlier_stages(parent_card)} if parent_card is not None else {}),
                 "config": config.to_dict(),
             },
             metrics={"split": f"validation: {split.describe()}", "selected_by": selection,
