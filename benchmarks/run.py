@@ -305,7 +305,8 @@ def _write_examples(folder: Path, count: int, size: int, channels: int) -> None:
 
 
 def child_train(job: dict) -> dict:
-    """Images/s of the training engine's own loop (train_steps) at 256x256, batch 8, fp32."""
+    """Images/s of the training engine's own loop (train_steps) at 256x256, batch 8, on
+    ``job["device"]`` (default cpu) in ``job["precision"]`` (default fp32)."""
     try:
         from napari_lgms.training import train_steps
     except (ImportError, AttributeError) as error:
@@ -317,7 +318,7 @@ def child_train(job: dict) -> dict:
         config = dict(name="bench", model=job["model"], images=str(tmp / "data" / "images"),
                       masks=str(tmp / "data" / "masks"), patch_size=[256, 256], batch_size=batch, epochs=1,
                       samples_per_epoch=batch * (steps + 1), val_fraction=0.2, output=str(tmp / "run"),
-                      device="cpu", precision="fp32", workers=0)
+                      device=job.get("device", "cpu"), precision=job.get("precision", "fp32"), workers=0)
         marks = []
         for progress in train_steps(config):
             if progress.phase == "train" and progress.step >= 1:
@@ -328,7 +329,8 @@ def child_train(job: dict) -> dict:
     (first_step, first_time), (last_step, last_time) = marks[0], marks[-1]
     rate = batch * (last_step - first_step) / (last_time - first_time)
     return {"model": job["model"], "batch": batch, "input": "256x256", "images_per_s": rate,
-            "steps_timed": last_step - first_step}
+            "steps_timed": last_step - first_step, "device": job.get("device", "cpu"),
+            "precision": job.get("precision", "fp32")}
 
 
 def child_finetune(job: dict) -> dict:
@@ -402,9 +404,21 @@ def plan(quick: bool) -> list[dict]:
     for peer in ("sam_vit_b", "sam_vit_t_sized", "monai_basicunet_2d", "nnunet_plainunet_2d",
                  "monai_basicunet_3d", "nnunet_plainunet_3d"):
         jobs.append({"kind": "peer", "peer": peer, "repeats": 1 if peer.endswith("3d") or peer == "sam_vit_b" else 3})
-    jobs += [{"kind": "train", "model": "lgmsnet", "steps": 2}, {"kind": "train", "model": "unext", "steps": 2},
-             {"kind": "finetune", "model": "lgmsnet"}, {"kind": "compile", "repeats": 3}]
+    jobs += training_jobs()
+    jobs += [{"kind": "finetune", "model": "lgmsnet"}, {"kind": "compile", "repeats": 3}]
     return jobs
+
+
+def training_jobs() -> list[dict]:
+    """Every 2D model through the training loop: CPU fp32 and bf16 (what ``precision: auto``
+    picks on CPUs with native bf16), plus CUDA bf16 where a GPU is present."""
+    import torch
+
+    variants = [("cpu", "fp32"), ("cpu", "bf16")]
+    if torch.cuda.is_available():
+        variants.append(("cuda", "bf16"))
+    return [{"kind": "train", "model": name, "steps": 2 if device == "cpu" else 10, "device": device,
+             "precision": precision} for name in MODELS_2D for device, precision in variants]
 
 
 def describe(job: dict) -> str:
@@ -513,7 +527,8 @@ def table(report: dict) -> str:
                              f"{1e3 * s['compiled']:.1f} ms vs eager {1e3 * s['eager']:.1f} ms ({s['compiled'] / s['eager']:.2f})")
         elif r["kind"] == "train":
             lines.append(f"training {r.get('model', '')}: " + (r.get("skipped") or r.get("error") or
-                         f"{r['images_per_s']:.2f} images/s (256x256, batch 8, fp32), peak RSS {r['peak_rss_mib']:.0f} MiB"))
+                         f"{r['images_per_s']:.2f} images/s (256x256, batch 8, {r.get('device', 'cpu')} "
+                         f"{r.get('precision', 'fp32')}), peak RSS {r['peak_rss_mib']:.0f} MiB"))
         elif r["kind"] == "finetune":
             lines.append(f"fine-tune {r.get('model', '')} preset fast: " + (r.get("skipped") or r.get("error") or
                          f"{r['wall_s']:.1f} s wall, {r['steps']} steps, dice {r['dice_before']:.3f} -> {r['dice_after']:.3f}, "
