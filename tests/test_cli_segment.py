@@ -349,6 +349,10 @@ def test_evaluate_scores_only_the_validation_images_of_a_split(model_2d, tmp_pat
     code, _, err = run_cli(capsys, "evaluate", "--model", card, "--images", images, "--masks", masks,
                            "--split", split)
     assert code == 2 and "'zzz'" in err and "Traceback" not in err
+    split.write_text("{")  # a broken file: one line that names the flag
+    code, _, err = run_cli(capsys, "evaluate", "--model", card, "--images", images, "--masks", masks,
+                           "--split", split)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--split" in err and "not a readable" in err
 
 
 def test_evaluate_multiclass_dice_per_class(tiny_model, tmp_path, capsys):

@@ -171,7 +171,7 @@ def test_a_recorded_split_is_reused_by_name(tmp_path):
     with pytest.raises(InputError, match="not in the data"):
         split_from_file(tmp_path / "split.json", ["a", "c", "d"])
     (tmp_path / "broken.json").write_text("{")
-    with pytest.raises(InputError, match="not a readable split.json"):
+    with pytest.raises(InputError, match="split_file .*not a readable split.json"):
         split_from_file(tmp_path / "broken.json", ["a"])
 
 

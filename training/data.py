@@ -368,15 +368,16 @@ def split_examples(count: int, val_fraction: float, seed: int, groups: list[int]
     return Split(train, sorted(val), seed, val_fraction, groups is not None, len(unique))
 
 
-def read_split(path: str | os.PathLike) -> dict:
-    """A run's ``split.json`` with its ``"val"`` example names (name stems) as a list of str."""
+def read_split(path: str | os.PathLike, what: str = "split_file") -> dict:
+    """A run's ``split.json`` with its ``"val"`` example names (name stems) as a list of str;
+    ``what`` names the setting or flag it came from in the error message."""
     import json
 
     try:
         record = json.loads(Path(path).expanduser().read_text())
         record["val"] = [str(name) for name in record["val"]]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise InputError(f"{path}: not a readable split.json with a \"val\" list ({error})") from None
+        raise InputError(f"{what} {path}: not a readable split.json with a \"val\" list ({error})") from None
     return record
 
 

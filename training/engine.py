@@ -221,7 +221,7 @@ def earlier_stages(parent_card) -> list[dict]:
     """The training stages that made ``parent_card``'s weights, oldest first: its own
     ``earlier_stages`` plus itself (command, best epoch, validation scores), so a model
     trained on in several stages still says every command that made it."""
-    training = dict(parent_card.training or {})
+    training = parent_card.training or {}
     own = {key: training[key] for key in STAGE_KEYS if key in training}
     metrics = parent_card.metrics or {}
     scores = {key: metrics[key] for key in ("selected_by", "epoch", "iou", "dice") if key in metrics}

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from napari_lgms.inference.windows import DEFAULT_OVERLAP
 from napari_lgms.metrics import binary_scores, class_dice
 
 
@@ -27,23 +28,17 @@ def metric_keys(num_classes: int) -> list[str]:
     return ["loss", "dice"] + [f"dice_class_{k}" for k in range(1, num_classes)]
 
 
-def sliding_window_logits(network, image, window: tuple[int, ...], *, overlap: float | None = None,
+def sliding_window_logits(network, image, window: tuple[int, ...], *, overlap: float = DEFAULT_OVERLAP,
                           batch_size: int = 4, autocast=contextlib.nullcontext):
     """(1, C, *S) tensor -> (1, K, *S) float32 logits, blended over windows of ``window`` (clipped to S)
     as the inference engine blends them (its window layout, Gaussian weights and default overlap)."""
     import torch
 
-    from napari_lgms.inference.windows import (
-        DEFAULT_OVERLAP,
-        gaussian_weights,
-        weight_map,
-        window_shape,
-        window_slices,
-    )
+    from napari_lgms.inference.windows import gaussian_weights, weight_map, window_shape, window_slices
     from napari_lgms.models.padding import padded_forward
 
     spatial = tuple(image.shape[2:])
-    windows = window_slices(spatial, window, DEFAULT_OVERLAP if overlap is None else overlap)
+    windows = window_slices(spatial, window, overlap)
     gaussian = gaussian_weights(window_shape(spatial, window))
     weights = torch.from_numpy(gaussian).to(image.device)
     total = None

@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         from napari_lgms.io.image import stem_of
         from napari_lgms.training.data import read_split
 
-        wanted = set(read_split(args.split_path)["val"])
+        wanted = set(read_split(args.split_path, "--split")["val"])
         images = [image for image in images if stem_of(image) in wanted]
         missing = wanted - {stem_of(image) for image in images}
         if missing:
