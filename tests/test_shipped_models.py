@@ -7,6 +7,7 @@ validation scores as users get them (``metrics.engine``).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +79,32 @@ def test_real_data_card_is_reproducible_and_honest(card_path):
     assert engine["images"] == len(validation)
     assert 0.0 <= engine["dice"] <= 1.0 and 0.0 <= engine["iou"] <= 1.0
     assert "--split" in engine["command"]
+
+
+def readme_validation_column() -> dict[str, str]:
+    """``{model name: its validation cell}`` from the README's Models table."""
+    rows = {}
+    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and re.fullmatch(r"`[\w-]+`", cells[0]):
+            rows[cells[0].strip("`")] = cells[3]
+    return rows
+
+
+@pytest.mark.parametrize("card_path", CARDS, ids=lambda p: p.stem)
+def test_readme_quotes_the_cards_scores(card_path):
+    """The README's figures are copied by hand from the cards; they must not drift."""
+    cell = readme_validation_column().get(card_path.stem)
+    assert cell, f"README Models table has no row for {card_path.stem}"
+    metrics = json.loads(card_path.read_text())["metrics"]
+    scores = metrics.get("engine") or metrics
+    if "mean_class_dice" in scores:
+        quoted = re.search(r"mean (\d\.\d{3})\) on (\d+) ", cell)
+        expected = (scores["mean_class_dice"],)
+    else:
+        quoted = re.search(r"IoU (\d\.\d{3}), Dice (\d\.\d{3}) on (\d+) ", cell)
+        expected = (scores["iou"], scores["dice"])
+    assert quoted, f"{card_path.stem}: README cell {cell!r} quotes no scores"
+    assert [float(value) for value in quoted.groups()[:-1]] == [round(value, 3) for value in expected]
+    if "images" in scores:
+        assert int(quoted.groups()[-1]) == scores["images"]
