@@ -6,6 +6,7 @@ validation scores as users get them (``metrics.engine``).
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -81,6 +82,7 @@ def test_real_data_card_is_reproducible_and_honest(card_path):
     assert "--split" in engine["command"]
 
 
+@functools.cache
 def readme_validation_column() -> dict[str, str]:
     """``{model name: its validation cell}`` from the README's Models table."""
     rows = {}
