@@ -80,6 +80,10 @@ def test_real_data_card_is_reproducible_and_honest(card_path):
     assert engine["images"] == len(validation)
     assert 0.0 <= engine["dice"] <= 1.0 and 0.0 <= engine["iou"] <= 1.0
     assert "--split" in engine["command"]
+    default_tta = card["output"].get("test_time_augmentation", "none")
+    assert engine.get("test_time_augmentation", "none") == default_tta, "scores must use the card's default"
+    if default_tta != "none":
+        assert set(engine["one_pass"]) == {"iou", "dice"}, "the one-pass scores go beside them"
 
 
 @functools.cache

@@ -193,6 +193,32 @@ def test_segment_2d_sample_new_layer_keeps_geometry(make_napari_viewer, qtbot, s
 
 @pytest.mark.gui
 @needs_display
+def test_the_prediction_choice_reaches_the_engine(make_napari_viewer, qtbot, saved_tiny):
+    from napari_lgms.inference import segment
+    from napari_lgms.widgets.segment import PREDICTIONS
+    from napari_lgms.zoo import load_model
+
+    image = np.random.default_rng(3).normal(size=(40, 28)).astype(np.float32)
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="noise")
+    widget = _dock(viewer, "Segment")
+    widget.select_model(saved_tiny[2])
+    widget.image_combo.setCurrentText("noise")
+    assert widget.prediction_combo.currentText() == next(iter(PREDICTIONS)), "the card decides by default"
+    for text, choice in PREDICTIONS.items():
+        widget.prediction_combo.setCurrentText(text)
+        assert widget.plan().test_time_augmentation == choice
+
+    _run_and_wait(qtbot, widget)  # the last choice: average over flips
+    model = load_model(saved_tiny[2])
+    flipped = segment(image, model, test_time_augmentation="flips").labels
+    np.testing.assert_array_equal(widget.last_output.data, flipped)
+    assert "averaged over flips" in widget.status_label.text()
+    assert not np.array_equal(flipped, segment(image, model, test_time_augmentation="none").labels)
+
+
+@pytest.mark.gui
+@needs_display
 def test_the_model_follows_the_image_until_the_user_picks_one(make_napari_viewer, saved_tiny):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-lgms", "ultrasound")  # made for lgmsnet-synthetic-us (layer metadata)

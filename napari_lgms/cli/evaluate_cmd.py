@@ -34,7 +34,7 @@ NNUNET_CHANNEL = re.compile(r"_\d{4}$")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from napari_lgms.cli.segment_cmd import add_device_argument
+    from napari_lgms.cli.segment_cmd import add_device_argument, add_tta_argument
 
     parser = subparsers.add_parser(
         "evaluate",
@@ -50,6 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="a training run's split.json: score only its validation images (by name stem)")
     add_device_argument(parser)
     parser.add_argument("--slice-axis", type=int, default=0, help="axis a 2D model walks through a volume")
+    add_tta_argument(parser)
     return parser
 
 
@@ -101,7 +102,8 @@ def _list_folder(folder: str, what: str) -> list[Path]:
     return sorted(child for child in path.iterdir() if not child.name.startswith(".") and is_supported(child))
 
 
-def score_pair(image_path: Path, mask_path: Path, model, device, slice_axis: int) -> dict:
+def score_pair(image_path: Path, mask_path: Path, model, device, slice_axis: int,
+               test_time_augmentation: str | None = None) -> dict:
     """Segment one image and score it against its mask; one row of the report."""
     import numpy as np
 
@@ -112,7 +114,7 @@ def score_pair(image_path: Path, mask_path: Path, model, device, slice_axis: int
     image = read_image(image_path)
     truth = read_mask(mask_path)
     result = segment(image.array, model, channel_axis=image.channel_axis, spacing=image.spacing,
-                     slice_axis=slice_axis, device=device)
+                     slice_axis=slice_axis, device=device, test_time_augmentation=test_time_augmentation)
     prediction = result.labels
     if prediction.shape != truth.shape:
         raise InputError(
@@ -161,6 +163,7 @@ def format_report(rows: list[dict], means: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from napari_lgms._atomic import atomic_write_text
     from napari_lgms.cli.segment_cmd import named_error, ensure_writable_file, load_model_for_cli
+    from napari_lgms.inference.augment import resolve as resolve_tta
 
     json_path = ensure_writable_file(args.json_path) if args.json_path else None
     images = _list_folder(args.images, "images")
@@ -192,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     rows, failures = [], []
     for image_path, mask_path in pairs:
         try:
-            rows.append(score_pair(image_path, mask_path, model, device, args.slice_axis))
+            rows.append(score_pair(image_path, mask_path, model, device, args.slice_axis, args.tta))
         except LgmsError as error:
             named = named_error(str(image_path), error)
             if len(pairs) == 1:
@@ -202,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         raise InputError(f"none of the {len(pairs)} image/mask pair(s) could be evaluated")
     means = summarize(rows)
-    print(f"model {model.card.name} on {len(rows)} image(s)")
+    tta = resolve_tta(args.tta, model.card)
+    print(f"model {model.card.name} on {len(rows)} image(s), test-time augmentation: {tta}")
     print(format_report(rows, means))
     if json_path is not None:
         report = {
@@ -212,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
             "masks": str(Path(args.masks)),
             "split": str(Path(args.split_path)) if args.split_path else None,
             "class_names": list(model.card.class_names),
+            "test_time_augmentation": tta,
             "per_image": rows,
             "mean": means,
             "count": len(rows),

@@ -42,7 +42,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP,
                         help=f"window overlap for tiling (default {DEFAULT_OVERLAP})")
     parser.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default: by device)")
+    add_tta_argument(parser)
     return parser
+
+
+def add_tta_argument(parser: argparse.ArgumentParser) -> None:
+    from napari_lgms.inference.augment import TEST_TIME_AUGMENTATIONS
+
+    parser.add_argument("--tta", default="auto", choices=("auto",) + TEST_TIME_AUGMENTATIONS,
+                        help="test-time augmentation: flips averages the prediction over flipped copies "
+                        "(4 passes in 2D, 8 in 3D); auto (default) uses the model card's choice")
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -225,7 +234,7 @@ def _segment_all(args, roi, output) -> int:
             steps = segment_steps(
                 image.array, model, channel_axis=image.channel_axis, spacing=image.spacing, roi=roi,
                 slice_axis=args.slice_axis, probabilities=args.probabilities, batch_size=args.batch_size,
-                device=device, overlap=args.overlap,
+                device=device, overlap=args.overlap, test_time_augmentation=args.tta,
             )
             result = run_to_end(steps, None if bar is None else (
                 lambda step: bar.show(index + step.done / max(step.total, 1), job.source.name)))

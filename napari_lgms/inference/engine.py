@@ -19,7 +19,8 @@ Pipeline, for an image with spatial shape S (channel axis removed):
 6. prediction: "resize" (whole item resized to the patch, logits resized back)
    or windows of the patch size blended with Gaussian weights into one
    (N, K, *grid) float32 logit sum ("tile" / "sliding_window"; "resize" falls
-   back to tiling when the item exceeds twice the patch in some axis);
+   back to tiling when the item exceeds twice the patch in some axis); with
+   test-time augmentation each batch is run once per flip set and averaged;
 7. logits resampled back to the item grid, activation, labels, ROI paste.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Callable, Generator
 import numpy as np
 
 from napari_lgms.errors import InputError, LgmsError
-from napari_lgms.inference import geometry, windows
+from napari_lgms.inference import augment, geometry, windows
 from napari_lgms.inference.normalize import normalize
 
 PROGRESS_INTERVAL = 0.05  # seconds: at most ~20 progress reports per second
@@ -104,6 +105,7 @@ def segment_steps(
     batch_size: int | None = None,
     device=None,
     overlap: float = windows.DEFAULT_OVERLAP,
+    test_time_augmentation: str | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Generator[Progress, None, SegmentationResult | None]:
     """Segment ``image`` step by step, yielding :class:`Progress`; see the module docstring.
@@ -115,6 +117,8 @@ def segment_steps(
     ``slice_axis``: the spatial axis a 2D model walks through a volume;
     ``slice_index``: segment that slice only (result is 2D; ignored for 2D images).
     ``device``: None (the network's device), "auto", "cpu", "cuda", "mps" or a torch.device.
+    ``test_time_augmentation``: "none", "flips" (see :mod:`napari_lgms.inference.augment`),
+    or None / "auto" for the model card's default.
     Returns the result, or None when ``should_stop()`` returned True.
     """
     import torch
@@ -124,6 +128,7 @@ def segment_steps(
     network = model.network
     if not 0.0 <= float(overlap) < 1.0:
         raise InputError(f"overlap must be in [0, 1), got {overlap}")
+    flips = augment.flip_sets(augment.resolve(test_time_augmentation, card), card.spatial_dims)
     torch_device = _resolve_device(device, network)
     if _device_of(network) != torch_device:
         network.to(torch_device)
@@ -200,7 +205,7 @@ def segment_steps(
     divisor = _size_divisor(network, card)
     from napari_lgms.inference.fast import inference_network
 
-    forward = _BatchedForward(inference_network(network, torch_device), divisor, torch_device)
+    forward = _BatchedForward(inference_network(network, torch_device), divisor, torch_device, flips)
     for index, batch in enumerate(batches):
         if should_stop is not None and should_stop():
             return None
@@ -264,13 +269,15 @@ class _Throttle:
 class _BatchedForward:
     """Run the network on a batch (B, C, *w) -> logits (B, K, *w) on the CPU, float32.
 
+    Averages the logits over ``flips`` (tuples of axes; () is the plain pass).
     Pads to the size divisor, optionally multiplies by blending weights or
     resizes the logits, all on the device; a CUDA out-of-memory error splits
     the batch in halves (and keeps the smaller size) before giving up.
     """
 
-    def __init__(self, network, divisor: int, device) -> None:
+    def __init__(self, network, divisor: int, device, flips=((),)) -> None:
         self.network, self.divisor, self.device = network, divisor, device
+        self.flips = list(flips)
         self.split = 1
 
     def __call__(self, crops, *, weights=None, resize_back=None):
@@ -300,8 +307,15 @@ class _BatchedForward:
 
         with torch.inference_mode():
             batch = chunk.to(self.device)
-            padded, spatial = pad_to_multiple(batch, self.divisor)
-            logits = crop_to(self.network(padded), spatial).float()
+            logits = None
+            for axes in self.flips:
+                flipped = torch.flip(batch, axes) if axes else batch
+                padded, spatial = pad_to_multiple(flipped, self.divisor)
+                output = crop_to(self.network(padded), spatial).float()
+                output = torch.flip(output, axes) if axes else output
+                logits = output if logits is None else logits + output
+            if len(self.flips) > 1:
+                logits /= len(self.flips)
             if resize_back is not None:
                 logits = geometry.resize(logits, resize_back)
             if weights is not None:

@@ -51,6 +51,12 @@ MODE_VOLUME = "Whole volume (3D model)"
 MODE_BOX = "Inside the box (Shapes layer)"
 MODE_ALL_BOXES = "Every box of a Shapes layer"
 MODES = (MODE_WHOLE, MODE_SLICE, MODE_SLICES, MODE_VOLUME, MODE_BOX, MODE_ALL_BOXES)
+# Prediction choices -> the engine's test_time_augmentation.
+PREDICTIONS = {
+    "As the model card says": "auto",
+    "One pass (fastest)": "none",
+    "Average over flips (4x in 2D, 8x in 3D)": "flips",
+}
 
 
 @dataclass
@@ -77,6 +83,7 @@ class RunPlan:
     target_name: str | None
     fill_only_empty: bool
     geometry: dict = field(default_factory=dict)
+    test_time_augmentation: str = "auto"
 
 
 @dataclass
@@ -85,6 +92,7 @@ class RunOutcome:
     results: list
     model_name: str
     untrained: bool
+    test_time_augmentation: str = "none"  # what the engine used (the card's default resolved)
 
 
 def _scaled_progress(steps, part: int, parts: int):
@@ -140,6 +148,10 @@ class SegmentWidget(QWidget):
         self.shapes_combo = QComboBox()
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICE_CHOICES)
+        self.prediction_combo = QComboBox()
+        self.prediction_combo.addItems(list(PREDICTIONS))
+        self.prediction_combo.setToolTip("Averaging over flipped copies is usually a little more accurate "
+                                         "and takes that many more passes of the network")
         self.output_combo = QComboBox()
         self.merge_combo = QComboBox()
         self.merge_combo.addItems([REPLACE, FILL_EMPTY])
@@ -164,6 +176,7 @@ class SegmentWidget(QWidget):
         form.addRow("Where", self.mode_combo)
         form.addRow("Boxes from", self.shapes_combo)
         form.addRow("Device", self.device_combo)
+        form.addRow("Prediction", self.prediction_combo)
         form.addRow("Output", self.output_combo)
         form.addRow("Existing layer", self.merge_combo)
 
@@ -361,6 +374,7 @@ class SegmentWidget(QWidget):
             channel_axis=channel_axis, spatial_axes=axes, spatial_shape=spatial_shape, slice_axis=slice_axis,
             jobs=jobs, target_name=target_name, fill_only_empty=self.merge_combo.currentText() == FILL_EMPTY,
             geometry=geo.spatial_geometry(image_layer, axes),
+            test_time_augmentation=PREDICTIONS[self.prediction_combo.currentText()],
         )
 
     @staticmethod
@@ -414,12 +428,15 @@ class SegmentWidget(QWidget):
         for part, job in enumerate(plan.jobs):
             steps = segment_steps(plan.image, model, channel_axis=plan.channel_axis, roi=job.roi,
                                   slice_axis=plan.slice_axis, slice_index=job.slice_index,
-                                  should_stop=should_stop)
+                                  test_time_augmentation=plan.test_time_augmentation, should_stop=should_stop)
             result = yield from _scaled_progress(steps, part, len(plan.jobs))
             if result is None:
                 return None
             results.append(result)
-        return RunOutcome(plan, results, model.card.name, not plan.choice.trained)
+        from napari_lgms.inference.augment import resolve
+
+        used = resolve(plan.test_time_augmentation, model.card)
+        return RunOutcome(plan, results, model.card.name, not plan.choice.trained, used)
 
     def _show_result(self, outcome: RunOutcome) -> None:
         """Main thread: write the labels into the viewer and remember the prediction."""
@@ -467,7 +484,8 @@ class SegmentWidget(QWidget):
         self.last_outcome = outcome
         seconds = sum(result.seconds for result in outcome.results)
         devices = sorted({result.device for result in outcome.results})
-        note = " — untrained model, random output" if outcome.untrained else ""
+        note = "" if outcome.test_time_augmentation == "none" else ", averaged over flips"
+        note += " — untrained model, random output" if outcome.untrained else ""
         self.status_label.setText(f"{outcome.model_name}: {seconds:.2f} s on {', '.join(devices)}{note}")
         self.refresh_layers()
 

@@ -13,7 +13,8 @@ the licence, the sha256 of the weights and the lineage of fine-tuned models.
     in the order of the spatial axes, millimetres).
 ``normalization`` keys: ``kind`` plus its parameters, see
     :mod:`napari_lgms.inference.normalize`.
-``output`` keys: activation ("sigmoid" | "softmax"), threshold (float).
+``output`` keys: activation ("sigmoid" | "softmax"), threshold (float),
+    optionally test_time_augmentation ("none" | "flips", the engine's default).
 """
 from __future__ import annotations
 
@@ -102,8 +103,9 @@ class ModelCard:
         if isinstance(engine, dict) and isinstance(engine.get("dice"), float):
             numbers = ", ".join(f"{k} {engine[k]:.3f}" for k in ("iou", "dice", "mean_class_dice")
                                 if isinstance(engine.get(k), float))
-            lines.append(f"as users run it (engine, original resolution): {numbers} on "
-                         f"{engine.get('images', '?')} validation images")
+            tta = engine.get("test_time_augmentation") or "none"
+            how = "engine, original resolution" + ("" if tta == "none" else f", test-time {tta}")
+            lines.append(f"as users run it ({how}): {numbers} on {engine.get('images', '?')} validation images")
         if self.lineage.get("parent"):
             lines.append(f"fine-tuned from: {self.lineage['parent']}")
         return "\n".join(lines)
