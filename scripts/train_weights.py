@@ -13,10 +13,9 @@ engine, at each image's own resolution) on the validation images of the
 config's ``split_file``; those numbers go into the card as ``metrics.engine``.
 ``--ship-only`` ships a run trained by hand (``napari-lgms train --config ...``);
 ``--score-only`` re-scores an already shipped model; ``--progress`` records in
-the card how far a shortened (CPU) schedule got. Shipped 2D cards default to
-flip test-time augmentation (``--tta``, :data:`SHIPPED_TTA`: it measured better on
-their validation splits, see the README); ``--score-only --tta none`` switches
-a card back. The demo model is
+the card how far a shortened (CPU) schedule got. Every shipped card takes its
+default test-time augmentation from its config (``test_time_augmentation``;
+runs trained before that setting existed get it when shipped or re-scored). The demo model is
 ``scripts/train_demo_model.py``.
 """
 from __future__ import annotations
@@ -30,17 +29,12 @@ from pathlib import Path
 
 from napari_lgms._atomic import atomic_write_bytes, atomic_write_text
 from napari_lgms.cli import main as cli
-from napari_lgms.inference.augment import TEST_TIME_AUGMENTATIONS
-from napari_lgms.training.config import load_yaml
+from napari_lgms.training.config import TrainConfig, load_yaml
 from napari_lgms.training.data import dataset_folders, expand_path, read_split
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "training" / "configs"
 SHIPPED = ROOT / "resources" / "models"
-# The shipped cards' default test-time augmentation, measured on each validation split (README).
-# Flipping a hippocampus volume swaps its anterior and posterior ends, so flips cost it 3 Dice points.
-SHIPPED_TTA = {"lgmsnet3d-hippocampus": "none"}
-DEFAULT_SHIPPED_TTA = "flips"
 
 
 def evaluate_report(card_path: Path, images: Path, masks: Path, split_file: Path, tta: str) -> dict | None:
@@ -55,8 +49,8 @@ def evaluate_report(card_path: Path, images: Path, masks: Path, split_file: Path
 def score(name: str, progress: str = "") -> int:
     """Score the shipped NAME on its config's validation split with the engine; record it in the card.
 
-    With the card's default test-time augmentation (``output.test_time_augmentation``), as users
-    run it; when that is not "none", the one-pass scores go beside it as ``one_pass``.
+    The card's default test-time augmentation is set from the config first; the scores use it,
+    as users run it, and when it is not "none" the one-pass scores go beside them as ``one_pass``.
     """
     config = load_yaml(CONFIGS / f"{name}.yaml")
     split_file = ROOT / config["split_file"]
@@ -65,6 +59,10 @@ def score(name: str, progress: str = "") -> int:
         raise SystemExit(f"{config['data']}: neither images/ + masks/ nor imagesTr/ + labelsTr/")
     images, masks, _ = layout
     card_path = SHIPPED / f"{name}.json"
+    card = json.loads(card_path.read_text())
+    card.setdefault("output", {})["test_time_augmentation"] = config.get(
+        "test_time_augmentation", TrainConfig.test_time_augmentation)
+    atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")  # evaluate reads the default from it
     report = evaluate_report(card_path, images, masks, split_file, "auto")
     if report is None:
         return 1
@@ -74,7 +72,6 @@ def score(name: str, progress: str = "") -> int:
         if one_pass is None:
             return 1
     split = read_split(split_file)
-    card = json.loads(card_path.read_text())
     card.setdefault("metrics", {})["engine"] = {
         **report["mean"], "images": report["count"], "test_time_augmentation": report["test_time_augmentation"],
         "split": f"{split_file.relative_to(ROOT).as_posix()}: {split['description']}",
@@ -107,24 +104,18 @@ def main() -> int:
                         help="with --ship-only: the run folder to ship from (default: the config's output)")
     parser.add_argument("--progress", default="",
                         help="how far training got (a shortened CPU schedule...): stored in the card")
-    parser.add_argument("--tta", choices=TEST_TIME_AUGMENTATIONS, default=None,
-                        help=f"the card's default test-time augmentation (default when shipping: "
-                        f"{DEFAULT_SHIPPED_TTA}, {SHIPPED_TTA}; unchanged with --score-only)")
     args, extra = parser.parse_known_args()
     if not os.environ.get("NAPARI_LGMS_DATA"):
         print("set NAPARI_LGMS_DATA to the datasets folder (e.g. ../shared/datasets)", file=sys.stderr)
         return 2
     names = args.names or sorted(p.stem for p in CONFIGS.glob("*.yaml"))
     for name in names:
-        tta = args.tta or (None if args.score_only else SHIPPED_TTA.get(name, DEFAULT_SHIPPED_TTA))
         if args.ship_only:
             ship(name, args.run_dir)
         elif not args.score_only:
             status = train_and_ship(name, args.resume, extra)
             if status:
                 return status
-        if tta is not None:
-            set_default_tta(name, tta)
         status = score(name, args.progress)
         if status:
             return status
@@ -141,14 +132,6 @@ def train_and_ship(name: str, resume: bool, extra: list[str]) -> int:
         return status
     ship(name)
     return 0
-
-
-def set_default_tta(name: str, tta: str) -> None:
-    """Make ``tta`` the shipped card's default test-time augmentation (``output.test_time_augmentation``)."""
-    card_path = SHIPPED / f"{name}.json"
-    card = json.loads(card_path.read_text())
-    card.setdefault("output", {})["test_time_augmentation"] = tta
-    atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
 
 
 def ship(name: str, run_dir: str = "") -> None:

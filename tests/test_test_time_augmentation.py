@@ -89,6 +89,8 @@ def test_the_card_default_is_what_segment_does(tiny_model):
     image = RNG.normal(size=(24, 20)).astype(np.float32)
     default = probabilities(model, image, None)
     np.testing.assert_array_equal(default, probabilities(model, image, "flips"))
+    assert segment(image, model).test_time_augmentation == "flips", "the result says what was used"
+    assert segment(image, model, test_time_augmentation="none").test_time_augmentation == "none"
     assert not np.array_equal(default, probabilities(model, image, "none"))
 
 

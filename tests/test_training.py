@@ -303,6 +303,7 @@ def test_yaml_then_flags_override(tmp_path):
 
 
 def test_shipped_example_configs_parse():
+    from napari_lgms.errors import InputError
     from napari_lgms.training.config import config_from_dict, load_yaml
 
     folder = Path(__file__).resolve().parents[1] / "training" / "configs"
@@ -312,6 +313,8 @@ def test_shipped_example_configs_parse():
         config = config_from_dict(load_yaml(file), source=file.name)
         assert "NAPARI_LGMS_DATA" in (config.data + config.images)
         assert config.licence and config.citation and config.data_terms
+    with pytest.raises(InputError, match="test_time_augmentation 'rotate' is not accepted; use one of none, flips"):
+        config_from_dict({"data": "x", "test_time_augmentation": "rotate"}).validate()
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -320,7 +323,8 @@ def test_training_writes_model_log_plot_and_learns(tmp_path, tiny_arch):
     from napari_lgms.zoo import load_model, read_card
 
     data = write_2d_dataset(tmp_path / "data", count=8)
-    config = tiny_config(tmp_path, data, epochs=6, optimizer="adamw", lr=0.02, schedule="cosine", warmup_epochs=1)
+    config = tiny_config(tmp_path, data, epochs=6, optimizer="adamw", lr=0.02, schedule="cosine", warmup_epochs=1,
+                         test_time_augmentation="flips")
     reports = []
     generator = train_steps(config, command="napari-lgms train --test")
     while True:
@@ -339,6 +343,7 @@ def test_training_writes_model_log_plot_and_learns(tmp_path, tiny_arch):
     assert card.training["split"]["val_fraction"] == 0.25 and card.metrics["split"].startswith("validation")
     assert card.licence == "CC0-1.0" and card.citation == ["test citation"] and card.intended_use
     assert 0 <= card.metrics["dice"] <= 1
+    assert card.output["test_time_augmentation"] == "flips", "the config chooses the card's inference default"
     lines = [json.loads(line) for line in (tmp_path / "run" / "training_log.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_lgms.errors import InputError
+from napari_lgms.inference.augment import TEST_TIME_AUGMENTATIONS
 
 
 @dataclass
@@ -82,6 +83,7 @@ class TrainConfig:
     licence: str = "unspecified"
     citation: list = field(default_factory=list)
     intended_use: str = ""
+    test_time_augmentation: str = "none"  # the card's inference default: "none" | "flips"
 
     @property
     def num_classes(self) -> int:
@@ -97,6 +99,7 @@ class TrainConfig:
             "schedule": ("poly", "cosine", "constant"),
             "precision": ("auto", "fp32", "fp16", "bf16"),
             "selection_metric": ("auto", "iou", "dice"),
+            "test_time_augmentation": TEST_TIME_AUGMENTATIONS,
         }
         for name, accepted in choices.items():
             if getattr(self, name) not in accepted:

@@ -384,7 +384,8 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
             name=config.name, architecture=network.architecture, arguments=dict(arguments),
             input=card_input(config, network, spacing, resize_factor), normalization=dict(config.normalization),
             class_names=list(config.class_names) or inherited_class_names or default_class_names(num_classes),
-            output={"activation": "sigmoid" if num_classes == 1 else "softmax", "threshold": 0.5},
+            output={"activation": "sigmoid" if num_classes == 1 else "softmax", "threshold": 0.5,
+                    "test_time_augmentation": config.test_time_augmentation},
             version=str(config.version), description=config.description,
             training={
                 "data": config.data_description or (config.data or config.images),

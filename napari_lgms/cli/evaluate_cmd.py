@@ -192,10 +192,11 @@ def run(args: argparse.Namespace) -> int:
         )
 
     model, device = load_model_for_cli(args.model, args.device)
+    tta = resolve_tta(args.tta, model.card)
     rows, failures = [], []
     for image_path, mask_path in pairs:
         try:
-            rows.append(score_pair(image_path, mask_path, model, device, args.slice_axis, args.tta))
+            rows.append(score_pair(image_path, mask_path, model, device, args.slice_axis, tta))
         except LgmsError as error:
             named = named_error(str(image_path), error)
             if len(pairs) == 1:
@@ -205,7 +206,6 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         raise InputError(f"none of the {len(pairs)} image/mask pair(s) could be evaluated")
     means = summarize(rows)
-    tta = resolve_tta(args.tta, model.card)
     print(f"model {model.card.name} on {len(rows)} image(s), test-time augmentation: {tta}")
     print(format_report(rows, means))
     if json_path is not None:

@@ -64,6 +64,7 @@ class SegmentationResult:
     sigmoid), (*spatial) foreground probability for a one-output sigmoid;
     None unless asked for. Outside a ROI: 0 (softmax background: 1).
     ``roi``: the ROI actually used (clipped to the image), or None.
+    ``test_time_augmentation``: what was used ("none" | "flips"), the card's default resolved.
     """
 
     labels: np.ndarray
@@ -71,6 +72,7 @@ class SegmentationResult:
     seconds: float
     device: str
     roi: tuple[tuple[int, int], ...] | None
+    test_time_augmentation: str = "none"
 
 
 @dataclass
@@ -128,7 +130,8 @@ def segment_steps(
     network = model.network
     if not 0.0 <= float(overlap) < 1.0:
         raise InputError(f"overlap must be in [0, 1), got {overlap}")
-    flips = augment.flip_sets(augment.resolve(test_time_augmentation, card), card.spatial_dims)
+    test_time_augmentation = augment.resolve(test_time_augmentation, card)
+    flips = augment.flip_sets(test_time_augmentation, card.spatial_dims)
     torch_device = _resolve_device(device, network)
     if _device_of(network) != torch_device:
         network.to(torch_device)
@@ -249,6 +252,7 @@ def segment_steps(
         seconds=time.perf_counter() - started,
         device=str(torch_device),
         roi=used_roi,
+        test_time_augmentation=test_time_augmentation,
     )
 
 
@@ -303,24 +307,25 @@ class _BatchedForward:
     def _run(self, chunk, weights, resize_back):
         import torch
 
-        from napari_lgms.models.padding import crop_to, pad_to_multiple
-
         with torch.inference_mode():
             batch = chunk.to(self.device)
-            logits = None
-            for axes in self.flips:
-                flipped = torch.flip(batch, axes) if axes else batch
-                padded, spatial = pad_to_multiple(flipped, self.divisor)
-                output = crop_to(self.network(padded), spatial).float()
-                output = torch.flip(output, axes) if axes else output
-                logits = output if logits is None else logits + output
-            if len(self.flips) > 1:
-                logits /= len(self.flips)
+            logits = sum(self._flipped_pass(batch, axes) for axes in self.flips) / len(self.flips)
             if resize_back is not None:
                 logits = geometry.resize(logits, resize_back)
             if weights is not None:
                 logits = logits * weights
             return logits.cpu()
+
+    def _flipped_pass(self, batch, axes: tuple[int, ...]):
+        """Logits of the network on ``batch`` flipped along ``axes``, flipped back (() is no flip)."""
+        import torch
+
+        from napari_lgms.models.padding import crop_to, pad_to_multiple
+
+        flipped = torch.flip(batch, axes) if axes else batch
+        padded, spatial = pad_to_multiple(flipped, self.divisor)
+        logits = crop_to(self.network(padded), spatial).float()
+        return torch.flip(logits, axes) if axes else logits
 
 
 def _plan(items: np.ndarray, item_spacing, card, overlap: float, batch_size, device) -> "_Plan":

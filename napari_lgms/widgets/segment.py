@@ -92,7 +92,6 @@ class RunOutcome:
     results: list
     model_name: str
     untrained: bool
-    test_time_augmentation: str = "none"  # what the engine used (the card's default resolved)
 
 
 def _scaled_progress(steps, part: int, parts: int):
@@ -433,10 +432,7 @@ class SegmentWidget(QWidget):
             if result is None:
                 return None
             results.append(result)
-        from napari_lgms.inference.augment import resolve
-
-        used = resolve(plan.test_time_augmentation, model.card)
-        return RunOutcome(plan, results, model.card.name, not plan.choice.trained, used)
+        return RunOutcome(plan, results, model.card.name, not plan.choice.trained)
 
     def _show_result(self, outcome: RunOutcome) -> None:
         """Main thread: write the labels into the viewer and remember the prediction."""
@@ -484,7 +480,8 @@ class SegmentWidget(QWidget):
         self.last_outcome = outcome
         seconds = sum(result.seconds for result in outcome.results)
         devices = sorted({result.device for result in outcome.results})
-        note = "" if outcome.test_time_augmentation == "none" else ", averaged over flips"
+        flipped = any(result.test_time_augmentation == "flips" for result in outcome.results)
+        note = ", averaged over flips" if flipped else ""
         note += " — untrained model, random output" if outcome.untrained else ""
         self.status_label.setText(f"{outcome.model_name}: {seconds:.2f} s on {', '.join(devices)}{note}")
         self.refresh_layers()
