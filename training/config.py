@@ -69,6 +69,10 @@ class TrainConfig:
     elastic_p: float = 0.0
     noise_p: float = 0.0
     foreground_bias: float = 0.5  # share of patches centred on foreground / corrected voxels
+    # -- distillation: learn from a trained model's predictions as well as the labels ------------
+    teacher: str = ""  # a model name or card path; empty: labels only
+    distill_weight: float = 0.5  # loss = (1 - w) · labels loss + w · loss against the teacher's probabilities
+    teacher_test_time_augmentation: str = "none"  # "flips": the teacher's logits averaged over flips
     # -- validation, selection, stopping --------------------------------------------------------
     val_every: int = 1
     selection_metric: str = "auto"  # "iou" | "dice"; auto: iou for binary, dice for multi-class
@@ -100,6 +104,7 @@ class TrainConfig:
             "precision": ("auto", "fp32", "fp16", "bf16"),
             "selection_metric": ("auto", "iou", "dice"),
             "test_time_augmentation": TEST_TIME_AUGMENTATIONS,
+            "teacher_test_time_augmentation": TEST_TIME_AUGMENTATIONS,
         }
         for name, accepted in choices.items():
             if getattr(self, name) not in accepted:
@@ -110,6 +115,8 @@ class TrainConfig:
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 < self.duplicate_correlation <= 1.0:
             raise InputError(f"duplicate_correlation must be in (0, 1], got {self.duplicate_correlation}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise InputError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
         if self.epochs < 1 or self.batch_size < 1:
             raise InputError("epochs and batch_size must be at least 1")
         if not self.patch_size or any(int(s) < 1 for s in self.patch_size):

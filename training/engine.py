@@ -16,6 +16,9 @@ checkpoint and reaches bit-identical weights to an uninterrupted run: every
 epoch reseeds torch from (seed, epoch, rank) and every sample's augmentation
 from (seed, epoch, index), so nothing depends on where a run was interrupted.
 
+With ``teacher`` set, each batch also goes through that frozen model and the loss mixes in
+its probabilities (:mod:`napari_lgms.training.teacher`).
+
 Under ``torchrun`` the same code runs DistributedDataParallel: each rank sees
 its share of the data (DistributedSampler), validation metrics are summed
 over ranks, and only rank 0 writes files.
@@ -270,7 +273,8 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
     from napari_lgms.training.augment import AugmentParams
     from napari_lgms.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
     from napari_lgms.training.evaluate import evaluate_sums, means, metric_keys
-    from napari_lgms.training.losses import segmentation_loss
+    from napari_lgms.training.losses import distillation_loss, segmentation_loss
+    from napari_lgms.training.teacher import load_teacher
 
     started = time.monotonic()
     output = data_mod.expand_path(config.output)
@@ -342,6 +346,7 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
         total_steps = min(total_steps, config.max_steps)
 
     # -- optimisation ---------------------------------------------------------------------------
+    teacher = load_teacher(config, arguments, device)
     network.to(device)
     model = network
     if info.enabled:
@@ -398,6 +403,7 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
                 "optimizer": config.optimizer, "lr": config.lr, "schedule": config.schedule,
                 "batch_size": config.batch_size, "initialised_from": parent_card.name if parent_card else "random",
                 **({"earlier_stages": earlier_stages(parent_card)} if parent_card is not None else {}),
+                **({"teacher": teacher.describe(config.distill_weight)} if teacher is not None else {}),
                 "config": config.to_dict(),
             },
             metrics={"split": f"validation: {split.describe()}", "selected_by": selection,
@@ -451,7 +457,11 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
             masks = masks.to(device, non_blocking=True)
             with autocast():
                 logits = model(images)
+                teacher_logits = teacher(images) if teacher is not None else None
             loss = segmentation_loss(logits, masks)
+            if teacher_logits is not None:
+                weight = config.distill_weight
+                loss = (1.0 - weight) * loss + weight * distillation_loss(logits, teacher_logits)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.grad_clip > 0:

@@ -4,6 +4,9 @@ Binary (one logit): ``0.5 · BCE-with-logits + (1 − soft Dice)``, soft Dice pe
 sample on sigmoid probabilities with smooth 1e-5, averaged over the batch, as
 LGMSNet/CMUNeXt train. Multi-class (K logits): ``CE + (1 − mean soft Dice)``
 over the foreground classes of the softmax, per sample.
+
+Distillation (a teacher model's logits as soft targets): the same two terms
+with the teacher's probabilities in place of the labels.
 """
 from __future__ import annotations
 
@@ -48,3 +51,23 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     if logits.shape[1] == 1:
         return bce_dice_loss(logits, target)
     return ce_dice_loss(logits, target)
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """(N, K, *S) student and teacher logits -> scalar; the segmentation loss on soft targets.
+
+    One channel: ``0.5 · BCE(student, σ(teacher)) + (1 − soft Dice(σ(student), σ(teacher)))``.
+    K channels: ``soft CE(student, softmax(teacher)) + (1 − mean foreground soft Dice)``.
+    Both are minimal when the student's probabilities equal the teacher's.
+    """
+    logits, teacher_logits = logits.float(), teacher_logits.float()
+    if logits.shape[1] == 1:
+        soft = torch.sigmoid(teacher_logits[:, 0])
+        bce = F.binary_cross_entropy_with_logits(logits[:, 0], soft)
+        dice = soft_dice_per_sample(torch.sigmoid(logits[:, 0]), soft).mean()
+        return 0.5 * bce + (1.0 - dice)
+    soft = torch.softmax(teacher_logits, dim=1)
+    ce = -(soft * torch.log_softmax(logits, dim=1)).sum(1).mean()
+    probabilities = torch.softmax(logits, dim=1)
+    dices = [soft_dice_per_sample(probabilities[:, k], soft[:, k]) for k in range(1, logits.shape[1])]
+    return ce + (1.0 - torch.stack(dices, 1).mean())

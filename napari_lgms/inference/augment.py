@@ -41,3 +41,18 @@ def flip_sets(choice: str, spatial_dims: int) -> list[tuple[int, ...]]:
         return [()]
     axes = tuple(range(-spatial_dims, 0))
     return [subset for size in range(spatial_dims + 1) for subset in itertools.combinations(axes, size)]
+
+
+def average_over_flips(forward, batch, flips: list[tuple[int, ...]]):
+    """Mean of ``forward`` over flipped copies of ``batch``, each output flipped back.
+
+    ``batch``: (B, C, *spatial) tensor; ``forward`` maps it to (B, K, *spatial) logits;
+    ``flips``: from :func:`flip_sets`. Returns (B, K, *spatial) float logits.
+    """
+    import torch
+
+    def flipped(axes):
+        logits = forward(torch.flip(batch, axes) if axes else batch).float()
+        return torch.flip(logits, axes) if axes else logits
+
+    return sum(flipped(axes) for axes in flips) / len(flips)

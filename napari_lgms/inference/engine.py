@@ -309,23 +309,19 @@ class _BatchedForward:
 
         with torch.inference_mode():
             batch = chunk.to(self.device)
-            logits = sum(self._flipped_pass(batch, axes) for axes in self.flips) / len(self.flips)
+            logits = augment.average_over_flips(self._padded_forward, batch, self.flips)
             if resize_back is not None:
                 logits = geometry.resize(logits, resize_back)
             if weights is not None:
                 logits = logits * weights
             return logits.cpu()
 
-    def _flipped_pass(self, batch, axes: tuple[int, ...]):
-        """Logits of the network on ``batch`` flipped along ``axes``, flipped back (() is no flip)."""
-        import torch
-
+    def _padded_forward(self, batch):
+        """Logits of the network on ``batch``, padded to its stride and cropped back."""
         from napari_lgms.models.padding import crop_to, pad_to_multiple
 
-        flipped = torch.flip(batch, axes) if axes else batch
-        padded, spatial = pad_to_multiple(flipped, self.divisor)
-        logits = crop_to(self.network(padded), spatial).float()
-        return torch.flip(logits, axes) if axes else logits
+        padded, spatial = pad_to_multiple(batch, self.divisor)
+        return crop_to(self.network(padded), spatial)
 
 
 def _plan(items: np.ndarray, item_spacing, card, overlap: float, batch_size, device) -> "_Plan":
