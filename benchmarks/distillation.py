@@ -11,11 +11,10 @@ three are interleaved after one warm-up step each; medians and ratios to
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
-from pathlib import Path
+
+from _options import parse_options, write_rows
 
 STUDENT, TEACHER, BATCH, SIZE = "esdmrnet-polyp", "lgmsnet-polyp", 8, 160
 
@@ -28,13 +27,7 @@ def main() -> int:
     from napari_lgms.training.engine import autocast_factory, resolve_precision
     from napari_lgms.training.losses import distillation_loss, segmentation_loss
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--output", type=Path, help="also write the rows as JSON")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
+    args = parse_options(__doc__)
     device = torch.device("cpu")
     dtype, _ = resolve_precision("auto", device)
     autocast = autocast_factory(device, dtype)
@@ -75,11 +68,7 @@ def main() -> int:
     print(f"{'variant':20} {'step s':>7} {'ratio':>6}")
     for row in rows:
         print(f"{row['variant']:20} {row['seconds']:>7.3f} {row['ratio']:>6.2f}")
-    if args.output:
-        from napari_lgms._atomic import atomic_write_text
-
-        atomic_write_text(args.output, json.dumps({"threads": args.threads, "precision": str(dtype),
-                                                   "rows": rows}, indent=2) + "\n")
+    write_rows(args.output, {"threads": args.threads, "precision": str(dtype), "rows": rows})
     return 0
 
 

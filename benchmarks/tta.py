@@ -10,13 +10,11 @@ printed as a table. The accuracy side is in each card's ``metrics.engine``
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
+from _options import parse_options, write_rows
 
 # model name -> a typical input: Kvasir frames are about 576x720 RGB, BUSI images 500x600 grey,
 # MSD hippocampus crops about 36x50x35 voxels.
@@ -49,24 +47,14 @@ def time_case(name: str, shape: tuple[int, ...], repeats: int) -> dict:
 
 
 def main() -> int:
-    import torch
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--output", type=Path, help="also write the rows as JSON")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_options(__doc__)
     rows = [time_case(name, shape, args.repeats) for name, shape in CASES.items()]
     print(f"{args.threads} thread(s), median of {args.repeats}")
     print(f"{'model':24} {'input':12} {'card default':>12} {'one pass s':>10} {'flips s':>9} {'ratio':>6}")
     for row in rows:
         print(f"{row['model']:24} {row['input']:12} {row['default']:>12} {row['none']:>10.3f} "
               f"{row['flips']:>9.3f} {row['ratio']:>6.2f}")
-    if args.output:
-        from napari_lgms._atomic import atomic_write_text
-
-        atomic_write_text(args.output, json.dumps({"threads": args.threads, "rows": rows}, indent=2) + "\n")
+    write_rows(args.output, {"threads": args.threads, "rows": rows})
     return 0
 
 

@@ -226,11 +226,17 @@ def earlier_stages(parent_card) -> list[dict]:
     trained on in several stages still says every command that made it."""
     training = parent_card.training or {}
     own = {key: training[key] for key in STAGE_KEYS if key in training}
-    metrics = parent_card.metrics or {}
+    return [*training.get("earlier_stages", []),
+            {"model": parent_card.name, **own, "validation": validation_scores(parent_card)}]
+
+
+def validation_scores(card) -> dict:
+    """A card's validation scores: in the training loop (iou, dice) and through the engine (engine_*)."""
+    metrics = card.metrics or {}
     scores = {key: metrics[key] for key in ("selected_by", "epoch", "iou", "dice") if key in metrics}
     engine = metrics.get("engine") or {}
     scores.update({f"engine_{key}": engine[key] for key in ("iou", "dice") if key in engine})
-    return [*training.get("earlier_stages", []), {"model": parent_card.name, **own, "validation": scores}]
+    return scores
 
 
 def _set_threads_for_workers(_worker_id: int) -> None:

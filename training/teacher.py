@@ -33,10 +33,11 @@ class Teacher:
 
     def describe(self, weight: float) -> dict[str, Any]:
         """What the model card records about the teacher."""
-        metrics = self.card.metrics or {}
+        from napari_lgms.training.engine import validation_scores
+
         return {"model": self.card.name, "sha256": (self.card.weights or {}).get("sha256", ""),
                 "distill_weight": weight, "test_time_augmentation": self.test_time_augmentation,
-                "validation": {k: metrics[k] for k in ("iou", "dice") if k in metrics}}
+                "validation": validation_scores(self.card)}
 
 
 def load_teacher(config, arguments: dict, device) -> Teacher | None:
