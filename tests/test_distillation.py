@@ -122,7 +122,7 @@ def test_a_flip_averaging_teacher_is_flip_equivariant(tmp_path, teacher_path):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"teacher": "no-such-model"}, "teacher: unknown model 'no-such-model'"),
-    ({"model_args": {"in_channels": 3, "num_classes": 1}}, "the model being trained needs the same"),
+    ({"model_args": {"in_channels": 3, "num_classes": 1}}, "but the model being trained {'in_channels': 3"),
     ({"normalization": {"kind": "zscore"}}, "expects normalization"),
     ({"distill_weight": 1.5}, "distill_weight must be in [0, 1], got 1.5"),
     ({"teacher_test_time_augmentation": "rot"}, "teacher_test_time_augmentation 'rot' is not accepted"),

@@ -54,9 +54,11 @@ def load_teacher(config, arguments: dict, device) -> Teacher | None:
     card = loaded.card
     student = {"in_channels": int(arguments["in_channels"]), "num_classes": int(arguments["num_classes"]),
                "spatial_dims": int(arguments.get("spatial_dims", 2))}
-    theirs = {"in_channels": card.in_channels, "num_classes": card.num_classes, "spatial_dims": card.spatial_dims}
+    theirs = {"in_channels": card.in_channels, "num_classes": card.num_classes,
+              "spatial_dims": card.spatial_dims}
     if theirs != student:
-        raise InputError(f"teacher {card.name} takes {theirs}; the model being trained needs the same {student}")
+        raise InputError(f"teacher {card.name} takes {theirs} but the model being trained {student}: "
+                         "they must match")
     if dict(card.normalization) != dict(config.normalization):
         raise InputError(f"teacher {card.name} expects normalization {card.normalization}; this run uses "
                          f"{config.normalization}: set the same normalization or pick another teacher")
