@@ -23,43 +23,43 @@ def main() -> int:
     import torch
 
     from napari_lgms import load_model
-    from napari_lgms.inference.augment import average_over_flips, flip_sets
+    from napari_lgms.inference.augment import flip_sets
     from napari_lgms.training.engine import autocast_factory, resolve_precision
-    from napari_lgms.training.losses import distillation_loss, segmentation_loss
+    from napari_lgms.training.losses import distilled_loss
+    from napari_lgms.training.teacher import Teacher
 
     args = parse_options(__doc__)
     device = torch.device("cpu")
     dtype, _ = resolve_precision("auto", device)
     autocast = autocast_factory(device, dtype)
     student = load_model(STUDENT).network.train()
-    teacher = load_model(TEACHER).network.eval().requires_grad_(False)
+    loaded = load_model(TEACHER)
+    teacher = loaded.network.eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(BATCH, 3, SIZE, SIZE, generator=generator)
     masks = (torch.rand(BATCH, SIZE, SIZE, generator=generator) > 0.5).long()
-    variants = {"labels only": None, "teacher, one pass": flip_sets("none", 2),
-                "teacher, flips": flip_sets("flips", 2)}
+    variants = {"labels only": None,
+                **{f"teacher, {name}": Teacher(teacher, loaded.card, flip_sets(choice, 2), choice)
+                   for name, choice in (("one pass", "none"), ("flips", "flips"))}}
 
-    def step(flips) -> float:
+    def step(teach) -> float:
         started = time.perf_counter()
-        with autocast():
+        with autocast():  # as training/engine.py runs a step
             logits = student(images)
-            with torch.no_grad():
-                taught = None if flips is None else average_over_flips(teacher, images, flips)
-        loss = segmentation_loss(logits, masks)
-        if taught is not None:
-            loss = 0.5 * loss + 0.5 * distillation_loss(logits, taught)
+            taught = None if teach is None else teach(images)
+        loss = distilled_loss(logits, masks, taught, 0.5)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         return time.perf_counter() - started
 
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for flips in variants.values():
-        step(flips)
+    for teach in variants.values():
+        step(teach)
     for _ in range(args.repeats):
-        for name, flips in variants.items():
-            times[name].append(step(flips))
+        for name, teach in variants.items():
+            times[name].append(step(teach))
     medians = {name: statistics.median(values) for name, values in times.items()}
     rows = [{"variant": name, "seconds": seconds, "ratio": seconds / medians["labels only"]}
             for name, seconds in medians.items()]

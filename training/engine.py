@@ -279,7 +279,7 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
     from napari_lgms.training.augment import AugmentParams
     from napari_lgms.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
     from napari_lgms.training.evaluate import evaluate_sums, means, metric_keys
-    from napari_lgms.training.losses import distillation_loss, segmentation_loss
+    from napari_lgms.training.losses import distilled_loss
     from napari_lgms.training.teacher import load_teacher
 
     started = time.monotonic()
@@ -307,6 +307,7 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
     divisor = int(getattr(network, "size_divisor", 1))
     if any(int(s) % divisor for s in config.patch_size):
         raise InputError(f"patch_size {config.patch_size} must be multiples of {divisor} for {network.architecture}")
+    teacher = load_teacher(config, arguments, device)  # a bad teacher fails before the data load
 
     # -- data --------------------------------------------------------------------------------
     examples, kind, unpaired = data_mod.discover_examples(config.data, config.images, config.masks)
@@ -352,7 +353,6 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
         total_steps = min(total_steps, config.max_steps)
 
     # -- optimisation ---------------------------------------------------------------------------
-    teacher = load_teacher(config, arguments, device)
     network.to(device)
     model = network
     if info.enabled:
@@ -464,10 +464,7 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
             with autocast():
                 logits = model(images)
                 teacher_logits = teacher(images) if teacher is not None else None
-            loss = segmentation_loss(logits, masks)
-            if teacher_logits is not None:
-                weight = config.distill_weight
-                loss = (1.0 - weight) * loss + weight * distillation_loss(logits, teacher_logits)
+            loss = distilled_loss(logits, masks, teacher_logits, config.distill_weight)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.grad_clip > 0:

@@ -71,3 +71,12 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor) -> tor
     probabilities = torch.softmax(logits, dim=1)
     dices = [soft_dice_per_sample(probabilities[:, k], soft[:, k]) for k in range(1, logits.shape[1])]
     return ce + (1.0 - torch.stack(dices, 1).mean())
+
+
+def distilled_loss(logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None,
+                   weight: float) -> torch.Tensor:
+    """``(1 - weight) · segmentation loss + weight · distillation loss``; labels only without a teacher."""
+    loss = segmentation_loss(logits, target)
+    if teacher_logits is None:
+        return loss
+    return (1.0 - weight) * loss + weight * distillation_loss(logits, teacher_logits)

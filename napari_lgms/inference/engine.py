@@ -307,21 +307,17 @@ class _BatchedForward:
     def _run(self, chunk, weights, resize_back):
         import torch
 
+        from napari_lgms.models.padding import padded_forward
+
         with torch.inference_mode():
             batch = chunk.to(self.device)
-            logits = augment.average_over_flips(self._padded_forward, batch, self.flips)
+            logits = augment.average_over_flips(
+                lambda flipped: padded_forward(self.network, flipped, self.divisor), batch, self.flips)
             if resize_back is not None:
                 logits = geometry.resize(logits, resize_back)
             if weights is not None:
                 logits = logits * weights
             return logits.cpu()
-
-    def _padded_forward(self, batch):
-        """Logits of the network on ``batch``, padded to its stride and cropped back."""
-        from napari_lgms.models.padding import crop_to, pad_to_multiple
-
-        padded, spatial = pad_to_multiple(batch, self.divisor)
-        return crop_to(self.network(padded), spatial)
 
 
 def _plan(items: np.ndarray, item_spacing, card, overlap: float, batch_size, device) -> "_Plan":

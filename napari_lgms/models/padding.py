@@ -30,8 +30,11 @@ def crop_to(x: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
     return x[index]
 
 
-def padded_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Run ``model`` on ``x`` of any spatial size: logits of shape (N, classes, *x.shape[2:])."""
-    divisor = int(getattr(model, "size_divisor", 1))
+def padded_forward(model: nn.Module, x: torch.Tensor, divisor: int | None = None) -> torch.Tensor:
+    """Run ``model`` on ``x`` of any spatial size: logits of shape (N, classes, *x.shape[2:]).
+
+    Pads to ``divisor`` (default: the model's ``size_divisor``).
+    """
+    divisor = int(divisor or getattr(model, "size_divisor", 1))
     padded, spatial = pad_to_multiple(x, divisor)
     return crop_to(model(padded), spatial)
