@@ -552,7 +552,10 @@ def plot(report: dict, path: Path) -> None:
             fast.append(r["seconds"]["e2e_fast"])
     peers = [(f"{r['peer']}\n{item['input']}", item["seconds"]["model_eager"])
              for r in report["results"] if r["kind"] == "peer" and "rows" in r for item in r["rows"]]
-    figure, axes = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw={"width_ratios": [max(len(labels), 1), max(len(peers), 1)]})
+    columns = 2 if peers else 1
+    figure, axes = plt.subplots(1, columns, figsize=(15 if peers else 9, 6), squeeze=False,
+                                gridspec_kw={"width_ratios": [max(len(labels), 1), len(peers)][:columns]})
+    axes = axes[0]
     positions = range(len(labels))
     axes[0].bar([p - 0.2 for p in positions], eager, 0.4, label="eager (plain)")
     axes[0].bar([p + 0.2 for p in positions], fast, 0.4, label="optimised (default)")
@@ -561,11 +564,14 @@ def plot(report: dict, path: Path) -> None:
     axes[0].set_ylabel("end-to-end seconds (median)")
     axes[0].set_title("napari-lgms segment(), CPU")
     axes[0].legend()
-    axes[1].bar(range(len(peers)), [p[1] for p in peers], color="grey")
-    axes[1].set_xticks(range(len(peers)), [p[0] for p in peers], rotation=90, fontsize=7)
-    axes[1].set_yscale("log")
-    axes[1].set_title("peers, network only (random weights)")
-    figure.suptitle(f"{report['machine']['cpu']}, {report['machine']['threads']} threads")
+    if peers:
+        axes[1].bar(range(len(peers)), [p[1] for p in peers], color="grey")
+        axes[1].set_xticks(range(len(peers)), [p[0] for p in peers], rotation=90, fontsize=7)
+        axes[1].set_yscale("log")
+        axes[1].set_title("peers, network only (random weights)")
+    machine = report["machine"]
+    capability = f" ({machine['cpu_capability']})" if machine.get("cpu_capability") else ""
+    figure.suptitle(f"{machine['cpu']}{capability}, {machine['threads']} threads")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
