@@ -51,7 +51,13 @@ FT_SUFFIX = re.compile(r"-ft-\d{8}-\d{6}$")
 
 @dataclass
 class FinetuneResult:
-    card_path: Path
+    """What a fine-tune run decided. ``card_path`` is None and ``name`` the parent's when nothing was saved.
+
+    ``verdict``: "better", "no evidence" or "worse" (the evidence from every correction);
+    a new model is saved only when it is "better".
+    """
+
+    card_path: Path | None
     name: str
     metrics_before: dict[str, float]
     metrics_after: dict[str, float]
@@ -62,6 +68,9 @@ class FinetuneResult:
     message: str
     output_dir: Path
     split: dict[str, Any] = field(default_factory=dict)
+    verdict: str = "no evidence"
+    saved: bool = False
+    evidence: dict[str, Any] = field(default_factory=dict)
 
 
 def new_version_name(parent: str, now: datetime | None = None) -> str:
@@ -348,7 +357,8 @@ def finetune_steps(
         message += "; stopped early on request"
     yield TrainProgress(step, step, epoch, 0, None, 0.0, time.monotonic() - started, 0.0, best_metrics, "done", message)
     return FinetuneResult(card_path, new_name, before, best_metrics, improved, step, time.monotonic() - started,
-                          split.validated_on_training, message, destination, split_record)
+                          split.validated_on_training, message, destination, split_record,
+                          verdict="better" if improved else "no evidence", saved=True)
 
 
 def finetune(model, *, on_progress: Callable[[TrainProgress], None] | None = None, **options) -> FinetuneResult:
