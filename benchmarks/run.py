@@ -337,7 +337,7 @@ def child_finetune(job: dict) -> dict:
     """Wall time of finetune(preset="fast") on 10 corrected 256x256 examples (a corrections store)."""
     try:
         from napari_lgms.corrections import CorrectionsStore
-        from napari_lgms.training.finetune import finetune
+        from napari_lgms.training import finetune
     except (ImportError, AttributeError) as error:
         return {"skipped": f"fine-tuning API missing: {error}"}
     import numpy as np

@@ -43,7 +43,7 @@ def run(generator):
 
 
 def test_finetune_from_corrections_improves_and_records_lineage(tmp_path, tiny_model):
-    from napari_lgms.training.finetune import finetune_steps
+    from napari_lgms.training import finetune_steps
     from napari_lgms.zoo import load_model, sha256_of
 
     parent = saved_tiny(tiny_model, tmp_path, input={
@@ -67,7 +67,7 @@ def test_finetune_from_corrections_improves_and_records_lineage(tmp_path, tiny_m
 
 def test_never_worse_than_the_start(tmp_path, tiny_model):
     """A learning rate that wrecks the weights: the starting weights must come back unchanged."""
-    from napari_lgms.training.finetune import finetune
+    from napari_lgms.training import finetune
     from napari_lgms.zoo import load_model
 
     parent = saved_tiny(tiny_model, tmp_path)
@@ -83,7 +83,7 @@ def test_never_worse_than_the_start(tmp_path, tiny_model):
 
 
 def test_time_budget_is_respected(tmp_path, tiny_model):
-    from napari_lgms.training.finetune import finetune
+    from napari_lgms.training import finetune
 
     parent = saved_tiny(tiny_model, tmp_path)
     store = corrections_store(tmp_path / "store", count=5)
@@ -99,7 +99,7 @@ def test_time_budget_is_respected(tmp_path, tiny_model):
 
 
 def test_two_examples_validate_on_training_and_say_so(tmp_path, tiny_model):
-    from napari_lgms.training.finetune import finetune
+    from napari_lgms.training import finetune
 
     parent = saved_tiny(tiny_model, tmp_path)
     data = write_2d_dataset(tmp_path / "d", count=2)
@@ -110,7 +110,7 @@ def test_two_examples_validate_on_training_and_say_so(tmp_path, tiny_model):
 
 
 def test_stop_request_still_saves(tmp_path, tiny_model):
-    from napari_lgms.training.finetune import finetune
+    from napari_lgms.training import finetune
 
     parent = saved_tiny(tiny_model, tmp_path)
     store = corrections_store(tmp_path / "store", count=4)
@@ -143,7 +143,7 @@ def test_corrections_plus_folder_pairs_validate_on_held_out_corrections_only(tmp
     from napari_lgms.corrections import CorrectionsStore
     from napari_lgms.io import write_mask
     from napari_lgms.models.registry import create_model
-    from napari_lgms.training.finetune import finetune_steps
+    from napari_lgms.training import finetune_steps
     from napari_lgms.zoo import save_model, untrained_card
 
     rng = np.random.default_rng(0)

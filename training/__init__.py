@@ -13,9 +13,9 @@ _LAZY = {
     "TrainResult": "napari_lgms.training.engine",
     "train": "napari_lgms.training.engine",
     "train_steps": "napari_lgms.training.engine",
-    "finetune": "napari_lgms.training.finetune",
-    "finetune_steps": "napari_lgms.training.finetune",
-    "FinetuneResult": "napari_lgms.training.finetune",
+    "finetune": "napari_lgms.training.finetuning",
+    "finetune_steps": "napari_lgms.training.finetuning",
+    "FinetuneResult": "napari_lgms.training.finetuning",
 }
 
 

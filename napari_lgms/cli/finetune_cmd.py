@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_lgms._generators import every, run_to_end
     from napari_lgms.errors import InputError
-    from napari_lgms.training.finetune import finetune_steps
+    from napari_lgms.training import finetune_steps
 
     if not args.corrections and not (args.images and args.masks):
         raise InputError("give --corrections DIR, or both --images DIR and --masks DIR")

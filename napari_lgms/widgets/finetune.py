@@ -1,6 +1,6 @@
 """The Fine-tune widget: improve a model on the user's corrections, then keep it or roll back.
 
-Runs :func:`napari_lgms.training.finetune.finetune_steps` in a napari thread
+Runs :func:`napari_lgms.training.finetune_steps` in a napari thread
 worker. While it runs: a live loss / validation Dice plot, elapsed and
 remaining time. Cancel stops it and keeps the previous model. At the end:
 validation Dice before and after on held-out corrections, then "Use new
@@ -250,7 +250,7 @@ class FinetuneWidget(QWidget):
             return
         try:
             options = self.options()
-            from napari_lgms.training.finetune import finetune_steps
+            from napari_lgms.training import finetune_steps
 
             call = _supported(finetune_steps, options)
             model = call.pop("model")

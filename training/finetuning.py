@@ -71,6 +71,7 @@ class FinetuneResult:
     verdict: str = "no evidence"
     saved: bool = False
     evidence: dict[str, Any] = field(default_factory=dict)
+    candidate: Any = None  # the fine-tuned LoadedModel, in memory, whether saved or not
 
 
 def new_version_name(parent: str, now: datetime | None = None) -> str:
@@ -358,7 +359,8 @@ def finetune_steps(
     yield TrainProgress(step, step, epoch, 0, None, 0.0, time.monotonic() - started, 0.0, best_metrics, "done", message)
     return FinetuneResult(card_path, new_name, before, best_metrics, improved, step, time.monotonic() - started,
                           split.validated_on_training, message, destination, split_record,
-                          verdict="better" if improved else "no evidence", saved=True)
+                          verdict="better" if improved else "no evidence", saved=True,
+                          candidate=LoadedModel(network.eval(), card, card_path, "user"))
 
 
 def finetune(model, *, on_progress: Callable[[TrainProgress], None] | None = None, **options) -> FinetuneResult:
