@@ -1,6 +1,8 @@
 """2D raster images (PNG, JPEG, BMP) via Pillow.
 
-Images: grey -> ``"YX"``; RGB/RGBA -> ``"YXC"`` with 3/4 channels (alpha kept);
+Images: grey -> ``"YX"``; RGB/RGBA -> ``"YXC"`` with 3/4 channels (alpha kept), except a grey
+image stored as RGB (every pixel has equal red, green and blue, and no transparency; many
+ultrasound PNGs): that one is grey, ``"YX"``, so it is treated like any other grey image;
 palette images -> RGB (RGBA when the palette has transparency); grey+alpha -> RGBA;
 1-bit -> 0/255 uint8; 16-bit grey -> uint16. No spacing is read (``spacing=None``).
 Masks: palette PNGs give their palette indices, 1-bit gives {0, 1}; 2D uint8/uint16
@@ -46,6 +48,29 @@ def _pixels(image) -> np.ndarray:
     return np.array(image)
 
 
+def channels_are_equal(array: np.ndarray, max_elements: int = 50_000_000) -> bool:
+    """True when ``array`` (channels last: Y, X[, Z], C with 3 or 4 channels) is grey stored as colour:
+    red, green and blue equal everywhere, alpha (if any) opaque, and not one constant value
+    (a blank image says nothing about its kind).
+
+    Arrays larger than ``max_elements`` are judged on an even subsample of their pixels.
+    """
+    if array.ndim < 3 or array.shape[-1] not in (3, 4):
+        return False
+    if array.size > max_elements:
+        step = int(np.ceil((array.size / max_elements) ** (1 / (array.ndim - 1))))
+        array = array[(slice(None, None, step),) * (array.ndim - 1)]
+    colour = array[..., :3]
+    first = colour[..., :1]
+    if not (colour == first).all() or first.min() == first.max():
+        return False
+    if array.shape[-1] == 4:
+        alpha = array[..., 3]
+        opaque = np.iinfo(alpha.dtype).max if np.issubdtype(alpha.dtype, np.integer) else 1.0
+        return bool((alpha == opaque).all())
+    return True
+
+
 def read_raster(path: str | Path, fmt: str) -> ImageData:
     path = Path(path)
     image = _open(path)
@@ -63,6 +88,8 @@ def read_raster(path: str | Path, fmt: str) -> ImageData:
         array = _pixels(image)
     finally:
         image.close()
+    if channels_are_equal(array):
+        array = np.ascontiguousarray(array[..., 0])
     if array.ndim == 3:
         axes = "YXC"
     elif array.ndim == 2:
