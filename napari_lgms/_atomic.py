@@ -4,8 +4,11 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
+
+STALE_SECONDS = 300.0  # a write in progress is seconds old; older leftovers are from a killed process
 
 
 @contextlib.contextmanager
@@ -46,6 +49,24 @@ def atomic_write_with(target: str | os.PathLike, writer: Callable[[Path], None])
     """Call ``writer(tmp_path)`` and move the result over ``target`` atomically."""
     with atomic_path(target) as tmp:
         writer(tmp)
+
+
+def remove_stale(files: Iterable[Path], max_age: float = STALE_SECONDS) -> list[Path]:
+    """Delete the ``files`` last modified more than ``max_age`` seconds ago; returns those deleted.
+
+    Crash leftovers (temporary or staged files) are only removed once old enough not
+    to belong to a write still in progress in another process.
+    """
+    now = time.time()
+    removed = []
+    for path in files:
+        try:
+            if now - path.stat().st_mtime > max_age:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            pass  # gone already, or a read-only folder
+    return removed
 
 
 def _umask() -> int:

@@ -12,7 +12,7 @@ import io
 import warnings
 from pathlib import Path
 
-from napari_lgms.errors import LgmsError, OutputError
+from napari_lgms.errors import InputError, LgmsError, OutputError
 
 OPSET = 17
 INPUT_NAME = "image"
@@ -59,6 +59,23 @@ def ort_session(model_bytes: bytes, threads: int | None = None):
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
+def size_divisor(model) -> int:
+    """What every spatial input size of ``model`` (a LoadedModel) must be a multiple of."""
+    from napari_lgms.models.registry import get_architecture
+
+    divisor = getattr(model.network, "size_divisor", None) or get_architecture(model.card.architecture).size_divisor
+    return int(divisor)
+
+
+def check_divisible(spatial: tuple[int, ...], divisor: int) -> None:
+    """InputError (one line, with the nearest accepted shape) unless every size is a multiple of ``divisor``."""
+    if any(int(s) % divisor for s in spatial):
+        nearest = ",".join(str(max(divisor, round(int(s) / divisor) * divisor)) for s in spatial)
+        shown = ",".join(str(int(s)) for s in spatial)
+        raise InputError(f"input shape {shown} must be a multiple of {divisor} (the network's size divisor) "
+                         f"in every axis, e.g. {nearest}")
+
+
 def export_model(model, output: str | Path | None = None, *, input_shape: tuple[int, ...] | None = None) -> Path:
     """Export a LoadedModel to ``output`` (default ``NAME.onnx`` in the current folder); returns its path.
 
@@ -70,13 +87,16 @@ def export_model(model, output: str | Path | None = None, *, input_shape: tuple[
     from napari_lgms.inference.fast import optimize_for_inference
     from napari_lgms.zoo import sha256_of
 
+    from napari_lgms.zoo import validate_model_name
+
     card = model.card
-    path = Path(output) if output is not None else Path(f"{card.name}.onnx")
+    path = Path(output) if output is not None else Path(f"{validate_model_name(card.name)}.onnx")
     if path.suffix.lower() != ".onnx":
         raise OutputError(f"output {path} must end in .onnx")
     if input_shape is None:
         patch = card.input.get("patch_size") or ([96] * 3 if card.spatial_dims == 3 else [256, 256])
         input_shape = (1, card.in_channels, *(int(p) for p in patch))
+    check_divisible(input_shape[2:], size_divisor(model))
     network = optimize_for_inference(model.network.to("cpu"))
     data = onnx_bytes(network, input_shape)
     try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -16,30 +17,35 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def model_rows() -> list[dict]:
-    """One dict per model with its exact parameter count (builds each network once)."""
-    from napari_lgms.models.registry import build_network
-    from napari_lgms.zoo import list_available_models
+def model_rows() -> tuple[list[dict], list[str]]:
+    """One dict per model with its exact parameter count, and one line per card that was left out.
 
+    Parameters are counted on torch's meta device: no weights are allocated.
+    """
+    from napari_lgms.models.registry import get_model_config
+    from napari_lgms.zoo import ModelLoadError, scan_models
+    from napari_lgms.zoo.store import parameter_count
+
+    entries, problems = scan_models()
     rows = []
-    for entry in list_available_models():
-        arguments = entry.card.arguments if entry.card else None
-        if arguments is None:
-            from napari_lgms.models.registry import get_model_config
-
-            arguments = get_model_config(entry.name).arguments
-        network = build_network(entry.architecture, dict(arguments))
+    for entry in entries:
+        arguments = entry.card.arguments if entry.card else get_model_config(entry.name).arguments
+        try:
+            parameters = parameter_count(entry.architecture, arguments, entry.card_path or entry.name)
+        except ModelLoadError as error:
+            problems.append(str(error))
+            continue
         rows.append({
             "name": entry.name,
             "architecture": entry.architecture,
             "dims": f"{entry.spatial_dims}D",
             "in_channels": entry.in_channels,
             "classes": entry.num_classes,
-            "parameters": sum(p.numel() for p in network.parameters()),
+            "parameters": parameters,
             "weights": entry.origin,
             "path": str(entry.card_path) if entry.card_path else "",
         })
-    return rows
+    return rows, problems
 
 
 def format_table(rows: list[dict]) -> str:
@@ -57,6 +63,8 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = model_rows()
+    rows, problems = model_rows()
+    for problem in problems:
+        print(f"napari-lgms models: skipped {problem}", file=sys.stderr)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0

@@ -71,16 +71,15 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
-        if not isinstance(data, dict):
-            raise ValueError("a model card must be a JSON object")
+        """A card from parsed JSON, checked against :mod:`napari_lgms.zoo.schema` (CardError otherwise)."""
+        from napari_lgms.zoo.schema import check_card_data
+
+        check_card_data(data)
         known = {f.name for f in fields(cls)}
-        missing = [k for k in ("name", "architecture", "arguments") if k not in data]
-        if missing:
-            raise ValueError(f"model card lacks required field(s): {', '.join(missing)}")
-        values = {k: v for k, v in data.items() if k in known}
+        values = {k: v for k, v in data.items() if k in known and v is not None}
         values.setdefault("input", {})
         values.setdefault("normalization", {"kind": "percentile_zscore"})
-        values.setdefault("class_names", default_class_names(int(data["arguments"].get("num_classes", 1))))
+        values.setdefault("class_names", default_class_names(int(data["arguments"]["num_classes"])))
         return cls(**values)
 
     def summary(self) -> str:

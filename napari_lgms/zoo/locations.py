@@ -26,6 +26,8 @@ from napari_lgms.zoo.store import (
     load_legacy_state_dict,
     load_network_from_card,
     read_card,
+    remove_orphans,
+    staged_weights,
 )
 
 MODEL_DIR_ENV = "NAPARI_LGMS_MODEL_DIR"
@@ -59,37 +61,50 @@ def shipped_model_dir() -> Path:
 
 
 def _cards_in(directory: Path) -> list[Path]:
+    """Model cards in ``directory``: visible ``.json`` files with weights beside them."""
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.glob("*.json") if p.with_suffix(".safetensors").exists())
+    return sorted(p for p in directory.glob("*.json") if not p.name.startswith(".") and _has_weights(p))
 
 
-def list_available_models() -> list[ModelEntry]:
-    """User models, shipped models, then untrained registry configurations."""
+def _has_weights(card_file: Path) -> bool:
+    """Weights beside the card: ``NAME.safetensors``, or those of a save that stopped after its commit."""
+    return card_file.with_suffix(".safetensors").exists() or bool(staged_weights(card_file.parent, card_file.stem))
+
+
+def scan_models() -> tuple[list[ModelEntry], list[str]]:
+    """(user models, shipped models, then untrained registry configurations; one line per bad card).
+
+    A card that cannot be read or fails the schema is left out and named in the
+    second list; stale leftovers of killed saves are removed from the user folder first.
+    """
     from napari_lgms.models.registry import list_model_configs
 
+    remove_orphans(user_model_dir())
     entries: list[ModelEntry] = []
+    problems: list[str] = []
     seen: set[str] = set()
     for origin, directory in (("user", user_model_dir()), ("shipped", shipped_model_dir())):
         for card_file in _cards_in(directory):
             try:
                 card = read_card(card_file)
-            except ModelLoadError:
+            except ModelLoadError as error:
+                problems.append(str(error))
                 continue
-            if card.name in seen:
-                continue
-            seen.add(card.name)
-            entries.append(
-                ModelEntry(card.name, card.architecture, card.spatial_dims, card.in_channels,
-                           card.num_classes, origin, card_file, card)
-            )
+            if card.name not in seen:
+                seen.add(card.name)
+                entries.append(ModelEntry(card.name, card.architecture, card.spatial_dims, card.in_channels,
+                                          card.num_classes, origin, card_file, card))
     for config in list_model_configs():
         if config.name not in seen:
-            entries.append(
-                ModelEntry(config.name, config.architecture, config.spatial_dims,
-                           config.in_channels, config.num_classes, "none yet", None, None)
-            )
-    return entries
+            entries.append(ModelEntry(config.name, config.architecture, config.spatial_dims,
+                                      config.in_channels, config.num_classes, "none yet", None, None))
+    return entries, problems
+
+
+def list_available_models() -> list[ModelEntry]:
+    """User models, shipped models, then untrained registry configurations (bad cards left out)."""
+    return scan_models()[0]
 
 
 def resolve_card_path(name_or_path: str | os.PathLike) -> Path | None:
@@ -109,7 +124,7 @@ def resolve_card_path(name_or_path: str | os.PathLike) -> Path | None:
         return path
     for directory in (user_model_dir(), shipped_model_dir()):
         candidate = directory / f"{text}.json"
-        if candidate.is_file() and candidate.with_suffix(".safetensors").is_file():
+        if candidate.is_file() and _has_weights(candidate):
             return candidate
     return None
 
