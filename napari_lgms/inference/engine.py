@@ -26,6 +26,7 @@ Pipeline, for an image with spatial shape S (channel axis removed):
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Generator
@@ -85,13 +86,25 @@ class _Plan:
 
 
 def segment(image, model, **kwargs) -> SegmentationResult | None:
-    """Segment ``image`` with ``model`` (a LoadedModel); the arguments of :func:`segment_steps`.
+    """Segment ``image`` with ``model`` (a LoadedModel or a model name); the arguments of :func:`segment_steps`.
 
     Returns None only when ``should_stop`` stopped it.
     """
     from napari_lgms._generators import run_to_end
 
     return run_to_end(segment_steps(image, model, **kwargs))
+
+
+def _loaded(model):
+    """``model`` when it is a LoadedModel; a model name or card path is loaded; anything else is an InputError."""
+    if isinstance(model, (str, os.PathLike)):
+        from napari_lgms.zoo import load_model
+
+        return load_model(model)
+    if not (hasattr(model, "card") and hasattr(model, "network")):
+        raise InputError(f"model must be a model name, a path to a model card, or a LoadedModel from "
+                         f"napari_lgms.load_model; got {type(model).__name__}")
+    return model
 
 
 def segment_steps(
@@ -126,6 +139,7 @@ def segment_steps(
     import torch
 
     started = time.perf_counter()
+    model = _loaded(model)
     card = model.card
     network = model.network
     if not 0.0 <= float(overlap) < 1.0:
