@@ -83,7 +83,8 @@ def test_segment_png_writes_png_mask_equal_to_engine(model_2d, tmp_path, capsys)
     code, out, err = run_cli(capsys, "segment", source, "--model", card, "--output", tmp_path / "out")
     assert code == 0, err
     assert files_in(tmp_path / "out") == ["polyp.png"]
-    expected = segment(read_image(source).array, model, channel_axis=-1).labels
+    image = read_image(source)
+    expected = segment(image.array, model, channel_axis=image.channel_axis).labels
     np.testing.assert_array_equal(read_mask(tmp_path / "out" / "polyp.png"), expected)
     assert "polyp.png" in out
 

@@ -1,7 +1,8 @@
 """DICOM series folder (one volume, slices as files) via pydicom, when it is installed.
 
-Without pydicom, :func:`looks_like_dicom` is False and :func:`read_dicom_series`
-raises a one-line :class:`ImageReadError` saying how to enable it.
+:func:`looks_like_dicom` recognises DICOM files by their preamble, with or without
+pydicom; without pydicom :func:`read_dicom_series` raises a one-line
+:class:`ImageReadError` saying how to enable it.
 
 Layout follows the NIfTI convention of :mod:`napari_lgms.io.nifti`: array
 ``(slice, row, column)`` = ``"ZYX"``; world axes are RAS reversed ``(S, A, R)``
@@ -34,23 +35,22 @@ def _has_dicom_preamble(path: Path) -> bool:
         return False
 
 
-def _candidate_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+def visible_files(folder: Path) -> list[Path]:
+    """The regular, non-hidden files of ``folder``, sorted ([] when it cannot be listed)."""
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    except OSError:
+        return []
 
 
 def looks_like_dicom(path: str | Path) -> bool:
-    """A ``.dcm`` file or a folder whose first files carry the DICOM preamble (needs pydicom)."""
+    """A ``.dcm`` file or a folder whose first files carry the DICOM preamble (pydicom not needed)."""
     path = Path(path)
-    if not pydicom_available():
-        return False
     if path.is_file():
         return path.suffix.lower() == ".dcm" or _has_dicom_preamble(path)
     if not path.is_dir():
         return False
-    try:
-        files = _candidate_files(path)[:3]
-    except OSError:
-        return False
+    files = visible_files(path)[:3]
     return bool(files) and all(p.suffix.lower() == ".dcm" or _has_dicom_preamble(p) for p in files)
 
 
@@ -61,7 +61,7 @@ def read_dicom_series(path: str | Path) -> ImageData:
         raise ImageReadError(f"{path.name}: reading DICOM needs the optional package pydicom (pip install pydicom)")
     import pydicom
 
-    files = [path] if path.is_file() else _candidate_files(path)
+    files = [path] if path.is_file() else visible_files(path)
     slices = []
     for file in files:
         try:

@@ -18,9 +18,9 @@ is cheap and never imports torch or Qt.
 from __future__ import annotations
 
 import contextlib
-
 import copy
 import dataclasses
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,11 +119,9 @@ def stem_of(path: str | Path) -> str:
 
 
 def format_of(path: str | Path) -> str | None:
-    """``"nifti" | "tiff" | "png" | "jpeg" | "bmp" | "dicom"`` or None when unsupported."""
+    """``"nifti" | "tiff" | "png" | "jpeg" | "bmp" | "dicom"`` or None when unsupported (folders: DICOM)."""
     path = Path(path)
-    if path.is_dir():
-        return "dicom"
-    if suffix_of(path) == ".dcm":
+    if path.is_dir() or suffix_of(path) == ".dcm":
         return "dicom"
     return _FORMAT_BY_SUFFIX.get(suffix_of(path))
 
@@ -164,8 +162,7 @@ def _one_line(text: str, limit: int = 200) -> str:
 def read_image(path: str | Path) -> ImageData:
     """Read an image or volume; raises :class:`ImageReadError` (one line) when it cannot."""
     path = Path(path)
-    if not path.exists():
-        raise ImageReadError(f"image not found: {path}")
+    check_source(path)
     fmt = format_of(path)
     if fmt is None:
         raise ImageReadError(
@@ -183,6 +180,32 @@ def read_image(path: str | Path) -> ImageData:
         raise ImageReadError(f"cannot read {path.name} as {fmt}: {detail}") from error
     validate_image(image, path.name)
     return image
+
+
+def check_source(path: Path, what: str = "image") -> None:
+    """Refuse, without opening it, anything but a regular file or a DICOM series folder.
+
+    A FIFO, socket or device would block or never end; a folder is read only as a
+    DICOM series, so an empty folder and a folder of other files get their own message.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ImageReadError(f"{what} not found: {path}") from None
+    except OSError as error:
+        raise ImageReadError(f"cannot access {path}: {error.strerror or type(error).__name__}") from None
+    if stat.S_ISREG(mode):
+        return
+    if not stat.S_ISDIR(mode):
+        raise ImageReadError(f"{path}: not a regular file (a pipe, socket or device); give an image file")
+    from napari_lgms.io import dicom
+
+    if dicom.looks_like_dicom(path):
+        return
+    if not dicom.visible_files(path):
+        raise ImageReadError(f"{path}: empty folder; give an image file or a folder of DICOM slices")
+    raise ImageReadError(f"{path}: a folder, not an image file; folders are read as DICOM series only, "
+                         "and its files carry no DICOM header")
 
 
 def _read_by_format(path: Path, fmt: str) -> ImageData:
@@ -235,8 +258,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     path = Path(path)
     fmt = format_of(path)
     if fmt in ("png", "bmp"):
-        if not path.exists():
-            raise ImageReadError(f"mask not found: {path}")
+        check_source(path, "mask")
         from napari_lgms.io import raster
 
         try:

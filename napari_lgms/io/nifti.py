@@ -30,6 +30,7 @@ from napari_lgms.errors import ImageReadError, InputError
 from napari_lgms.io.image import ImageData, suffix_of
 
 _UNIT_NAMES = {"mm": "mm", "micron": "um", "meter": "m"}
+_TIME_UNITS = ("sec", "msec", "usec")
 _NAPARI_UNIT_TO_NIFTI = {"mm": "mm", "millimeter": "mm", "um": "micron", "µm": "micron",
                          "micron": "micron", "micrometer": "micron", "m": "meter", "meter": "meter"}
 
@@ -120,6 +121,7 @@ def read_nifti(path: str | Path) -> ImageData:
         )
     if values.ndim < 2:
         raise ImageReadError(f"{path.name}: NIfTI with shape {values.shape} has fewer than 2 spatial axes")
+    _refuse_time_series(img, path)
     has_channels = values.ndim == 4
     if values.ndim == 2:
         values = values[:, :, np.newaxis]
@@ -156,6 +158,21 @@ def read_nifti(path: str | Path) -> ImageData:
         format="nifti",
         header=geometry,
     )
+
+
+def _refuse_time_series(img, path: Path) -> None:
+    """A 4D file whose header gives its 4th axis a time unit is a time series, not channels: refuse it.
+
+    Channels (modalities, vector components) are a 4th axis without a time unit, a 5th
+    axis (intent vector), or RGB voxels; a time series would otherwise be read as channels.
+    """
+    shape = tuple(int(n) for n in img.shape)
+    time_unit = img.header.get_xyzt_units()[1]
+    if len(shape) == 4 and shape[3] > 1 and time_unit in _TIME_UNITS:
+        raise ImageReadError(
+            f"{path.name}: a time series ({shape[3]} time points, shape {shape}); napari-lgms reads one "
+            "volume: save the time point you need as its own file, or store channels without a time unit"
+        )
 
 
 def _mask_in_file_layout(mask: np.ndarray) -> np.ndarray:
