@@ -204,12 +204,13 @@ def test_the_prediction_choice_reaches_the_engine(make_napari_viewer, qtbot, sav
     widget = _dock(viewer, "Segment")
     widget.select_model(saved_tiny[2])
     widget.image_combo.setCurrentText("noise")
-    assert widget.prediction_combo.currentText() == next(iter(PREDICTIONS)), "the card decides by default"
+    assert PREDICTIONS[widget.prediction_combo.currentText()] == "none", "one pass by default (interactive)"
     for text, choice in PREDICTIONS.items():
         widget.prediction_combo.setCurrentText(text)
         assert widget.plan().test_time_augmentation == choice
 
-    _run_and_wait(qtbot, widget)  # the last choice: average over flips
+    widget.prediction_combo.setCurrentText(next(t for t, c in PREDICTIONS.items() if c == "flips"))
+    _run_and_wait(qtbot, widget)
     model = load_model(saved_tiny[2])
     flipped = segment(image, model, test_time_augmentation="flips").labels
     np.testing.assert_array_equal(widget.last_output.data, flipped)
@@ -219,7 +220,7 @@ def test_the_prediction_choice_reaches_the_engine(make_napari_viewer, qtbot, sav
 
 @pytest.mark.gui
 @needs_display
-def test_the_model_follows_the_image_until_the_user_picks_one(make_napari_viewer, saved_tiny):
+def test_the_model_follows_the_image_unless_pinned(make_napari_viewer, saved_tiny):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-lgms", "ultrasound")  # made for lgmsnet-synthetic-us (layer metadata)
     widget = _dock(viewer, "Segment")
@@ -230,6 +231,11 @@ def test_the_model_follows_the_image_until_the_user_picks_one(make_napari_viewer
     index = next(i for i, c in enumerate(widget._choices) if c.name == "tiny-2d")
     widget.model_combo.setCurrentIndex(index)
     widget.model_combo.activated.emit(index)  # what a click in the list does
+    widget.image_combo.setCurrentText("ultrasound")
+    assert widget.current_choice().name == "lgmsnet-synthetic-us", "a choice applies to its own image"
+    widget.image_combo.setCurrentText("scan")
+    assert widget.current_choice().name == "tiny-2d", "and comes back with it"
+    widget.model_pin.setChecked(True)  # pinned: one model for every image
     widget.image_combo.setCurrentText("ultrasound")
     assert widget.current_choice().name == "tiny-2d"
 
@@ -368,8 +374,8 @@ def _store_examples(root, count=3, size=32):
 
 @pytest.mark.gui
 @needs_display
-def test_finetune_runs_plots_and_offers_roll_back(make_napari_viewer, qtbot, saved_tiny, corrections_dir):
-    from napari_lgms.zoo import user_model_dir
+def test_finetune_runs_plots_and_states_its_verdict(make_napari_viewer, qtbot, saved_tiny, corrections_dir):
+    from napari_lgms.widgets.finetune import offered
 
     viewer = make_napari_viewer()
     segment = _dock(viewer, "Segment")
@@ -380,25 +386,21 @@ def test_finetune_runs_plots_and_offers_roll_back(make_napari_viewer, qtbot, sav
     _store_examples(finetune.store_root)
     finetune.set_store_root(str(finetune.store_root))
     assert finetune.store_label.text().startswith("3 in")
+    assert finetune.model_combo.currentText() == "tiny-2d (yours)", "the corrections' model by default"
 
-    finetune.model_combo.setCurrentText("tiny-2d (yours)")
     finetune.budget_combo.setCurrentText("Steps")
     finetune.steps_spin.setValue(6)
     finetune.start()
     qtbot.waitUntil(lambda: finetune.task.finished, timeout=60000)
-    assert finetune.result is not None, finetune.status_label.text()
+    result = finetune.result
+    assert result is not None, finetune.status_label.text()
     assert finetune.plot.loss and finetune.plot.dice, "live loss and validation Dice points"
-    assert "before" in finetune.status_label.text() and "after" in finetune.status_label.text()
-    new_card = finetune.result.card_path
-    assert new_card.exists() and new_card.parent == user_model_dir()
-    assert any(c.source == str(new_card) for c in segment._choices), "appears in Segment at once"
-
-    finetune.use_new_model()
-    assert segment.current_choice().source == str(new_card)
-    finetune.result = type("Result", (), {"card_path": new_card})()
-    finetune.roll_back()
-    assert not new_card.exists() and not new_card.with_suffix(".safetensors").exists()
-    assert all(c.source != str(new_card) for c in segment._choices)
+    words = {"better": "Better on your corrections", "no evidence": "No evidence either way: nothing saved",
+             "worse": "Worse: nothing saved"}
+    assert finetune.status_label.text().startswith(words[result.verdict])
+    assert finetune.use_button.isEnabled() == offered(result) == finetune.rollback_button.isEnabled()
+    if not offered(result) and result.card_path is not None:
+        assert not result.card_path.exists(), "a model no better is never left to pick"
 
 
 @pytest.mark.gui
@@ -422,28 +424,49 @@ def test_finetune_cancel_keeps_the_previous_model(make_napari_viewer, qtbot, sav
     assert "previous model is kept" in finetune.status_label.text()
 
 
+def fake_engine(tiny_model, verdict="better", saved=True, during_save=lambda: None):
+    """A stand-in for ``finetune_steps``: a few reports, then (if ``saved``) a new version of tiny-2d."""
+    from dataclasses import replace
+
+    from napari_lgms.training.engine import TrainProgress
+    from napari_lgms.training.finetuning import FinetuneResult
+    from napari_lgms.zoo import save_model, user_model_dir
+
+    def finetune_steps(model, *, corrections=None, unlabelled=None, time_budget=None, steps=None, **options):
+        fake_engine.calls.append({"model": model, "unlabelled": unlabelled, "time_budget": time_budget})
+        for step in range(1, 4):
+            yield TrainProgress(step, 3, 1, 0, 1.0 / step, 1e-3, 0.01 * step, None,
+                                {"dice": 0.5} if step == 3 else None, "train")
+        card_path = None
+        if saved:
+            loaded = tiny_model(spatial_dims=2, name="tiny-2d-ft-20261205-120000", lineage={"parent": "tiny-2d"})
+            card_path = user_model_dir() / f"{loaded.card.name}.json"
+            yield TrainProgress(3, 3, 1, 0, None, 0.0, 0.05, 0.0, None, "saving", output=str(card_path))
+            card_path = save_model(loaded.network, replace(loaded.card), user_model_dir())
+            during_save()
+            yield TrainProgress(3, 3, 1, 0, None, 0.0, 0.06, 0.0, None, "done")
+        return FinetuneResult(card_path, "tiny-2d-ft-20261205-120000" if saved else "tiny-2d", {"dice": 0.5},
+                              {"dice": 0.6 if verdict == "better" else 0.5}, verdict == "better", 3, 0.06,
+                              False, "", user_model_dir(), verdict=verdict, saved=saved)
+
+    fake_engine.calls = []
+    return finetune_steps
+
+
 @pytest.mark.gui
 @needs_display
-def test_finetune_cancel_during_save_removes_the_new_version(make_napari_viewer, qtbot, saved_tiny,
+def test_finetune_cancel_during_save_removes_the_new_version(make_napari_viewer, qtbot, saved_tiny, tiny_model,
                                                              corrections_dir, monkeypatch):
-    import napari_lgms.zoo as zoo
+    import napari_lgms.training.finetuning as finetuning
     from napari_lgms.zoo import user_model_dir
 
     viewer = make_napari_viewer()
     finetune = _dock(viewer, "Fine-tune")
     _store_examples(finetune.store_root)
     before = sorted(p.name for p in user_model_dir().iterdir())
-    real_save = zoo.save_model
-
-    def save_then_cancel(*args, **kwargs):
-        path = real_save(*args, **kwargs)
-        finetune.task._stop.set()  # the user pressed Cancel while the file was being written
-        return path
-
-    monkeypatch.setattr(zoo, "save_model", save_then_cancel)
-    finetune.model_combo.setCurrentText("tiny-2d (yours)")
-    finetune.budget_combo.setCurrentText("Steps")
-    finetune.steps_spin.setValue(2)
+    # the user presses Cancel while the file is being written
+    monkeypatch.setattr(finetuning, "finetune_steps",
+                        fake_engine(tiny_model, during_save=lambda: finetune.task._stop.set()))
     finetune.start()
     qtbot.waitUntil(lambda: finetune.task.finished, timeout=60000)
     assert finetune.result is None

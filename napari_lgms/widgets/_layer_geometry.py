@@ -178,3 +178,26 @@ def merge_into(existing: np.ndarray, new_full: np.ndarray, region: tuple[slice, 
     else:
         merged[region] = new_part
     return merged
+
+
+def view_coverage(viewer, layer) -> tuple[float, float]:
+    """(share of ``layer`` that the 2D view shows, share of the view that ``layer`` fills); (1, 1) in 3D."""
+    if viewer.dims.ndisplay != 2:
+        return 1.0, 1.0
+    offset = viewer.dims.ndim - layer.ndim
+    dims = [d - offset for d in list(viewer.dims.displayed)[-2:]]
+    if min(dims) < 0:
+        return 1.0, 1.0
+    extent = np.asarray(layer.extent.world, dtype=float)[:, dims]
+    low, high = extent[0], np.maximum(extent[1], extent[0] + 1e-9)
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9 / older
+    centre = np.asarray(camera.center, dtype=float)[-2:]
+    half = np.asarray(viewer.canvas.size, dtype=float) / max(float(camera.zoom), 1e-12) / 2
+    overlap = np.clip(np.minimum(high, centre + half) - np.maximum(low, centre - half), 0, None).prod()
+    return float(overlap / (high - low).prod()), float(overlap / (2 * half).prod())
+
+
+def in_view(viewer, layer) -> bool:
+    """Whether the user can see ``layer``: at least half of it is on screen, or it fills half the screen."""
+    shown, filled = view_coverage(viewer, layer)
+    return shown >= 0.5 or filled >= 0.5

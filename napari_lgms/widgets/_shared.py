@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from psygnal import Signal
 
 UNTRAINED_NOTE = "untrained: random weights, the output is meaningless until it is trained or fine-tuned"
@@ -41,13 +42,91 @@ class ModelChoice:
     summary: str
     name: str = ""
     origin: str = ""  # "user", "shipped", "file" or "none yet"
+    modality: str = ""  # what the card says it was made for: "ultrasound", "colonoscopy", "MRI" or ""
+    details: str = ""  # the whole card summary, shown on demand (tooltip)
+    card: object = None  # the ModelCard, when there is one
+
+    def text(self, prediction: str = "auto") -> str:
+        """The card as the widget shows it, its one validation figure for ``prediction`` (engine value)."""
+        if self.card is None:
+            return self.summary
+        return _describe(self.card, self.spatial_dims, self.in_channels, prediction)
 
 
-def _describe(card, spatial_dims: int, in_channels: int) -> str:
+# Words in a card (description, intended use, training data) -> the imaging modality it names.
+MODALITY_WORDS = {
+    "ultrasound": ("ultrasound",),
+    "colonoscopy": ("colonoscopy", "polyp", "endoscop"),
+    "MRI": ("mri", "hippocampus"),
+}
+
+
+def modality_of(card) -> str:
+    """The modality a model card names ("" when it names none, or several)."""
+    if card is None:
+        return ""
+    text = " ".join(str(part) for part in (card.description, getattr(card, "intended_use", ""),
+                                           card.training.get("data", ""))).lower()
+    found = [name for name, words in MODALITY_WORDS.items() if any(word in text for word in words)]
+    return found[0] if len(found) == 1 else ""
+
+
+def _scores(metrics: dict) -> str:
+    if isinstance(metrics.get("mean_class_dice"), float):
+        return f"mean Dice {metrics['mean_class_dice']:.3f}"
+    return ", ".join(f"{label} {metrics[key]:.3f}" for key, label in (("iou", "IoU"), ("dice", "Dice"))
+                     if isinstance(metrics.get(key), float))
+
+
+def validation_line(card, prediction: str = "auto") -> str:
+    """ONE validation figure: as users run it (the engine; one pass when ``prediction`` is "none"
+    and the card measured it, else the card's own choice) and its split."""
+    engine = card.metrics.get("engine")
+    if isinstance(engine, dict) and _scores(engine):
+        one_pass = engine.get("one_pass")
+        if prediction == "none" and isinstance(one_pass, dict) and _scores(one_pass):
+            engine = {**engine, **one_pass, "test_time_augmentation": "none"}
+        how = "one pass" if (engine.get("test_time_augmentation") or "none") == "none" else "averaged over flips"
+        split = str(engine.get("split", "")).split(":")[0] or "a held-out split"
+        return f"validation, as you run it ({how}): {_scores(engine)} on {engine.get('images', '?')} " \
+               f"held-out images ({split})"
+    if _scores(card.metrics):
+        split = str(card.metrics.get("split", "unspecified split")).removeprefix("validation: ")
+        return f"validation: {_scores(card.metrics)} ({split})"
+    return "validation: none recorded"
+
+
+def _describe(card, spatial_dims: int, in_channels: int, prediction: str = "auto") -> str:
     kind = "2D (slice by slice on volumes)" if spatial_dims == 2 else "3D (volumetric)"
-    lines = [card.summary()] if card is not None else []
-    lines.append(f"{kind}; {in_channels} input channel(s)")
+    if card is None:
+        return f"{kind}; {in_channels} input channel(s)"
+    lines = [f"{card.name} v{card.version}: {card.architecture} {kind}, {in_channels} input channel(s)"]
+    if card.training.get("data"):
+        lines.append(f"trained on: {card.training['data']}")
+    lines.append(validation_line(card, prediction))
+    if card.lineage.get("parent"):
+        lines.append(f"fine-tuned from: {card.lineage['parent']}")
     return "\n".join(lines)
+
+
+def _details(card) -> str:
+    """Every figure of the card, for the tooltip (the label shows one)."""
+    if card is None:
+        return ""
+    lines = [card.summary()]
+    one_pass = (card.metrics.get("engine") or {}).get("one_pass")
+    if isinstance(one_pass, dict) and _scores(one_pass):
+        lines.append(f"one pass through the engine: {_scores(one_pass)}")
+    split = (card.metrics.get("engine") or {}).get("split")
+    if split:
+        lines.append(f"split: {split}")
+    return "\n".join(lines)
+
+
+def _choice_for_card(label: str, source: str, card, origin: str) -> ModelChoice:
+    return ModelChoice(label, source, True, card.spatial_dims, card.in_channels,
+                       _describe(card, card.spatial_dims, card.in_channels), card.name, origin,
+                       modality_of(card), _details(card), card)
 
 
 def model_choices(include_untrained: bool = True) -> list[ModelChoice]:
@@ -65,9 +144,7 @@ def model_choices(include_untrained: bool = True) -> list[ModelChoice]:
                 ))
             continue
         label = f"{entry.name} ({'yours' if entry.origin == 'user' else entry.origin})"
-        choices.append(ModelChoice(label, str(entry.card_path), True, entry.spatial_dims, entry.in_channels,
-                                   _describe(entry.card, entry.spatial_dims, entry.in_channels),
-                                   entry.name, entry.origin))
+        choices.append(_choice_for_card(label, str(entry.card_path), entry.card, entry.origin))
     return choices
 
 
@@ -120,8 +197,7 @@ def choice_for_file(path: str | Path) -> ModelChoice:
 
     card_path = resolve_card_path(str(path))
     card = read_card(card_path.with_suffix(".json") if card_path.suffix in (".pt", ".pth") else card_path)
-    return ModelChoice(f"{card.name} (file {Path(path).name})", str(path), True, card.spatial_dims,
-                       card.in_channels, _describe(card, card.spatial_dims, card.in_channels), card.name, "file")
+    return _choice_for_card(f"{card.name} (file {Path(path).name})", str(path), card, "file")
 
 
 def load_choice(source: str, trained: bool, device=None):
@@ -156,3 +232,45 @@ def connect_while_alive(signal, widget, slot) -> None:
         slot(*args)
 
     signal.connect(call)
+
+
+def _models_imported() -> bool:
+    import sys
+
+    return "napari_lgms.models.registry" in sys.modules
+
+
+def list_models_then(widget, callback, include_untrained: bool = True) -> None:
+    """Call ``callback(choices)`` on the main thread with :func:`model_choices`.
+
+    Listing models imports the network registry, hence torch (about 1.5 s on a laptop CPU): the
+    first listing of a session runs in a worker thread, so opening a widget never freezes napari;
+    later ones are a few card reads and run at once. ``callback`` is skipped once ``widget`` is gone.
+    """
+    if _models_imported():
+        callback(_safe_choices(include_untrained))
+        return
+    from napari.qt.threading import create_worker
+
+    worker = create_worker(_safe_choices, include_untrained, _start_thread=False)
+    connect_while_alive(worker.returned, widget, callback)
+    worker.start()
+
+
+def _safe_choices(include_untrained: bool) -> list[ModelChoice] | Exception:
+    """The model list, or the exception that broke it (a broken model folder must not break a widget)."""
+    try:
+        return model_choices(include_untrained)
+    except Exception as error:
+        return error
+
+
+def image_kind(layer) -> tuple[int, int]:
+    """(spatial axes 2 or 3, channels 1 or 3) of an Image layer, a grey image stored as RGB counting as grey."""
+    from napari_lgms.io.raster import channels_are_equal
+
+    rgb = bool(getattr(layer, "rgb", False))
+    if rgb:
+        data = layer.data[-1] if getattr(layer, "multiscale", False) else layer.data  # the smallest level
+        rgb = not channels_are_equal(np.asarray(data), max_elements=2_000_000)
+    return min(3, max(2, layer.ndim)), 3 if rgb else 1

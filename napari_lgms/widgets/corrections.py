@@ -15,10 +15,12 @@ Save with the button or Shift-S in the viewer. The store is a
 """
 from __future__ import annotations
 
+import time
 import weakref
 from pathlib import Path
 
 import numpy as np
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
@@ -33,6 +35,8 @@ from qtpy.QtWidgets import (
 
 from napari_lgms.errors import InputError
 from napari_lgms.widgets import _layer_geometry as geo
+from napari_lgms.widgets._layout import button_row, wrapping_label
+from napari_lgms.widgets._session_log import append_record
 from napari_lgms.widgets._shared import hub
 from napari_lgms.widgets._workers import notify_error
 
@@ -107,12 +111,17 @@ class CorrectionsPanel(QGroupBox):
 
         self.project_edit = QLineEdit("default")
         self.project_edit.setToolTip("One store per project: letters, digits, '.', '_' or '-'")
-        self.folder_label = QLabel()
+        self.folder_label = wrapping_label()
         self.folder_button = QPushButton("Folder…")
         self.save_button = QPushButton(f"Save correction ({SAVE_KEY})")
         self.count_label = QLabel()
         self.entry_list = QListWidget()
-        self.entry_list.setMaximumHeight(120)
+        # rows wrap to the dock's width: no sideways scrolling; a few rows show, the rest scroll
+        self.entry_list.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.entry_list.setWordWrap(True)
+        self.entry_list.setTextElideMode(Qt.ElideMiddle)
+        self.entry_list.setMinimumHeight(90)
+        self.entry_list.setMaximumHeight(220)
         self.show_button = QPushButton("Go to")
         self.delete_button = QPushButton("Delete")
 
@@ -122,15 +131,12 @@ class CorrectionsPanel(QGroupBox):
         folder_row.addWidget(self.folder_label, 1)
         folder_row.addWidget(self.folder_button)
         form.addRow("Store", folder_row)
-        review = QHBoxLayout()
-        review.addWidget(self.show_button)
-        review.addWidget(self.delete_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.save_button)
         layout.addWidget(self.count_label)
         layout.addWidget(self.entry_list)
-        layout.addLayout(review)
+        layout.addLayout(button_row(self.show_button, self.delete_button))
 
         self.project_edit.editingFinished.connect(self._project_changed)
         self.folder_button.clicked.connect(self._pick_folder)
@@ -181,7 +187,7 @@ class CorrectionsPanel(QGroupBox):
         self.entry_list.clear()
         for entry in entries:
             when = entry.timestamp[:19].replace("T", " ")
-            self.entry_list.addItem(f"{entry.key}  ·  {entry.model}  ·  {when}")
+            self.entry_list.addItem(f"{entry.key}\n{entry.model} · {when}")
         self._keys = [entry.key for entry in entries]
         noun = "correction" if len(entries) == 1 else "corrections"
         self.count_label.setText(f"{len(entries)} {noun} saved")
@@ -198,6 +204,7 @@ class CorrectionsPanel(QGroupBox):
 
     def save_current(self):
         """Store the shown slice / volume / box as an example; returns its key (None on error)."""
+        started = time.monotonic()
         try:
             example = example_from_viewer(self.viewer, self._labels_layer())
             key, image, mask, prediction, model, geometry = example
@@ -207,6 +214,13 @@ class CorrectionsPanel(QGroupBox):
             return None
         from napari.utils.notifications import show_info
 
+        append_record(self.store.root, "save correction", model=model, image=geometry.get("layer"),
+                      shape=np.shape(image), settings={"key": key, "slice_axis": geometry.get("slice_axis"),
+                                                       "slice_index": geometry.get("slice_index"),
+                                                       "roi": geometry.get("roi")},
+                      seconds=time.monotonic() - started,
+                      result={"corrected_voxels": int(np.count_nonzero(np.asarray(mask) != np.asarray(prediction))),
+                              "stored": len(self.store)})
         self.refresh()
         show_info(f"Saved correction {key!r} ({len(self._keys)} in the store)")
         return key

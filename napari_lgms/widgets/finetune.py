@@ -1,18 +1,27 @@
 """The Fine-tune widget: improve a model on the user's corrections, then keep it or roll back.
 
-Runs :func:`napari_lgms.training.finetune_steps` in a napari thread
-worker. While it runs: a live loss / validation Dice plot, elapsed and
-remaining time. Cancel stops it and keeps the previous model. At the end:
-validation Dice before and after on held-out corrections, then "Use new
-model" (selects it in every Segment widget) or "Roll back" (deletes the new
-version). The new version is saved in the user's model folder with its card
-and lineage by the engine; the model lists refresh at once.
+Runs :func:`napari_lgms.training.finetuning.finetune_steps` in a napari thread
+worker. While it runs: a live loss / validation Dice plot and a steady time
+estimate (from the budget, shown at once). At the end, the verdict in words:
+"better on your corrections: Dice a → b" (a new version was saved), "no
+evidence either way: nothing saved" or "worse: nothing saved". "Use new model"
+is offered only when a version was saved; "Roll back" deletes it, before or
+after "Use new model", and returns every Segment widget to the parent model.
+
+The base model defaults to the model the corrections were made with; a store
+that mixes models or modalities gets a warning. With "Learn from the project's
+other images", the viewer's other image layers that fit the model go to the
+engine as unlabelled images. Every run and roll back goes to the session log.
 """
 from __future__ import annotations
 
 import inspect
+import time
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -20,7 +29,6 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
     QPushButton,
     QSpinBox,
@@ -28,12 +36,23 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_lgms.widgets import _layer_geometry as geo
+from napari_lgms.widgets._layout import button_row, scrolling_dock, wrapping_label
 from napari_lgms.widgets._plot import TrainingPlot
-from napari_lgms.widgets.corrections import _short_path
-from napari_lgms.widgets._shared import DEVICE_CHOICES, connect_while_alive, default_index, hub, model_choices
+from napari_lgms.widgets._session_log import append_record
+from napari_lgms.widgets._shared import (
+    DEVICE_CHOICES,
+    connect_while_alive,
+    default_index,
+    hub,
+    image_kind,
+    list_models_then,
+)
 from napari_lgms.widgets._workers import notify_error, one_line, start_engine_task
+from napari_lgms.widgets.corrections import _short_path
 
 FAST_MINUTES = 2.0
+MAX_UNLABELLED = 50
 BUDGET_MINUTES, BUDGET_STEPS = "Minutes", "Steps"
 SOURCE_STORE, SOURCE_BOTH, SOURCE_FOLDER = (
     "Saved corrections", "Saved corrections + a folder of pairs", "A folder of image / mask pairs"
@@ -59,34 +78,87 @@ def _dice_of(metrics) -> float | None:
     return None
 
 
-def _supported(function, options: dict) -> dict:
-    """The options ``function`` accepts (the engine's keyword names decide)."""
-    parameters = inspect.signature(function).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return options
-    return {k: v for k, v in options.items() if k in parameters}
+def engine_takes_unlabelled(finetune_steps) -> bool:
+    """Whether the engine accepts ``unlabelled`` images (this check goes once every engine does)."""
+    return "unlabelled" in inspect.signature(finetune_steps).parameters
 
 
-class FinetuneWidget(QWidget):
-    """Dock widget: fine-tune a model on saved corrections (npe2 widget, ``napari_viewer`` first)."""
+def verdict_text(result) -> str:
+    """The run's verdict in words, as the user reads it."""
+    verdict = getattr(result, "verdict", "no evidence")
+    before = _dice_of(getattr(result, "metrics_before", None))
+    after = _dice_of(getattr(result, "metrics_after", None))
+    if verdict == "better" and getattr(result, "saved", False):
+        dice = f": Dice {before:.3f} → {after:.3f}" if before is not None and after is not None else ""
+        return f"Better on your corrections{dice}. Saved as {result.name}."
+    if verdict == "worse":
+        return "Worse: nothing saved; the previous model is kept."
+    return "No evidence either way: nothing saved; the previous model is kept."
 
-    def __init__(self, napari_viewer, parent=None):
+
+def offered(result) -> bool:
+    """A run offers a new model only when it saved one, and only a better one."""
+    return bool(getattr(result, "saved", False) and getattr(result, "card_path", None)
+                and getattr(result, "verdict", "") == "better")
+
+
+def _always_shown(record) -> bool:
+    """Reports that pass the throttle: validation scores (the plot) and "saving" (Cancel then deletes)."""
+    return getattr(record, "val_metrics", None) is not None or getattr(record, "phase", "") == "saving"
+
+
+def _delete_version(card_path) -> Path | None:
+    """Delete a model version (card and weights); returns the card's path."""
+    if not card_path:
+        return None
+    card = Path(card_path)
+    for path in (card.with_suffix(".safetensors"), card):
+        path.unlink(missing_ok=True)
+    return card
+
+
+class TimeEstimate:
+    """Elapsed and remaining time, steady: from the budget when there is one (shown at once),
+    else from the smoothed time per step; it only ever counts down between reports."""
+
+    def __init__(self, budget_seconds: float | None, total_steps: int | None):
+        self.started = time.monotonic()
+        self.budget = budget_seconds
+        self.total_steps = total_steps
+        self.step = 0
+        self._per_step: float | None = None
+        self._left: float | None = budget_seconds
+        self._at = self.started
+
+    def update(self, step: int) -> None:
+        now = time.monotonic()
+        if self.budget is None and self.total_steps and step > self.step:
+            per_step = (now - self._at) / (step - self.step) if self.step else (now - self.started) / step
+            self._per_step = per_step if self._per_step is None else 0.8 * self._per_step + 0.2 * per_step
+            self._left = self._per_step * max(self.total_steps - step, 0)
+            self._at = now
+        if step > self.step:
+            self.step = step
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def left(self) -> float | None:
+        if self.budget is not None:
+            return max(self.budget - self.elapsed(), 0.0)
+        if self._left is None:
+            return None
+        return max(self._left - (time.monotonic() - self._at), 0.0)
+
+
+class FinetuneLayout(QWidget):
+    """The Fine-tune widget's controls: options that scroll; buttons, time, verdict and decision in view."""
+
+    def __init__(self, parent=None):
         super().__init__(parent)
-        self.viewer = napari_viewer
-        self.task = None
-        self.result = None
-        self._choices = []
-        self.store_root: Path | None = None
-        self._build()
-        self.refresh_models()
-        self._use_default_store()
-        connect_while_alive(hub.models_changed, self, self.refresh_models)
-        connect_while_alive(hub.store_changed, self, self.set_store_root)
-
-    def _build(self) -> None:
         self.model_combo = QComboBox()
-        self.store_label = QLabel()
-        self.store_label.setWordWrap(True)
+        self.model_combo.addItem("listing models…")
+        self.store_label = wrapping_label()
         self.store_button = QPushButton("Folder…")
         self.source_combo = QComboBox()
         self.source_combo.addItems([SOURCE_STORE, SOURCE_BOTH, SOURCE_FOLDER])
@@ -106,19 +178,26 @@ class FinetuneWidget(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICE_CHOICES)
         self.fast_check = QCheckBox(f"Fast (about {FAST_MINUTES:.0f} min on a laptop CPU)")
+        self.unlabelled_check = QCheckBox("Learn from the project's other images (unlabelled)")
+        self.unlabelled_check.setChecked(True)
+        self.unlabelled_check.setToolTip("The other image layers open in napari that fit the model "
+                                         f"(at most {MAX_UNLABELLED}) join the run without masks")
         self.start_button = QPushButton("Fine-tune")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.plot = TrainingPlot()
-        self.time_label = QLabel("")
-        self.time_label.setWordWrap(True)
-        self.status_label = QLabel("Save a few corrections with the Segment widget, then fine-tune.")
-        self.status_label.setWordWrap(True)
+        self.plot.setMinimumHeight(110)
+        self.warning_label = wrapping_label()
+        self.time_label = wrapping_label()
+        self.status_label = wrapping_label("Save a few corrections with the Segment widget, then fine-tune.")
         self.use_button = QPushButton("Use new model")
         self.rollback_button = QPushButton("Roll back")
         for button in (self.use_button, self.rollback_button):
             button.setEnabled(False)
+        self.model_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.model_combo.setMinimumContentsLength(12)
 
+    def lay_out(self) -> None:
         store_row = QHBoxLayout()
         store_row.addWidget(self.store_label, 1)
         store_row.addWidget(self.store_button)
@@ -137,61 +216,135 @@ class FinetuneWidget(QWidget):
         form.addRow("Stop after", budget_row)
         form.addRow("Device", self.device_combo)
         form.addRow(self.fast_check)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.start_button)
-        buttons.addWidget(self.cancel_button)
-        decision = QHBoxLayout()
-        decision.addWidget(self.use_button)
-        decision.addWidget(self.rollback_button)
+        form.addRow(self.unlabelled_check)
+        body = QVBoxLayout()
+        body.addLayout(form)
+        body.addWidget(self.warning_label)
+        body.addWidget(self.plot)
+        footer = QVBoxLayout()
+        footer.addLayout(button_row(self.start_button, self.cancel_button))
+        footer.addWidget(self.time_label)
+        footer.addWidget(self.status_label)
+        footer.addLayout(button_row(self.use_button, self.rollback_button))
+        self.scroll = scrolling_dock(self, body, footer)
 
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.plot)
-        layout.addWidget(self.time_label)
-        layout.addWidget(self.status_label)
-        layout.addLayout(decision)
-        layout.addStretch(1)
 
+class FinetuneWidget(FinetuneLayout):
+    """Dock widget: fine-tune a model on saved corrections (npe2 widget, ``napari_viewer`` first)."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._choices = []
+        self.models_ready = False
+        self._base_by_hand = False
+        self.store_root: Path | None = None
+        self.lay_out()
+        self.session = FinetuneSession(self)
         self.store_button.clicked.connect(self._pick_store)
         self.extra_button.clicked.connect(self._pick_extra)
         self.budget_combo.currentIndexChanged.connect(self._budget_changed)
         self.fast_check.toggled.connect(self._fast_toggled)
+        self.model_combo.activated.connect(self._base_picked)
         self.start_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.use_button.clicked.connect(self.use_new_model)
         self.rollback_button.clicked.connect(self.roll_back)
+        self._use_default_store()
+        self.refresh_models()
+        connect_while_alive(hub.models_changed, self, self.refresh_models)
+        connect_while_alive(hub.store_changed, self, self.set_store_root)
 
-    # -- inputs ---------------------------------------------------------------------------
+    # what tests and other widgets read; the buttons' actions
+    task = property(lambda self: self.session.task)
+    result = property(lambda self: self.session.result)
+
+    def start(self) -> None:
+        self.session.start()
+
+    def cancel(self) -> None:
+        self.session.cancel()
+
+    def use_new_model(self) -> None:
+        self.session.use_new_model()
+
+    def roll_back(self) -> None:
+        self.session.roll_back()
+
+    # -- the base model ------------------------------------------------------------------------
     def refresh_models(self) -> None:
-        current = self.model_combo.currentText()
-        try:
-            self._choices = model_choices()
-        except Exception as error:
-            notify_error(error)
-            self._choices = []
+        list_models_then(self, self._set_choices)
+
+    def _set_choices(self, listed) -> None:
+        if isinstance(listed, Exception):
+            notify_error(listed)
+            listed = []
+        current = self.model_combo.currentText() if self.models_ready else ""
+        self._choices = list(listed)
+        self.models_ready = True
         self.model_combo.clear()
         self.model_combo.addItems([c.label for c in self._choices])
-        if current:
+        if current and self._base_by_hand and self.model_combo.findText(current) >= 0:
             self.model_combo.setCurrentText(current)
-        elif self._choices:
+        else:
+            self._default_base()
+        self._check_store()
+
+    def _base_picked(self, *_) -> None:
+        self._base_by_hand = True
+
+    def _store_entries(self) -> list:
+        from napari_lgms.corrections import CorrectionsStore
+
+        try:
+            return CorrectionsStore(self.store_root).entries() if self.store_root is not None else []
+        except Exception:
+            return []
+
+    def _default_base(self) -> None:
+        """The model most of the corrections were made with; else the first trained model."""
+        counts = Counter(entry.model for entry in self._store_entries())
+        for name, _ in counts.most_common():
+            index = next((i for i, c in enumerate(self._choices) if c.name == name and c.trained), None)
+            if index is not None:
+                self.model_combo.setCurrentIndex(index)
+                return
+        if self._choices:
             self.model_combo.setCurrentIndex(default_index(self._choices))
 
+    def _check_store(self) -> None:
+        """Warn when the store mixes corrections made with different models or modalities."""
+        counts = Counter(entry.model for entry in self._store_entries())
+        modality = {c.name: c.modality for c in self._choices}
+        modalities = sorted({modality.get(name) for name in counts} - {None, ""})
+        text = ""
+        if len(counts) > 1:
+            listed = ", ".join(f"{name} ×{count}" for name, count in counts.most_common())
+            mixed = f" and {len(modalities)} modalities ({', '.join(modalities)})" if len(modalities) > 1 else ""
+            text = (f"Warning: these corrections come from {len(counts)} models{mixed}: {listed}. "
+                    "Fine-tuning learns from all of them; keep one project per model or modality.")
+        self.warning_label.setText(text)
+        self.warning_label.setVisible(bool(text))
+
+    def base_choice(self):
+        index = self.model_combo.currentIndex()
+        return self._choices[index] if 0 <= index < len(self._choices) else None
+
+    # -- the data ------------------------------------------------------------------------------
     def _use_default_store(self) -> None:
         from napari_lgms.corrections import default_store_root
 
         self.set_store_root(hub.store_root or str(default_store_root("default")))
 
     def set_store_root(self, root: str) -> None:
-        from napari_lgms.corrections import CorrectionsStore
-
         self.store_root = Path(root)
-        try:
-            count = len(CorrectionsStore(self.store_root))
-        except Exception:
-            count = 0
+        count = len(self._store_entries())
         self.store_label.setText(f"{count} in {_short_path(self.store_root)}")
         self.store_label.setToolTip(str(self.store_root))
+        if self.models_ready:
+            if not self._base_by_hand:
+                self._default_base()
+            self._check_store()
 
     def _pick_store(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Corrections folder", str(self.store_root or ""))
@@ -213,12 +366,27 @@ class FinetuneWidget(QWidget):
             self.budget_combo.setCurrentText(BUDGET_MINUTES)
             self.minutes_spin.setValue(FAST_MINUTES)
 
+    def unlabelled_images(self, choice) -> list[np.ndarray]:
+        """The viewer's image layers that fit ``choice`` (its dimensions and channels), not corrected ones,
+        spatial axes first and channels last; at most :data:`MAX_UNLABELLED`."""
+        corrected = {(entry.geometry or {}).get("layer") for entry in self._store_entries()}
+        images = []
+        for layer in self.viewer.layers:
+            if type(layer).__name__ != "Image" or layer.name in corrected or len(images) >= MAX_UNLABELLED:
+                continue
+            spatial_ndim, channels = image_kind(layer)
+            if layer.ndim != choice.spatial_dims or channels != choice.in_channels:
+                continue
+            array = geo.image_array(layer)
+            images.append(array[..., 0] if getattr(layer, "rgb", False) and channels == 1 else array)
+        return images
+
     def options(self) -> dict:
-        """The keyword arguments of ``finetune_steps`` from the widget's fields."""
+        """The keyword arguments of ``finetune_steps`` from the widget's fields (``model`` included)."""
         from napari_lgms.errors import InputError
 
-        index = self.model_combo.currentIndex()
-        if not 0 <= index < len(self._choices):
+        choice = self.base_choice()
+        if choice is None:
             raise InputError("no base model chosen")
         source = self.source_combo.currentText()
         data: dict = {}
@@ -236,7 +404,7 @@ class FinetuneWidget(QWidget):
                 data["images"], data["masks"] = str(Path(folder) / "images"), str(Path(folder) / "masks")
         by_time = self.budget_combo.currentText() == BUDGET_MINUTES
         return {
-            "model": self._choices[index].source,
+            "model": choice.source,
             **data,
             "time_budget": self.minutes_spin.value() * 60.0 if by_time else None,
             "steps": None if by_time else self.steps_spin.value(),
@@ -244,36 +412,67 @@ class FinetuneWidget(QWidget):
             "preset": "fast" if self.fast_check.isChecked() else "default",
         }
 
-    # -- running --------------------------------------------------------------------------
-    def start(self) -> None:
-        if self.task is not None and not self.task.finished:
-            return
-        try:
-            options = self.options()
-            from napari_lgms.training import finetune_steps
 
-            call = _supported(finetune_steps, options)
-            model = call.pop("model")
-        except Exception as error:
-            self._fail(error)
-            return
+class FinetuneSession:
+    """One Fine-tune widget's runs: the worker, the clock, the verdict, Use / Roll back, the log."""
+
+    def __init__(self, widget: FinetuneWidget):
+        self.widget = widget
+        self.task = None
         self.result = None
-        self.plot.clear()
-        self.use_button.setEnabled(False)
-        self.rollback_button.setEnabled(False)
-        self.start_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status_label.setText("Fine-tuning…")
-        self._saving_to = None
+        self.estimate: TimeEstimate | None = None
+        self._base = None  # the base model's ModelChoice of the last run (the parent to return to)
+        self._settings: dict = {}
+        self._saving_to: str | None = None
+        self._phase = ""
+        self._clock = QTimer(widget)
+        self._clock.setInterval(500)
+        self._clock.timeout.connect(self._show_time)
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.finished
+
+    def _call(self):
+        """(model source, keyword arguments, settings for the log) of the run the widget describes."""
+        from napari_lgms.training.finetuning import finetune_steps
+
+        ui = self.widget
+        call = ui.options()
+        model = call.pop("model")
+        settings = dict(call)
+        if ui.unlabelled_check.isChecked() and engine_takes_unlabelled(finetune_steps):
+            call["unlabelled"] = ui.unlabelled_images(ui.base_choice())
+            settings["unlabelled_images"] = len(call["unlabelled"])
+        return finetune_steps, model, call, settings
+
+    def start(self) -> None:
+        if self.running:
+            return
+        ui = self.widget
+        try:
+            finetune_steps, model, call, self._settings = self._call()
+        except Exception as error:
+            self.fail(error)
+            return
+        self.result, self._base, self._saving_to, self._phase = None, ui.base_choice(), None, "starting"
+        ui.plot.clear()
+        for button in (ui.use_button, ui.rollback_button, ui.start_button):
+            button.setEnabled(False)
+        ui.cancel_button.setEnabled(True)
+        ui.status_label.setText(f"Fine-tuning {self._base.name}…")
+        self.estimate = TimeEstimate(call.get("time_budget"), call.get("steps"))
+        self._show_time()
+        self._clock.start()
         self.task = start_engine_task(
             # no should_stop for the engine: on Cancel the worker closes the generator at its
             # next report, so it never reaches "save" and the previous model stays as it was
             lambda should_stop: finetune_steps(model, **call),
             description="Fine-tuning",
-            always=lambda record: getattr(record, "val_metrics", None) is not None,
+            always=_always_shown,
             on_progress=self._show_progress,
             on_done=self._show_result,
-            on_error=self._fail,
+            on_error=self.fail,
             on_finished=self._finished,
         )
 
@@ -281,82 +480,97 @@ class FinetuneWidget(QWidget):
         if self.task is not None:
             self.task.cancel()
 
+    def _show_time(self) -> None:
+        estimate = self.estimate
+        if estimate is None:
+            return
+        total = f" of {estimate.total_steps}" if estimate.total_steps else ""
+        left = estimate.left()
+        left_text = f"about {_clock(left)} left" if left is not None else "estimating the time left"
+        self.widget.time_label.setText(f"{self._phase} · elapsed {_clock(estimate.elapsed())} · {left_text}"
+                                       f" · step {estimate.step}{total}")
+
     def _show_progress(self, record) -> None:
-        if getattr(record, "phase", "") == "saving":
+        plot = self.widget.plot
+        self._phase = getattr(record, "phase", "") or self._phase
+        if self._phase == "saving":
             self._saving_to = getattr(record, "output", "") or None
         step = int(getattr(record, "step", 0))
-        total = int(getattr(record, "total_steps", 0) or 0)
-        if total:
-            self.plot.total_steps = total
         if getattr(record, "loss", None) is not None:
-            self.plot.add_loss(step, record.loss)
+            plot.add_loss(step, record.loss)
+        if self.estimate is not None and self.estimate.total_steps:
+            plot.total_steps = self.estimate.total_steps
         dice = _dice_of(getattr(record, "val_metrics", None))
-        if dice is not None and (not self.plot.dice or self.plot.dice[-1] != (float(step), dice)):
-            self.plot.add_dice(step, dice)
-        elapsed = getattr(record, "elapsed", None)
-        remaining = getattr(record, "remaining", None)
-        if remaining is None and elapsed and step and total > step:
-            remaining = elapsed / step * (total - step)
-        phase = getattr(record, "phase", "")
-        message = getattr(record, "message", "")
-        text = f"{phase} · elapsed {_clock(elapsed)} · about {_clock(remaining)} left · step {step}"
-        text += (f" of {total}" if total else "") + (f"\n{message}" if message else "")
-        self.time_label.setText(text)
+        if dice is not None and (not plot.dice or plot.dice[-1] != (float(step), dice)):
+            plot.add_dice(step, dice)
+        if self.estimate is not None:
+            self.estimate.update(step)
+        self._show_time()
 
     def _show_result(self, result) -> None:
-        """Main thread: show Dice before/after and offer to keep the new version or roll back."""
+        """Main thread: the verdict in words; a new model is offered only when one was saved."""
+        ui = self.widget
         self.result = result
-        before = _dice_of(getattr(result, "metrics_before", None))
-        after = _dice_of(getattr(result, "metrics_after", None))
-        held_out = len((getattr(result, "split", None) or {}).get("val", []))
-        if getattr(result, "validated_on_training", False):
-            where = " on the training corrections (fewer than 3 saved, none held out)"
-        else:
-            where = f" on {held_out} held-out correction(s)"
-        lines = []
-        if before is not None and after is not None:
-            verdict = "better" if after > before + 1e-9 else "no better: the weights are the starting model's"
-            lines.append(f"Validation Dice{where}: before {before:.3f} → after {after:.3f} ({verdict}).")
-        lines.append(f"New version {getattr(result, 'name', Path(result.card_path).stem)}: "
-                     f"{getattr(result, 'steps', '?')} steps in {_clock(getattr(result, 'elapsed', None))}.")
-        self.status_label.setText("\n".join(lines))
-        self.use_button.setEnabled(True)
-        self.rollback_button.setEnabled(True)
-        hub.models_changed.emit()
+        lines = [verdict_text(result)]
+        if getattr(result, "message", ""):
+            lines.append(f"({result.message})")
+        ui.status_label.setText("\n".join(lines))
+        ui.use_button.setEnabled(offered(result))
+        ui.rollback_button.setEnabled(offered(result))
+        self._log("fine-tune", self._base.name, self.estimate.elapsed(), {
+            "verdict": getattr(result, "verdict", None), "saved": bool(getattr(result, "saved", False)),
+            "new_model": result.name if offered(result) else None,
+            "card_path": str(result.card_path) if offered(result) else None,
+            "dice_before": _dice_of(getattr(result, "metrics_before", None)),
+            "dice_after": _dice_of(getattr(result, "metrics_after", None)),
+            "steps": getattr(result, "steps", None), "evidence": getattr(result, "evidence", None),
+        })
+        if getattr(result, "saved", False) and not offered(result):
+            _delete_version(result.card_path)  # an engine that saved a model no better: never offer it
+        if getattr(result, "saved", False):
+            hub.models_changed.emit()
+
+    def _log(self, action: str, model: str, seconds, result: dict) -> None:
+        settings = {**self._settings, "base_source": self._base.source if self._base else None}
+        append_record(self.widget.store_root, action, model=model, settings=settings, seconds=seconds,
+                      result=result)
 
     def use_new_model(self) -> None:
-        """Select the new version in every Segment widget."""
-        if self.result is not None and getattr(self.result, "card_path", None):
+        """Select the new version in every Segment widget (Roll back stays available)."""
+        if offered(self.result):
             hub.model_chosen.emit(str(self.result.card_path))
-            self.status_label.setText(self.status_label.text() + "\nIn use in the Segment widget.")
-        self.use_button.setEnabled(False)
-        self.rollback_button.setEnabled(False)
+            self.widget.status_label.setText(f"{verdict_text(self.result)}\nIn use in the Segment widget; "
+                                             "Roll back returns to " + self._base.name + ".")
+        self.widget.use_button.setEnabled(False)
 
     def roll_back(self) -> None:
-        """Delete the new version (card and weights); the previous model stays selected."""
-        card = getattr(self.result, "card_path", None)
-        if card:
-            card = Path(card)
-            for path in (card.with_suffix(".safetensors"), card):
-                path.unlink(missing_ok=True)
-            hub.models_changed.emit()
-            self.status_label.setText(f"Rolled back: {card.stem} deleted; the previous model is kept.")
+        """Delete the new version (card and weights) and return the Segment widgets to the parent."""
+        if not offered(self.result):
+            return
+        started = time.monotonic()
+        card = _delete_version(self.result.card_path)
+        hub.models_changed.emit()
+        hub.model_chosen.emit(self._base.source)
+        self.widget.status_label.setText(f"Rolled back: {card.stem} deleted; the Segment widget uses "
+                                         f"{self._base.name} again.")
+        self._log("roll back", card.stem, time.monotonic() - started,
+                  {"deleted": str(card), "back_to": self._base.name})
         self.result = None
-        self.use_button.setEnabled(False)
-        self.rollback_button.setEnabled(False)
+        self.widget.use_button.setEnabled(False)
+        self.widget.rollback_button.setEnabled(False)
 
-    def _fail(self, error: BaseException) -> None:
+    def fail(self, error: BaseException) -> None:
         notify_error(error)
-        self.status_label.setText(f"Error: {one_line(error)}")
+        self.widget.status_label.setText(f"Error: {one_line(error)}")
 
     def _finished(self, cancelled: bool) -> None:
-        self.start_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        self._clock.stop()
+        self._show_time()
+        self.widget.start_button.setEnabled(True)
+        self.widget.cancel_button.setEnabled(False)
         if cancelled:
-            if getattr(self, "_saving_to", None):
+            if self._saving_to:
                 # Cancel landed while the engine was saving: remove that unwanted new version
-                card = Path(self._saving_to)
-                for path in (card, card.with_suffix(".safetensors")):
-                    path.unlink(missing_ok=True)
+                _delete_version(self._saving_to)
                 hub.models_changed.emit()
-            self.status_label.setText("Cancelled; the previous model is kept.")
+            self.widget.status_label.setText("Cancelled; the previous model is kept.")
