@@ -208,6 +208,7 @@ class CorrectionsStore:
             current = entries.get(meta["key"])
             if current is None or meta["timestamp"] > current["timestamp"]:
                 entries[meta["key"]] = meta  # a save that stopped before switching the manifest
+                refused.pop(meta["key"], None)  # a file in the store outranks a malformed entry
         return entries, refused
 
     def _unlisted_files(self, listed: set[str]) -> list[Path]:
