@@ -158,3 +158,47 @@ def test_store_module_needs_neither_torch_nor_qt():
     code = ("import sys, napari_lgms.corrections; "
             "sys.exit(int(any(m in sys.modules for m in ('torch', 'qtpy', 'PySide6'))))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_each_save_writes_a_new_file_and_the_manifest_names_it(tmp_path):
+    store = CorrectionsStore(tmp_path)
+    image, mask, prediction = _example()
+    first = store.save("a", image, mask, prediction, model="m1")
+    second = store.save("a", image[:6], mask[:6], prediction[:6], model="m2")
+    assert first.file != second.file and not (tmp_path / first.file).exists()
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["entries"]["a"]["file"] == second.file
+    example = store.load("a")
+    assert example.entry.model == "m2" and example.entry.image_shape == list(example.image.shape)
+
+
+def test_an_unlisted_newer_version_is_adopted_and_an_older_one_removed_when_stale(tmp_path, monkeypatch):
+    import os
+    import time
+
+    store = CorrectionsStore(tmp_path)
+    image, mask, prediction = _example()
+    old = store.save("a", image, mask, prediction, model="old")
+    manifest = (tmp_path / "manifest.json").read_text()
+    new = store.save("a", image[:6], mask[:6], prediction[:6], model="new")
+    (tmp_path / "manifest.json").write_text(manifest)  # killed before the manifest switch
+    assert [e.model for e in CorrectionsStore(tmp_path).entries()] == ["new"]
+
+    stale = tmp_path / old.file  # a superseded version whose deletion was killed
+    np.savez(stale, image=image, mask=mask, meta=np.array(json.dumps({**json.loads(manifest)["entries"]["a"]})))
+    assert [e.model for e in CorrectionsStore(tmp_path).entries()] == ["new"] and stale.exists()
+    past = time.time() - corrections.STALE_TEMP_SECONDS - 60
+    os.utime(stale, (past, past))
+    assert [e.file for e in CorrectionsStore(tmp_path).entries()] == [new.file] and not stale.exists()
+
+
+def test_delete_removes_every_version_so_none_comes_back(tmp_path):
+    store = CorrectionsStore(tmp_path)
+    image, mask, prediction = _example()
+    first = store.save("a", image, mask, prediction, model="m")
+    manifest = (tmp_path / "manifest.json").read_text()
+    store.save("a", image, mask, prediction, model="m2")
+    (tmp_path / "manifest.json").write_text(manifest)  # the newer version is unlisted
+    (tmp_path / first.file).write_bytes(b"")  # a truncated leftover of an earlier version
+    store.delete("a")
+    assert len(CorrectionsStore(tmp_path)) == 0 and not list(tmp_path.glob("*.npz"))

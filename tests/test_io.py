@@ -125,6 +125,47 @@ def test_nifti_4d_channels_mask_matches_spatial_grid(tmp_path):
     assert layer_kwargs(image)["channel_axis"] == 3
 
 
+@pytest.mark.parametrize("time_unit, refused", [("sec", True), ("msec", True), ("unknown", False)])
+def test_nifti_4th_axis_with_a_time_unit_is_a_time_series_not_channels(tmp_path, time_unit, refused):
+    image = nib.Nifti1Image(np.zeros((6, 5, 4, 3), np.float32), np.eye(4))
+    image.header.set_xyzt_units("mm", time_unit)
+    path = tmp_path / "four.nii.gz"
+    nib.save(image, path)
+    if refused:
+        with pytest.raises(ImageReadError, match="a time series \\(3 time points"):
+            read_image(path)
+    else:
+        assert read_image(path).axes == "ZYXC"
+
+
+def test_pipes_are_refused_without_being_opened(tmp_path):
+    import os
+
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    for reader in (read_image, read_mask):
+        with pytest.raises(ImageReadError, match="not a regular file"):
+            reader(fifo)
+
+
+def test_folders_are_dicom_series_or_say_what_they_are(tmp_path, monkeypatch):
+    from napari_lgms.io import dicom
+
+    monkeypatch.setattr(dicom, "pydicom_available", lambda: False)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "x.png").mkdir()
+    (tmp_path / "x.png" / "a.txt").write_text("text")
+    (tmp_path / "series").mkdir()
+    (tmp_path / "series" / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
+    with pytest.raises(ImageReadError, match="empty folder"):
+        read_image(tmp_path / "empty")
+    with pytest.raises(ImageReadError, match="a folder, not an image file"):
+        read_image(tmp_path / "x.png")
+    assert is_supported(tmp_path / "series")
+    with pytest.raises(ImageReadError, match="needs the optional package pydicom"):
+        read_image(tmp_path / "series")
+
+
 def test_nifti_single_slice_is_2d_and_written_back_with_its_slice_axis(tmp_path):
     labels = labels_volume((8, 9, 1))
     affine = oblique_affine()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -145,3 +146,55 @@ def test_saved_model_files_get_normal_permissions(tiny_model, tmp_path):
     os.umask(umask)
     for path in (card_file, card_file.with_suffix(".safetensors")):
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_saving_over_a_model_replaces_the_pair_and_leaves_no_staged_file(tiny_model, tmp_path):
+    first, second = tiny_model(seed=1, version="1"), tiny_model(seed=2, version="2")
+    save_model(first.network, first.card, tmp_path)
+    card_file = save_model(second.network, second.card, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-test.json", "tiny-test.safetensors"]
+    assert json.loads(card_file.read_text())["weights"]["file"] == "tiny-test.safetensors"
+    loaded = load_model(card_file)
+    assert loaded.card.version == "2" and _outputs_equal(second, loaded)
+
+
+def test_a_card_committed_to_staged_weights_loads_and_is_listed(tiny_model):
+    """A save killed after its commit point: the card names the hidden staged weights."""
+    original = tiny_model(name="staged")
+    card_file = save_model(original.network, original.card, user_model_dir())
+    staged = card_file.with_name(".staged.0123456789ab.safetensors")
+    card_file.with_suffix(".safetensors").rename(staged)
+    data = json.loads(card_file.read_text())
+    data["weights"]["file"] = staged.name
+    card_file.write_text(json.dumps(data))
+    assert "staged" in {e.name for e in list_available_models()}
+    assert _outputs_equal(original, load_model("staged"))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("arguments", {"num_classes": 1}, "arguments.in_channels must be an integer"),
+    ("input", {"spatial_dims": 2, "patch_size": [0, 16]}, "input.patch_size must be 2 integers"),
+    ("output", {"activation": "sigmoid", "threshold": "x"}, "output.threshold must be a number"),
+    ("weights", {"file": "../w.safetensors"}, "must be a plain file name"),
+    ("name", "../../x", "name: model name '../../x' is not a plain name"),
+])
+def test_card_schema_names_the_field_in_one_line(tiny_model, tmp_path, field, value, message):
+    original = tiny_model()
+    card_file = save_model(original.network, original.card, tmp_path)
+    data = json.loads(card_file.read_text())
+    data[field] = value
+    card_file.write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match=re.escape(message)) as info:
+        read_card(card_file)
+    assert "\n" not in str(info.value)
+
+
+def test_validate_model_name_accepts_plain_names():
+    from napari_lgms.errors import InputError
+    from napari_lgms.zoo import validate_model_name
+
+    for name in ("lgmsnet-polyp", "my_model.v2", "A1", "x" * 100):
+        assert validate_model_name(name) == name
+    for name in ("../x", "a/b", ".x", "", "x" * 101, None):
+        with pytest.raises(InputError, match="letters, digits"):
+            validate_model_name(name)
