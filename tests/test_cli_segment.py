@@ -430,3 +430,16 @@ def test_python_dash_m_cli_segment_and_error(tmp_path):
                             timeout=300)
     assert failed.returncode == 2
     assert len(failed.stderr.strip().splitlines()) == 1 and "bad.png" in failed.stderr
+
+
+def test_a_single_input_shows_progress_on_a_terminal(model_2d, tmp_path, capsys, monkeypatch):
+    import sys
+
+    model, card = model_2d
+    source = tmp_path / "big.png"
+    Image.fromarray(blob_image((96, 80))).save(source)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    code, out, err = run_cli(capsys, "segment", source, "--model", card, "--output", tmp_path / "out")
+    assert code == 0, err
+    assert "1/1 big.png" in err and "[#" in err and err.endswith("\r")  # drawn, then cleared
+    assert out.count("\n") == 1

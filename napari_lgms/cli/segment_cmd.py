@@ -226,7 +226,7 @@ def _segment_all(args, roi, output) -> int:
         raise InputError("no image to segment")
 
     model, device = load_model_for_cli(args.model, args.device)
-    bar = _ProgressBar(len(jobs)) if len(jobs) > 1 else None
+    bar = _ProgressBar(len(jobs))  # also for one input: a large image takes minutes
     failures = len(problems)
     for index, job in enumerate(jobs):
         try:
@@ -236,20 +236,17 @@ def _segment_all(args, roi, output) -> int:
                 slice_axis=args.slice_axis, probabilities=args.probabilities, batch_size=args.batch_size,
                 device=device, overlap=args.overlap, test_time_augmentation=args.tta,
             )
-            result = run_to_end(steps, None if bar is None else (
-                lambda step: bar.show(index + step.done / max(step.total, 1), job.source.name)))
+            result = run_to_end(steps, lambda step: bar.show(index + step.done / max(step.total, 1), job.source.name))
             _warn_if_clipped(roi, result.roi, args.slice_axis, job.source)
             written = _write_outputs(job, result, image)
         except LgmsError as error:
+            bar.clear()
             if count == 1:
                 raise named_error(str(job.source), error) from None
             failures += 1
-            if bar is not None:
-                bar.clear()
             _report(str(job.source), error)
             continue
-        if bar is not None:
-            bar.clear()
+        bar.clear()
         print(f"{job.source} -> {', '.join(str(p) for p in written)} "
               f"({result.seconds:.2f} s on {result.device})")
     if failures:
