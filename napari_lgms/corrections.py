@@ -48,10 +48,11 @@ from typing import Any
 
 import numpy as np
 
-from napari_lgms._atomic import STALE_SECONDS, atomic_write_text, atomic_write_with, remove_stale
+from napari_lgms._atomic import STALE_SECONDS, atomic_write_text, atomic_write_with, read_regular_file, remove_stale
 from napari_lgms.errors import InputError, OutputError
 
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 64 << 20
 FORMAT_VERSION = 1
 STORE_DIR_ENV = "NAPARI_LGMS_CORRECTIONS_DIR"
 STALE_TEMP_SECONDS = STALE_SECONDS  # a write in progress is seconds old; older leftovers are from a crash
@@ -214,7 +215,8 @@ class CorrectionsStore:
     def _unlisted_files(self, listed: set[str]) -> list[Path]:
         if not self.root.is_dir():
             return []
-        return sorted(f for f in self.root.glob("*.npz") if not f.name.startswith(".") and f.name not in listed)
+        return sorted(f for f in self.root.glob("*.npz")
+                      if not f.name.startswith(".") and f.name not in listed and f.is_file())
 
     def _reconciled(self) -> dict[str, dict]:
         """:meth:`_scan`'s entries, written back when the manifest lagged, crash leftovers removed."""
@@ -353,7 +355,7 @@ class CorrectionsStore:
 def _read_json(path: Path) -> object:
     """Parsed JSON of ``path``; None when missing, unreadable, malformed or nested too deeply."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_regular_file(path, MAX_MANIFEST_BYTES).decode("utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
 

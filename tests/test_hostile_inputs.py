@@ -560,3 +560,21 @@ def test_orphans_of_killed_saves_are_removed_when_stale(sandbox):
     assert [e.name for e in scan_models()[0] if e.origin == "user"] == ["good-model"]
     assert not any(p.exists() for p in leftovers) and fresh.exists()  # a save in progress elsewhere
     load_model("good-model")
+
+
+def test_pipes_under_model_and_store_file_names_never_block(sandbox, tmp_path, capsys, no_hang):
+    os.mkfifo(sandbox.models / "pipe.json")
+    (sandbox.models / "pipe.safetensors").write_bytes(b"")
+    code, out, err = run_cli(capsys, "models")
+    assert code == 0 and "good-model" in out and "pipe.json" in err and "not a regular file" in err
+    os.mkfifo(sandbox.root / "legacy.pt")
+    (sandbox.root / "legacy.json").write_text(sandbox.card.read_text())
+    with pytest.raises(ModelLoadError, match="not a regular file"):
+        load_model(sandbox.root / "legacy.pt")
+
+    root = tmp_path / "store"
+    _store_with_two(root)
+    (root / "manifest.json").unlink()
+    os.mkfifo(root / "manifest.json")
+    os.mkfifo(root / "pipe-0000000000-00000000.npz")
+    assert sorted(e.key for e in CorrectionsStore(root).entries()) == ["good", "victim"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from napari_lgms._atomic import atomic_write_text, atomic_write_with, remove_stale
+from napari_lgms._atomic import atomic_write_text, atomic_write_with, read_regular_file, remove_stale
 from napari_lgms.errors import LgmsError
 from napari_lgms.zoo.card import ModelCard
 from napari_lgms.zoo.names import validate_model_name
@@ -143,9 +143,7 @@ def read_card(path: str | Path) -> ModelCard:
     """Read and validate a card (see :mod:`napari_lgms.zoo.schema`); one-line ModelLoadError otherwise."""
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_CARD_BYTES:
-            raise ValueError(f"larger than {MAX_CARD_BYTES >> 20} MiB")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular_file(path, MAX_CARD_BYTES).decode("utf-8"))
         return ModelCard.from_dict(data)
     except RecursionError:
         reason = "JSON nested too deeply"
@@ -193,6 +191,8 @@ def load_legacy_state_dict(pt_path: str | Path, card: ModelCard, device="cpu"):
     import torch
 
     pt_path = Path(pt_path)
+    if not pt_path.is_file():
+        raise ModelLoadError(f"{pt_path}: not a regular file")
     try:
         state = torch.load(pt_path, map_location="cpu", weights_only=True)
     except Exception:  # torch's restricted unpickler raises many types, with multi-line advice
