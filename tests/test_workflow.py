@@ -38,3 +38,148 @@ def test_a_grey_image_stored_as_rgb_reads_as_grey(tmp_path):
     assert not channels_are_equal(np.zeros((8, 8, 3), np.uint8)), "a blank image says nothing"
     big = np.repeat(_grey((300, 400))[..., None], 3, axis=2)
     assert channels_are_equal(big, max_elements=10_000)
+
+
+@pytest.fixture
+def saved_tiny(tiny_model):
+    """tiny-2d (grey) and tiny-3d in the user model folder, as fine-tuned models would be."""
+    from napari_lgms.zoo import save_model, user_model_dir
+
+    paths = {}
+    for dims in (2, 3):
+        loaded = tiny_model(spatial_dims=dims, name=f"tiny-{dims}d", description="tiny test net for ultrasound",
+                            training={"data": "generated test data"}, metrics={"dice": 0.5, "split": "test"})
+        paths[dims] = str(save_model(loaded.network, loaded.card, user_model_dir()))
+    return paths
+
+
+@pytest.fixture
+def corrections_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_LGMS_CORRECTIONS_DIR", str(tmp_path / "corrections"))
+    return tmp_path / "corrections"
+
+
+def _dock(viewer, name, qtbot):
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-lgms", name)
+    qtbot.waitUntil(lambda: widget.models_ready, timeout=30000)
+    return widget
+
+
+def _segment(qtbot, widget):
+    widget.run()
+    assert widget.task is not None, widget.status_label.text()
+    qtbot.waitUntil(lambda: widget.task.finished, timeout=30000)
+
+
+def _pick_by_hand(widget, name):
+    index = next(i for i, c in enumerate(widget._choices) if c.name == name)
+    widget.model_combo.setCurrentIndex(index)
+    widget.model_combo.activated.emit(index)  # what a click in the list does
+
+
+@pytest.mark.gui
+@needs_display
+def test_the_image_box_follows_the_new_image_and_masks_go_to_their_own_image(
+        make_napari_viewer, qtbot, saved_tiny, corrections_dir):
+    from napari_lgms.widgets.segment import NEW_LAYER
+
+    viewer = make_napari_viewer()
+    viewer.add_image(_grey((40, 48), seed=1), name="first")
+    widget = _dock(viewer, "Segment", qtbot)
+    _pick_by_hand(widget, "tiny-2d")
+    _segment(qtbot, widget)
+    assert viewer.layers["first segmentation"].data.shape == (40, 48)
+
+    viewer.add_image(_grey((32, 36), seed=2), name="second")  # opened: the box follows
+    assert widget.image_combo.currentText() == "second"
+    viewer.layers.selection.active = viewer.layers["first"]  # selected: the box follows
+    assert widget.image_combo.currentText() == "first"
+    widget.image_pin.setChecked(True)  # pinned: it stays
+    viewer.add_image(_grey((24, 24), seed=3), name="third")
+    viewer.layers.selection.active = viewer.layers["second"]
+    assert widget.image_combo.currentText() == "first"
+    widget.image_pin.setChecked(False)
+    viewer.layers.selection.active = viewer.layers["third"]
+    assert widget.image_combo.currentText() == "third"
+    widget.image_combo.setCurrentText("first")
+
+    # the output box held "first segmentation" (40x48): never written onto the 32x36 image's mask
+    widget.output_combo.setCurrentText("first segmentation")
+    assert widget.output_combo.currentText() == "first segmentation"
+    widget.image_combo.setCurrentText("second")
+    assert widget.output_combo.currentText() == NEW_LAYER, "a layer of another shape is not offered"
+    widget.image_combo.setCurrentText("second")
+    _pick_by_hand(widget, "tiny-2d")
+    _segment(qtbot, widget)
+    assert viewer.layers["second segmentation"].data.shape == (32, 36)
+    assert viewer.layers["first segmentation"].data.shape == (40, 48)
+
+
+@pytest.mark.gui
+@needs_display
+def test_a_mask_is_never_written_onto_a_layer_that_changed_shape(make_napari_viewer, qtbot, saved_tiny,
+                                                                 corrections_dir):
+    viewer = make_napari_viewer()
+    viewer.add_image(_grey((32, 32)), name="img")
+    mine = viewer.add_labels(np.zeros((32, 32), np.uint8), name="mine")
+    widget = _dock(viewer, "Segment", qtbot)
+    widget.image_combo.setCurrentText("img")
+    _pick_by_hand(widget, "tiny-2d")
+    widget.output_combo.setCurrentText("mine")
+    plan = widget.plan()
+    assert plan.target_name == "mine"
+    mine.data = np.zeros((16, 16), np.uint8)  # the layer changed while the run was on its way
+    widget.session.start(plan)
+    qtbot.waitUntil(lambda: widget.task.finished, timeout=30000)
+    assert viewer.layers["mine"].data.shape == (16, 16) and not viewer.layers["mine"].data.any()
+    assert viewer.layers["img segmentation"].data.shape == (32, 32)
+
+
+@pytest.mark.gui
+@needs_display
+def test_a_grey_image_stored_as_rgb_gets_a_grey_model_and_a_wrong_modality_a_warning(
+        make_napari_viewer, qtbot, corrections_dir):
+    viewer = make_napari_viewer()
+    grey = _grey((64, 80))
+    viewer.add_image(np.repeat(grey[..., None], 3, axis=2), name="busi-like", rgb=True)
+    widget = _dock(viewer, "Segment", qtbot)
+    assert widget.current_choice().name == "lgmsnet-breast-us", "suggested by the image, not its channels"
+    assert widget.current_choice().modality == "ultrasound"
+    assert "Warning" not in widget.status_label.text()
+    assert "lgmsnet-breast-us" in widget.status_label.text(), "the status names the model selected"
+    _pick_by_hand(widget, "lgmsnet-polyp")
+    status = widget.status_label.text()
+    assert "Warning" in status and "colonoscopy" in status and "ultrasound" in status
+    colour = np.dstack([grey, 255 - grey, grey // 2])
+    viewer.add_image(colour, name="kvasir-like", rgb=True)
+    assert widget.current_choice().name == "lgmsnet-polyp"
+    assert "Warning" not in widget.status_label.text()
+    viewer.add_image(np.zeros((6, 32, 32), np.float32), name="mri-like")
+    assert widget.current_choice().name == "lgmsnet3d-hippocampus"
+    # a choice made by hand applies to its own image only
+    widget.image_combo.setCurrentText("busi-like")
+    assert widget.current_choice().name == "lgmsnet-polyp"
+    widget.image_combo.setCurrentText("kvasir-like")
+    assert widget.current_choice().name == "lgmsnet-polyp"
+    widget.image_combo.setCurrentText("mri-like")
+    assert widget.current_choice().name == "lgmsnet3d-hippocampus"
+
+
+@pytest.mark.gui
+@needs_display
+def test_the_card_shows_one_validation_figure_and_the_prediction_used(make_napari_viewer, qtbot,
+                                                                      corrections_dir):
+    from napari_lgms.widgets.segment import PREDICTIONS
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.dstack([_grey(), 255 - _grey(), _grey() // 2]), name="frame", rgb=True)
+    widget = _dock(viewer, "Segment", qtbot)
+    assert widget.current_choice().name == "lgmsnet-polyp"
+    assert PREDICTIONS[widget.prediction_combo.currentText()] == "none", "one pass: the interactive default"
+    card = widget.card_label.text()
+    assert card.count("validation") == 1 and card.count("IoU") == 1, card
+    assert "one pass" in card and "held-out" in card and "kvasir-seg" in card
+    assert "IoU" in widget.card_label.toolTip() and "split" in widget.card_label.toolTip()
+    widget.prediction_combo.setCurrentText(next(t for t, c in PREDICTIONS.items() if c == "flips"))
+    assert "averaged over flips" in widget.card_label.text()
+    assert widget.card_label.text().count("IoU") == 1

@@ -88,10 +88,9 @@ class LayerControls:
         if type(event.value).__name__ == "Image" and not geo.in_view(self.viewer, event.value):
             self.viewer.reset_view(layers=[event.value])
 
-    def _follow_selection(self, event=None) -> None:
-        active = self.viewer.layers.selection.active
-        if active is not None:
-            self._follow(active)
+    def _follow_selection(self, event) -> None:
+        if event.value is not None:  # the layer now active
+            self._follow(event.value)
 
     def image_layer(self):
         name = self.ui.image_combo.currentText()
