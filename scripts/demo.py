@@ -57,14 +57,6 @@ def main(argv=None) -> int:
     viewer.window.resize(1500, 900)
     viewer.open_sample("napari-lgms", "ultrasound")
     _, widget = viewer.window.add_plugin_dock_widget("napari-lgms", "Segment")
-    widget.image_combo.setCurrentText("ultrasound")
-    choice = widget.current_choice()
-    trained = choice is not None and choice.trained
-    description = f"model {choice.label}" if choice is not None else "no model"
-    banner = description if trained else f"UNTRAINED {description}, random output"
-    _show_banner(viewer, f"napari-lgms demo: {banner}", warning=not trained)
-    print(f"demo: segmenting the generated ultrasound sample with {description}", flush=True)
-
     outcome = {"code": 1}
 
     def save_and_quit():
@@ -88,12 +80,25 @@ def main(argv=None) -> int:
         print("demo: timed out waiting for the segmentation", file=sys.stderr)
         viewer.close()
 
-    widget.run()
-    if widget.task is None:
-        print(f"demo: could not start: {widget.status_label.text()}", file=sys.stderr)
-        viewer.close()
-        return 1
-    widget.task.worker.finished.connect(finished)
+    def start_when_listed():
+        if not widget.models_ready:  # the widget lists the models in a worker (no freeze)
+            QTimer.singleShot(50, start_when_listed)
+            return
+        widget.image_combo.setCurrentText("ultrasound")
+        choice = widget.current_choice()
+        trained = choice is not None and choice.trained
+        description = f"model {choice.label}" if choice is not None else "no model"
+        banner = description if trained else f"UNTRAINED {description}, random output"
+        _show_banner(viewer, f"napari-lgms demo: {banner}", warning=not trained)
+        print(f"demo: segmenting the generated ultrasound sample with {description}", flush=True)
+        widget.run()
+        if widget.task is None:
+            print(f"demo: could not start: {widget.status_label.text()}", file=sys.stderr)
+            viewer.close()
+            return
+        widget.task.worker.finished.connect(finished)
+
+    QTimer.singleShot(0, start_when_listed)
     if exit_after:
         QTimer.singleShot(TIMEOUT_MS, give_up)
     napari.run()

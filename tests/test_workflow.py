@@ -183,3 +183,144 @@ def test_the_card_shows_one_validation_figure_and_the_prediction_used(make_napar
     widget.prediction_combo.setCurrentText(next(t for t, c in PREDICTIONS.items() if c == "flips"))
     assert "averaged over flips" in widget.card_label.text()
     assert widget.card_label.text().count("IoU") == 1
+
+
+def _store_examples(root, models=("tiny-2d",) * 3, size=32):
+    from napari_lgms.corrections import CorrectionsStore
+    from napari_lgms.samples import make_ultrasound
+
+    store = CorrectionsStore(root)
+    for seed, model in enumerate(models):
+        image, mask = make_ultrasound(shape=(size, size), seed=seed)
+        store.save(f"example {seed}", image, mask, np.zeros_like(mask), model=model,
+                   geometry={"layer": f"example {seed}"})
+    return store
+
+
+def _fake_engine(monkeypatch, tiny_model, **kwargs):
+    import napari_lgms.training.finetuning as finetuning
+    from tests.test_widgets import fake_engine
+
+    engine = fake_engine(tiny_model, **kwargs)
+    monkeypatch.setattr(finetuning, "finetune_steps", engine)
+    return fake_engine
+
+
+@pytest.mark.gui
+@needs_display
+@pytest.mark.parametrize("use_first", [False, True])
+def test_roll_back_before_or_after_use_returns_segment_to_the_parent(
+        make_napari_viewer, qtbot, saved_tiny, tiny_model, corrections_dir, monkeypatch, use_first):
+    from napari_lgms.widgets._session_log import read_records
+
+    viewer = make_napari_viewer()
+    viewer.add_image(_grey((32, 32)), name="scan")
+    segment = _dock(viewer, "Segment", qtbot)
+    finetune = _dock(viewer, "Fine-tune", qtbot)
+    _pick_by_hand(segment, "tiny-2d")
+    _store_examples(finetune.store_root)
+    finetune.set_store_root(str(finetune.store_root))
+    _fake_engine(monkeypatch, tiny_model)
+    finetune.start()
+    qtbot.waitUntil(lambda: finetune.task.finished, timeout=30000)
+    assert finetune.status_label.text().startswith("Better on your corrections: Dice 0.500 → 0.600")
+    new_card = finetune.result.card_path
+    assert finetune.use_button.isEnabled() and finetune.rollback_button.isEnabled()
+    if use_first:
+        finetune.use_button.click()
+        assert segment.current_choice().source == str(new_card)
+        assert finetune.rollback_button.isEnabled(), "roll back stays available after Use new model"
+    finetune.rollback_button.click()
+    assert not new_card.exists() and not new_card.with_suffix(".safetensors").exists()
+    assert all(c.source != str(new_card) for c in segment._choices)
+    assert segment.current_choice().name == "tiny-2d", "back to the parent, not the first model of the list"
+    assert "tiny-2d" in segment.status_label.text() and new_card.stem not in segment.status_label.text()
+    assert "tiny-2d again" in finetune.status_label.text()
+    assert not finetune.use_button.isEnabled() and not finetune.rollback_button.isEnabled()
+    actions = [record["action"] for record in read_records(finetune.store_root)]
+    assert actions == ["fine-tune", "roll back"]
+
+
+@pytest.mark.gui
+@needs_display
+@pytest.mark.parametrize("verdict", ["no evidence", "worse"])
+def test_a_run_without_a_better_model_offers_nothing(make_napari_viewer, qtbot, saved_tiny, tiny_model,
+                                                     corrections_dir, monkeypatch, verdict):
+    viewer = make_napari_viewer()
+    finetune = _dock(viewer, "Fine-tune", qtbot)
+    _store_examples(finetune.store_root)
+    _fake_engine(monkeypatch, tiny_model, verdict=verdict, saved=False)
+    finetune.start()
+    qtbot.waitUntil(lambda: finetune.task.finished, timeout=30000)
+    expected = {"no evidence": "No evidence either way: nothing saved", "worse": "Worse: nothing saved"}
+    assert finetune.status_label.text().startswith(expected[verdict])
+    assert not finetune.use_button.isEnabled() and not finetune.rollback_button.isEnabled()
+
+
+@pytest.mark.gui
+@needs_display
+def test_finetune_defaults_to_the_corrections_model_warns_on_a_mix_and_passes_other_images(
+        make_napari_viewer, qtbot, saved_tiny, tiny_model, corrections_dir, monkeypatch):
+    viewer = make_napari_viewer()
+    finetune = _dock(viewer, "Fine-tune", qtbot)
+    first = finetune.model_combo.currentText()
+    _store_examples(finetune.store_root, models=("tiny-3d", "tiny-3d", "tiny-2d"))
+    finetune.set_store_root(str(finetune.store_root))
+    assert finetune.model_combo.currentText() == "tiny-3d (yours)" != first
+    warning = finetune.warning_label.text()
+    assert "2 models" in warning and "tiny-3d ×2" in warning and "tiny-2d ×1" in warning
+    _store_examples(finetune.store_root, models=("lgmsnet-polyp", "lgmsnet-breast-us"))
+    finetune.set_store_root(str(finetune.store_root))
+    assert "modalities (colonoscopy, ultrasound)" in finetune.warning_label.text()
+
+    viewer.add_image(_grey((32, 32), seed=5), name="other grey")
+    viewer.add_image(_grey((32, 32), seed=6), name="example 0")  # corrected already: not unlabelled
+    viewer.add_image(np.zeros((4, 32, 32), np.float32), name="a volume")  # not for a 2D model
+    viewer.add_image(np.dstack([_grey((32, 32))] * 3), name="grey as rgb", rgb=True)
+    assert finetune.unlabelled_check.isChecked(), "on by default"
+    engine = _fake_engine(monkeypatch, tiny_model, saved=False)
+    finetune.model_combo.setCurrentText("tiny-2d (yours)")
+    finetune.start()
+    qtbot.waitUntil(lambda: finetune.task.finished, timeout=30000)
+    unlabelled = engine.calls[-1]["unlabelled"]
+    assert [a.shape for a in unlabelled] == [(32, 32), (32, 32)]
+    finetune.unlabelled_check.setChecked(False)
+    finetune.start()
+    qtbot.waitUntil(lambda: finetune.task.finished, timeout=30000)
+    assert engine.calls[-1]["unlabelled"] is None
+
+
+@pytest.mark.gui
+@needs_display
+def test_the_time_estimate_shows_at_once_and_only_counts_down(make_napari_viewer, qtbot, saved_tiny,
+                                                              tiny_model, corrections_dir, monkeypatch):
+    import re
+    import time as clock
+
+    viewer = make_napari_viewer()
+    finetune = _dock(viewer, "Fine-tune", qtbot)
+    _store_examples(finetune.store_root)
+
+    def slow_engine(model, **options):
+        from napari_lgms.training.engine import TrainProgress
+
+        for step in range(1, 30):
+            clock.sleep(0.1 if step < 10 else 0.01)  # a slow start, then fast steps: no jump in the estimate
+            yield TrainProgress(step, 0, 1, 0, 1.0, 1e-3, 0.1 * step, None, None, "train")
+        return None
+
+    import napari_lgms.training.finetuning as finetuning
+
+    monkeypatch.setattr(finetuning, "finetune_steps", slow_engine)
+    finetune.minutes_spin.setValue(1.0)
+    finetune.start()
+    assert re.search(r"about [01]:\d\d left", finetune.time_label.text()), finetune.time_label.text()
+    seen = []
+
+    def left():
+        match = re.search(r"about (\d+):(\d\d) left", finetune.time_label.text())
+        seen.append(int(match.group(1)) * 60 + int(match.group(2)))
+        return finetune.task.finished
+
+    qtbot.waitUntil(left, timeout=30000)
+    assert seen[0] <= 60 and all(b <= a for a, b in zip(seen, seen[1:])), seen
