@@ -4,8 +4,8 @@ GUI tests drive a real napari viewer (run under ``xvfb-run -a``); images are gen
 """
 from __future__ import annotations
 
-import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -324,3 +324,128 @@ def test_the_time_estimate_shows_at_once_and_only_counts_down(make_napari_viewer
 
     qtbot.waitUntil(left, timeout=30000)
     assert seen[0] <= 60 and all(b <= a for a, b in zip(seen, seen[1:])), seen
+
+
+@pytest.mark.gui
+@needs_display
+def test_the_view_moves_to_a_segmented_image_out_of_view_and_the_session_log_records_runs(
+        make_napari_viewer, qtbot, saved_tiny, corrections_dir):
+    from napari_lgms.widgets._layer_geometry import in_view
+    from napari_lgms.widgets._session_log import LOG_NAME, read_records
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(_grey((64, 64)), name="near")
+    widget = _dock(viewer, "Segment", qtbot)
+    far = viewer.add_image(_grey((32, 32), seed=4), name="far", translate=(5000.0, 5000.0))
+    viewer.reset_view(layers=[viewer.layers["near"]])  # the user looks at the first image
+    assert not in_view(viewer, far)
+    widget.image_combo.setCurrentText("far")
+    _pick_by_hand(widget, "tiny-2d")
+    _segment(qtbot, widget)
+    assert in_view(viewer, far), "the view moved to the segmented image"
+
+    labels = widget.last_output
+    corrected = np.array(labels.data)
+    corrected[:4] = 1
+    labels.data = corrected
+    viewer.layers.selection.active = labels
+    assert widget.corrections.save_current() == "far"
+    root = widget.corrections.store.root
+    assert (root / LOG_NAME).is_file()
+    records = read_records(root)
+    assert [r["action"] for r in records] == ["segment", "save correction"]
+    run, saved = records
+    assert run["model"] == "tiny-2d" and run["image"] == "far" and run["shape"] == [32, 32]
+    assert run["settings"]["prediction"] == "none" and run["seconds"] >= 0
+    assert run["result"]["labels_layer"] == "far segmentation"
+    assert saved["model"] == "tiny-2d" and saved["result"]["stored"] == 1
+    for record in records:
+        assert set(record) == {"timestamp", "action", "model", "image", "shape", "settings", "seconds", "result"}
+
+
+def _visible_in_dock(widget, dock) -> bool:
+    """Whether ``widget`` is shown whole inside ``dock``'s visible area and on the window (geometry)."""
+    from qtpy.QtCore import QRect
+
+    if not widget.isVisible() or widget.visibleRegion().isEmpty():
+        return False
+    window = dock.window()
+    top_left = widget.mapTo(window, widget.rect().topLeft())
+    rect = QRect(top_left, widget.size())
+    return dock.geometry().contains(rect) and window.rect().contains(rect)
+
+
+@pytest.mark.gui
+@needs_display
+def test_both_widgets_are_usable_on_a_1366x768_screen(make_napari_viewer, qtbot, saved_tiny, tiny_model,
+                                                      corrections_dir, monkeypatch, tmp_path):
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1366, 768)
+    viewer.add_image(_grey((64, 64)), name="scan")
+    segment_dock, segment = viewer.window.add_plugin_dock_widget("napari-lgms", "Segment")
+    finetune_dock, finetune = viewer.window.add_plugin_dock_widget("napari-lgms", "Fine-tune")
+    qtbot.waitUntil(lambda: segment.models_ready and finetune.models_ready, timeout=30000)
+    _store_examples(finetune.store_root, models=[f"model-{i}-with-a-rather-long-name" for i in range(8)])
+    segment.corrections.refresh()
+    finetune.set_store_root(str(finetune.store_root))
+    _fake_engine(monkeypatch, tiny_model)
+    finetune.start()
+    qtbot.waitUntil(lambda: finetune.task.finished, timeout=30000)
+    qtbot.wait(300)
+    window = viewer.window._qt_window
+    assert window.height() <= 768 and window.width() <= 1366
+    path = Path(os.environ.get("NAPARI_LGMS_SCREENSHOT_DIR", tmp_path)) / "screenshot-1366x768.png"
+    viewer.screenshot(str(path), canvas_only=False)
+    assert path.stat().st_size > 0
+    heights = {"segment dock": segment_dock.height(), "fine-tune dock": finetune_dock.height(),
+               "segment needs": segment.scroll.widget().sizeHint().height(),
+               "fine-tune needs": finetune.scroll.widget().sizeHint().height()}
+    print(f"\n1366x768: {heights}; screenshot {path}")
+
+    for button in (segment.run_button, segment.cancel_button):
+        assert _visible_in_dock(button, segment_dock), button.text()
+    for button in (finetune.start_button, finetune.use_button, finetune.rollback_button):
+        assert _visible_in_dock(button, finetune_dock), button.text()
+    assert finetune.use_button.isEnabled() and finetune.rollback_button.isEnabled()
+    assert _visible_in_dock(segment.status_label, segment_dock)
+    assert _visible_in_dock(finetune.status_label, finetune_dock)
+    for scroll in (segment.scroll, finetune.scroll):  # everything else: scroll down, never sideways
+        assert not scroll.horizontalScrollBar().isVisible()
+        assert scroll.widget().width() <= scroll.viewport().width(), "nothing cut off on the right"
+    entries = segment.corrections.entry_list
+    assert entries.count() == 8 and not entries.horizontalScrollBar().isVisible()
+    card = segment.card_label
+    assert card.wordWrap() and card.width() <= segment.scroll.viewport().width()
+    status = finetune.status_label
+    assert status.height() >= status.heightForWidth(status.width()), "the verdict is shown whole"
+
+
+@pytest.mark.gui
+@needs_display
+def test_event_loop_gap_during_a_first_segmentation(make_napari_viewer, qtbot, corrections_dir, tmp_path,
+                                                    monkeypatch, record_property):
+    """Measures (does not judge) how long napari's event loop stalls while a first segmentation runs:
+    model listing, engine import, model loading and the run all happen in workers."""
+    from napari_lgms.widgets._event_loop import EventLoopGapMeter
+
+    monkeypatch.setenv("NAPARI_LGMS_CACHE_DIR", str(tmp_path / "cache"))  # a first run: nothing cached
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-lgms", "ultrasound")
+    opening = EventLoopGapMeter().start()
+    widget = _dock(viewer, "Segment", qtbot)
+    qtbot.wait(200)
+    opening.stop()
+    assert widget.current_choice().name == "lgmsnet-synthetic-us"
+    first = EventLoopGapMeter().start()
+    _segment(qtbot, widget)
+    qtbot.wait(200)
+    first.stop()
+    assert widget.last_output is not None, widget.status_label.text()
+    second = EventLoopGapMeter().start()
+    _segment(qtbot, widget)
+    qtbot.wait(200)
+    second.stop()
+    for name, meter in (("opening the widget", opening), ("first segmentation", first),
+                        ("second segmentation", second)):
+        print(f"\n{name}: {meter.report()}")
+        record_property(f"longest gap ms, {name}", round(meter.longest * 1000))

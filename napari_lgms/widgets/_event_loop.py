@@ -38,7 +38,7 @@ class EventLoopGapMeter:
 
     def start(self) -> "EventLoopGapMeter":
         self._start = time.perf_counter()
-        self._last = None
+        self._last = self._start  # a call that blocks right after start() counts
         self._timer.start()
         return self
 

@@ -7,8 +7,9 @@
 """
 from __future__ import annotations
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import (
+    QFormLayout,
     QFrame,
     QHBoxLayout,
     QLabel,
@@ -20,14 +21,46 @@ from qtpy.QtWidgets import (
 )
 
 
-def wrapping_label(text: str = "", selectable: bool = False) -> QLabel:
+PREFERRED_HEIGHT = 360  # two docks stacked on a 768 px screen share its height about evenly
+MIN_CONTENTS = 6  # characters a combo box shows at its narrowest (the dock may be ~360 px wide)
+
+
+class DockBody(QWidget):
+    """A dock widget's top level: asks for at most :data:`PREFERRED_HEIGHT` (its fields scroll)."""
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt naming)
+        hint = super().sizeHint()
+        return QSize(hint.width(), min(hint.height(), PREFERRED_HEIGHT))
+
+
+def narrow_combo(combo):
+    """A combo box that may shrink to the dock's width (long names are elided, the list shows them whole)."""
+    from qtpy.QtWidgets import QComboBox
+
+    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(MIN_CONTENTS)
+    return combo
+
+
+def wrapping_label(text: str = "", selectable: bool = False, lines: int = 0, wrap: bool = True) -> QLabel:
+    """A label that wraps to the dock's width (or, ``wrap=False``, one line cut at it: a path with
+    its tooltip); ``lines``: height kept for at least that many lines."""
     label = QLabel(text)
-    label.setWordWrap(True)
+    if lines:
+        label.setMinimumHeight(label.fontMetrics().lineSpacing() * lines + 4)
+    label.setWordWrap(wrap)
     label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)  # wrap to the width, never widen the dock
     label.setMinimumWidth(0)
     if selectable:
         label.setTextInteractionFlags(Qt.TextSelectableByMouse)
     return label
+
+
+def compact_form() -> QFormLayout:
+    """A form whose rows put the label above the field when the dock is too narrow for both."""
+    form = QFormLayout()
+    form.setRowWrapPolicy(QFormLayout.WrapLongRows)
+    return form
 
 
 def button_row(*widgets) -> QHBoxLayout:

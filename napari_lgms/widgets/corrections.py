@@ -23,7 +23,6 @@ import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QFileDialog,
-    QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -35,7 +34,7 @@ from qtpy.QtWidgets import (
 
 from napari_lgms.errors import InputError
 from napari_lgms.widgets import _layer_geometry as geo
-from napari_lgms.widgets._layout import button_row, wrapping_label
+from napari_lgms.widgets._layout import button_row, compact_form, wrapping_label
 from napari_lgms.widgets._session_log import append_record
 from napari_lgms.widgets._shared import hub
 from napari_lgms.widgets._workers import notify_error
@@ -111,7 +110,7 @@ class CorrectionsPanel(QGroupBox):
 
         self.project_edit = QLineEdit("default")
         self.project_edit.setToolTip("One store per project: letters, digits, '.', '_' or '-'")
-        self.folder_label = wrapping_label()
+        self.folder_label = wrapping_label(wrap=False)
         self.folder_button = QPushButton("Folder…")
         self.save_button = QPushButton(f"Save correction ({SAVE_KEY})")
         self.count_label = QLabel()
@@ -125,7 +124,7 @@ class CorrectionsPanel(QGroupBox):
         self.show_button = QPushButton("Go to")
         self.delete_button = QPushButton("Delete")
 
-        form = QFormLayout()
+        form = compact_form()
         form.addRow("Project", self.project_edit)
         folder_row = QHBoxLayout()
         folder_row.addWidget(self.folder_label, 1)

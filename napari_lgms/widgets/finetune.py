@@ -27,7 +27,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
     QHBoxLayout,
     QLineEdit,
     QPushButton,
@@ -37,7 +36,14 @@ from qtpy.QtWidgets import (
 )
 
 from napari_lgms.widgets import _layer_geometry as geo
-from napari_lgms.widgets._layout import button_row, scrolling_dock, wrapping_label
+from napari_lgms.widgets._layout import (
+    DockBody,
+    button_row,
+    compact_form,
+    narrow_combo,
+    scrolling_dock,
+    wrapping_label,
+)
 from napari_lgms.widgets._plot import TrainingPlot
 from napari_lgms.widgets._session_log import append_record
 from napari_lgms.widgets._shared import (
@@ -151,14 +157,14 @@ class TimeEstimate:
         return max(self._left - (time.monotonic() - self._at), 0.0)
 
 
-class FinetuneLayout(QWidget):
+class FinetuneLayout(DockBody):
     """The Fine-tune widget's controls: options that scroll; buttons, time, verdict and decision in view."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.model_combo = QComboBox()
         self.model_combo.addItem("listing models…")
-        self.store_label = wrapping_label()
+        self.store_label = wrapping_label(wrap=False)
         self.store_button = QPushButton("Folder…")
         self.source_combo = QComboBox()
         self.source_combo.addItems([SOURCE_STORE, SOURCE_BOTH, SOURCE_FOLDER])
@@ -178,7 +184,7 @@ class FinetuneLayout(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICE_CHOICES)
         self.fast_check = QCheckBox(f"Fast (about {FAST_MINUTES:.0f} min on a laptop CPU)")
-        self.unlabelled_check = QCheckBox("Learn from the project's other images (unlabelled)")
+        self.unlabelled_check = QCheckBox("Learn from the project's other\nimages (unlabelled)")
         self.unlabelled_check.setChecked(True)
         self.unlabelled_check.setToolTip("The other image layers open in napari that fit the model "
                                          f"(at most {MAX_UNLABELLED}) join the run without masks")
@@ -189,13 +195,14 @@ class FinetuneLayout(QWidget):
         self.plot.setMinimumHeight(110)
         self.warning_label = wrapping_label()
         self.time_label = wrapping_label()
-        self.status_label = wrapping_label("Save a few corrections with the Segment widget, then fine-tune.")
+        self.status_label = wrapping_label("Save a few corrections with the Segment widget, then fine-tune.",
+                                           lines=4)
         self.use_button = QPushButton("Use new model")
         self.rollback_button = QPushButton("Roll back")
         for button in (self.use_button, self.rollback_button):
             button.setEnabled(False)
-        self.model_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.model_combo.setMinimumContentsLength(12)
+        for combo in (self.model_combo, self.source_combo, self.budget_combo, self.device_combo):
+            narrow_combo(combo)
 
     def lay_out(self) -> None:
         store_row = QHBoxLayout()
@@ -208,7 +215,7 @@ class FinetuneLayout(QWidget):
         budget_row.addWidget(self.budget_combo)
         budget_row.addWidget(self.minutes_spin, 1)
         budget_row.addWidget(self.steps_spin, 1)
-        form = QFormLayout()
+        form = compact_form()
         form.addRow("Base model", self.model_combo)
         form.addRow("Train on", self.source_combo)
         form.addRow("Corrections", store_row)
@@ -565,7 +572,8 @@ class FinetuneSession:
 
     def _finished(self, cancelled: bool) -> None:
         self._clock.stop()
-        self._show_time()
+        if self.estimate is not None:
+            self.widget.time_label.setText(f"took {_clock(self.estimate.elapsed())} · {self.estimate.step} steps")
         self.widget.start_button.setEnabled(True)
         self.widget.cancel_button.setEnabled(False)
         if cancelled:

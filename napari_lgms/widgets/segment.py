@@ -17,7 +17,6 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFileDialog,
-    QFormLayout,
     QHBoxLayout,
     QPushButton,
     QVBoxLayout,
@@ -26,7 +25,15 @@ from qtpy.QtWidgets import (
 
 from napari_lgms.errors import InputError
 from napari_lgms.widgets import _layer_geometry as geo
-from napari_lgms.widgets._layout import Section, button_row, scrolling_dock, wrapping_label
+from napari_lgms.widgets._layout import (
+    DockBody,
+    Section,
+    button_row,
+    compact_form,
+    narrow_combo,
+    scrolling_dock,
+    wrapping_label,
+)
 from napari_lgms.widgets._segment_layers import NEW_LAYER, LayerControls
 from napari_lgms.widgets._session_log import append_record
 from napari_lgms.widgets._shared import (
@@ -113,7 +120,7 @@ def _scaled_progress(steps, part: int, parts: int):
 
 
 
-class SegmentLayout(QWidget):
+class SegmentLayout(DockBody):
     """The Segment widget's controls: fields that scroll, the Segment button and status always in view."""
 
     def __init__(self, parent=None):
@@ -144,11 +151,10 @@ class SegmentLayout(QWidget):
         self.run_button = QPushButton("Segment")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
-        self.status_label = wrapping_label("Ready.")
+        self.status_label = wrapping_label("Ready.", lines=2)
         for combo in (self.image_combo, self.model_combo, self.mode_combo, self.shapes_combo,
-                      self.output_combo, self.prediction_combo):
-            combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-            combo.setMinimumContentsLength(12)
+                      self.output_combo, self.prediction_combo, self.merge_combo, self.device_combo):
+            narrow_combo(combo)
 
     def lay_out(self, corrections: QWidget) -> None:
         image_row = QHBoxLayout()
@@ -157,18 +163,18 @@ class SegmentLayout(QWidget):
         model_row = QHBoxLayout()
         model_row.addWidget(self.model_combo, 1)
         model_row.addWidget(self.model_pin)
-        model_row.addWidget(self.model_file_button)
-        form = QFormLayout()
+        form = compact_form()
         form.addRow("Image", image_row)
         form.addRow("Model", model_row)
         form.addRow(self.card_label)
         form.addRow("Prediction", self.prediction_combo)
         form.addRow("Where", self.mode_combo)
-        more = QFormLayout()
+        more = compact_form()
         more.addRow("Boxes from", self.shapes_combo)
         more.addRow("Output", self.output_combo)
         more.addRow("Existing layer", self.merge_combo)
         more.addRow("Device", self.device_combo)
+        more.addRow("Model file", self.model_file_button)
         more_box = QWidget()
         more_box.setLayout(more)
         self.more_section = Section("More options", more_box)
