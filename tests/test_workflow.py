@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.test_widgets import _give_none_its_references_back, fake_engine  # noqa: F401 (an autouse fixture)
+
 needs_display = pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs a display; run under xvfb-run -a")
 
 
@@ -199,7 +201,6 @@ def _store_examples(root, models=("tiny-2d",) * 3, size=32):
 
 def _fake_engine(monkeypatch, tiny_model, **kwargs):
     import napari_lgms.training.finetuning as finetuning
-    from tests.test_widgets import fake_engine
 
     engine = fake_engine(tiny_model, **kwargs)
     monkeypatch.setattr(finetuning, "finetune_steps", engine)
