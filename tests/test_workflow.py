@@ -10,7 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_widgets import _give_none_its_references_back, fake_engine  # noqa: F401 (an autouse fixture)
+from tests.test_widgets import (  # noqa: F401 (fixtures: one autouse, two asked for by name)
+    _give_none_its_references_back,
+    corrections_dir,
+    fake_engine,
+    saved_tiny,
+)
 
 needs_display = pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs a display; run under xvfb-run -a")
 
@@ -40,25 +45,6 @@ def test_a_grey_image_stored_as_rgb_reads_as_grey(tmp_path):
     assert not channels_are_equal(np.zeros((8, 8, 3), np.uint8)), "a blank image says nothing"
     big = np.repeat(_grey((300, 400))[..., None], 3, axis=2)
     assert channels_are_equal(big, max_elements=10_000)
-
-
-@pytest.fixture
-def saved_tiny(tiny_model):
-    """tiny-2d (grey) and tiny-3d in the user model folder, as fine-tuned models would be."""
-    from napari_lgms.zoo import save_model, user_model_dir
-
-    paths = {}
-    for dims in (2, 3):
-        loaded = tiny_model(spatial_dims=dims, name=f"tiny-{dims}d", description="tiny test net for ultrasound",
-                            training={"data": "generated test data"}, metrics={"dice": 0.5, "split": "test"})
-        paths[dims] = str(save_model(loaded.network, loaded.card, user_model_dir()))
-    return paths
-
-
-@pytest.fixture
-def corrections_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_LGMS_CORRECTIONS_DIR", str(tmp_path / "corrections"))
-    return tmp_path / "corrections"
 
 
 def _dock(viewer, name, qtbot):
