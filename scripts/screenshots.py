@@ -6,7 +6,8 @@ Writes ``screenshot-segment.png`` (ultrasound sample, segmentation, a saved
 correction), ``screenshot-volume.png`` (anisotropic volume, a box prompt on a
 Shapes layer, one slice segmented), ``screenshot-endoscopy.png`` and
 ``screenshot-finetune.png`` (a short fine-tuning run on generated corrections:
-live loss / Dice plot, Dice before and after). Uses the model the Segment
+live loss / Dice plot, the verdict) and ``screenshot-laptop.png`` (both widgets
+stacked on a 1366x768 window, as on a laptop). Uses the model the Segment
 widget suggests for each image (the volume shot: a 2D model slice by slice), or
 untrained networks when none is shipped (the pictures then show random output
 and say so). Model and corrections folders are temporary: nothing of the
@@ -26,6 +27,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 WINDOW_SIZE = (1500, 950)
+LAPTOP_SIZE = (1366, 768)
 FINETUNE_STEPS = 40
 
 
@@ -81,6 +83,13 @@ def new_viewer(title: str):
     return viewer
 
 
+def add_widget(viewer, name: str):
+    """Dock a widget and wait until it has listed the models (it does so in a worker)."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-lgms", name)
+    wait_until(lambda: widget.models_ready, timeout=120)
+    return widget
+
+
 def run_segment(widget) -> None:
     widget.run()
     if widget.task is None:
@@ -95,7 +104,7 @@ def shot_segment(out: Path) -> None:
 
     viewer = new_viewer("napari-lgms: Segment")
     viewer.open_sample("napari-lgms", "ultrasound")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-lgms", "Segment")
+    widget = add_widget(viewer, "Segment")
     trained = choose_model(widget, "ultrasound")
     run_segment(widget)
     labels = widget.last_output
@@ -120,7 +129,7 @@ def shot_volume(out: Path) -> None:
     image = viewer.layers["volume"]
     z = image.data.shape[0] // 2
     viewer.dims.set_point(0, z * image.scale[0])
-    _, widget = viewer.window.add_plugin_dock_widget("napari-lgms", "Segment")
+    widget = add_widget(viewer, "Segment")
     trained = choose_model(widget, "volume", dims=2)
     box = np.array([[z, 14, 10], [z, 14, 60], [z, 58, 60], [z, 58, 10]], dtype=float)  # data coordinates
     viewer.add_shapes([box], shape_type="rectangle", name="box prompt", edge_color="yellow",
@@ -137,7 +146,7 @@ def shot_volume(out: Path) -> None:
 def shot_endoscopy(out: Path) -> None:
     viewer = new_viewer("napari-lgms: endoscopy")
     viewer.open_sample("napari-lgms", "endoscopy")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-lgms", "Segment")
+    widget = add_widget(viewer, "Segment")
     trained = choose_model(widget, "endoscopy")
     run_segment(widget)
     viewer.layers["endoscopy segmentation"].contour = 2
@@ -155,8 +164,8 @@ def shot_finetune(out: Path) -> None:
 
     viewer = new_viewer("napari-lgms: Fine-tune")
     viewer.open_sample("napari-lgms", "ultrasound")
-    _, segment = viewer.window.add_plugin_dock_widget("napari-lgms", "Segment")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-lgms", "Fine-tune")
+    segment = add_widget(viewer, "Segment")
+    widget = add_widget(viewer, "Fine-tune")
     store = CorrectionsStore(segment.corrections.store.root)
     for seed in range(1, 7):
         image, mask = make_ultrasound(seed=seed)
@@ -178,8 +187,22 @@ def shot_finetune(out: Path) -> None:
     viewer.close()
 
 
+def shot_laptop(out: Path) -> None:
+    viewer = new_viewer("napari-lgms on a laptop screen")
+    viewer.window.resize(*LAPTOP_SIZE)
+    viewer.open_sample("napari-lgms", "ultrasound")
+    widget = add_widget(viewer, "Segment")
+    add_widget(viewer, "Fine-tune")
+    trained = choose_model(widget, "ultrasound")
+    run_segment(widget)
+    banner(viewer, trained)
+    settle()
+    viewer.screenshot(str(out / "screenshot-laptop.png"), canvas_only=False)
+    viewer.close()
+
+
 SHOTS = {"segment": shot_segment, "volume": shot_volume, "endoscopy": shot_endoscopy,
-         "finetune": shot_finetune}
+         "finetune": shot_finetune, "laptop": shot_laptop}
 
 
 def main(argv=None) -> int:
