@@ -431,3 +431,11 @@ def test_three_d_model_refuses_2d_image_and_slice_index(tiny_model):
 def test_channel_mismatch_for_three_channel_model(tiny_model):
     with pytest.raises(InputError, match=r"model takes 3 channel\(s\), image has 2"):
         segment(np.zeros((16, 16, 2)), tiny_model(in_channels=3), channel_axis=-1)
+
+
+def test_a_resampling_that_would_need_too_much_memory_is_refused_in_one_line(tiny_model):
+    model = tiny_model(spatial_dims=3)
+    model.card.input["spacing"] = [1.0, 1.0, 1.0]
+    with pytest.raises(InputError, match=r"needs \d+\.\d GiB") as error:
+        segment(np.zeros((4, 4, 4), np.float32), model, spacing=(1000.0, 1000.0, 1000.0))
+    assert "\n" not in str(error.value)

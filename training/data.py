@@ -208,7 +208,8 @@ class PrepareSpec:
 
 @dataclass
 class Sample:
-    """A prepared example: ``image`` (C, *S) float32, ``mask`` (*S) uint8/int64, ``focus`` flat indices."""
+    """A prepared example: ``image`` (C, *S) float32, ``mask`` (*S) uint8/int64, ``focus`` flat indices,
+    ``region`` (*S) bool: where the user changed the model's prediction (corrections only)."""
 
     name: str
     image: np.ndarray
@@ -216,6 +217,7 @@ class Sample:
     focus: np.ndarray | None
     spacing: tuple[float, ...] | None = None
     original_shape: tuple[int, ...] = ()  # spatial shape before any resize
+    region: np.ndarray | None = None
 
 
 def _resize_labels(mask: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
@@ -275,7 +277,8 @@ def prepare(raw: RawExample, spec: PrepareSpec, name: str = "image") -> Sample:
     focus = np.flatnonzero(source)
     if len(focus) > MAX_FOCUS:
         focus = np.random.default_rng(0).choice(focus, MAX_FOCUS, replace=False)
-    return Sample(name, image, mask, focus if len(focus) else None, raw.spacing, tuple(raw.image.shape[1:]))
+    return Sample(name, image, mask, focus if len(focus) else None, raw.spacing, tuple(raw.image.shape[1:]),
+                  region if region is not None and region.any() else None)
 
 
 # ----------------------------------------------------------------------------- near duplicates & split

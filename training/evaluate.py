@@ -55,51 +55,60 @@ def sliding_window_logits(network, image, window: tuple[int, ...], *, overlap: f
     return total / torch.from_numpy(weight_map(spatial, windows, gaussian)).to(image.device)
 
 
-def evaluate_sums(network, samples: Sequence, device, num_classes: int, *, batch_size: int = 8,
-                  autocast=contextlib.nullcontext, window: tuple[int, ...] | None = None) -> dict[str, float]:
-    """Sum of per-image metrics over ``samples`` (plus ``count``); the network is left in eval mode.
+def score_samples(network, samples: Sequence, device, num_classes: int, *, batch_size: int = 8,
+                  autocast=contextlib.nullcontext, window: tuple[int, ...] | None = None,
+                  flips: Sequence[tuple[int, ...]] = ((),)) -> list[dict[str, float]]:
+    """Per-sample metrics (``metric_keys``), in the order of ``samples``; the network is left in eval mode.
 
-    ``window``: predict each sample by sliding windows of this size (see the module docstring).
+    ``window``: predict each sample by sliding windows of this size (see the module docstring);
+    ``flips``: average the logits over these flips (:func:`napari_lgms.inference.augment.flip_sets`).
     """
     import torch
 
+    from napari_lgms.inference.augment import average_over_flips
     from napari_lgms.models.padding import padded_forward
     from napari_lgms.training.losses import segmentation_loss
 
-    keys = metric_keys(num_classes)
-    totals = dict.fromkeys(keys, 0.0)
-    totals["count"] = 0.0
+    def forward(images):
+        if window is None:
+            with autocast():
+                return padded_forward(network, images).float()
+        return torch.cat([sliding_window_logits(network, images[i:i + 1], window, batch_size=batch_size,
+                                                autocast=autocast) for i in range(len(images))])
+
     network.eval()
-    by_shape: dict[tuple, list] = {}
-    for sample in samples:
-        by_shape.setdefault(tuple(sample.image.shape), []).append(sample)
+    by_shape: dict[tuple, list[int]] = {}
+    for index, sample in enumerate(samples):
+        by_shape.setdefault(tuple(sample.image.shape), []).append(index)
+    rows: list[dict[str, float]] = [{} for _ in samples]
     with torch.no_grad():
-        for group in by_shape.values():
-            for start in range(0, len(group), batch_size):
-                batch = group[start:start + batch_size]
+        for indices in by_shape.values():
+            for start in range(0, len(indices), batch_size):
+                chosen = indices[start:start + batch_size]
+                batch = [samples[i] for i in chosen]
                 images = torch.from_numpy(np.stack([s.image for s in batch])).to(device)
                 masks = torch.from_numpy(np.stack([s.mask.astype(np.int64) for s in batch])).to(device)
-                if window is None:
-                    with autocast():
-                        logits = padded_forward(network, images).float()
-                else:
-                    logits = torch.cat([sliding_window_logits(network, images[i:i + 1], window,
-                                                              batch_size=batch_size, autocast=autocast)
-                                        for i in range(len(batch))])
-                for i, sample in enumerate(batch):
-                    totals["loss"] += float(segmentation_loss(logits[i:i + 1], masks[i:i + 1]))
+                logits = average_over_flips(forward, images, list(flips))
+                for i, (index, sample) in enumerate(zip(chosen, batch)):
+                    row = {"loss": float(segmentation_loss(logits[i:i + 1], masks[i:i + 1]))}
                     if num_classes == 1:
-                        prediction = (logits[i, 0] > 0).cpu().numpy()
-                        scores = binary_scores(prediction, sample.mask)
-                        totals["iou"] += scores["iou"]
-                        totals["dice"] += scores["dice"]
+                        row.update(binary_scores((logits[i, 0] > 0).cpu().numpy(), sample.mask))
                     else:
-                        prediction = logits[i].argmax(0).cpu().numpy()
-                        per_class = class_dice(prediction, sample.mask, list(range(1, num_classes)))
-                        totals["dice"] += float(np.mean(list(per_class.values())))
-                        for label, value in per_class.items():
-                            totals[f"dice_class_{label}"] += value
-                    totals["count"] += 1
+                        per_class = class_dice(logits[i].argmax(0).cpu().numpy(), sample.mask,
+                                               list(range(1, num_classes)))
+                        row["dice"] = float(np.mean(list(per_class.values())))
+                        row.update({f"dice_class_{label}": value for label, value in per_class.items()})
+                    rows[index] = {key: row[key] for key in metric_keys(num_classes)}
+    return rows
+
+
+def evaluate_sums(network, samples: Sequence, device, num_classes: int, *, batch_size: int = 8,
+                  autocast=contextlib.nullcontext, window: tuple[int, ...] | None = None) -> dict[str, float]:
+    """Sum of per-image metrics over ``samples`` (plus ``count``), from :func:`score_samples`."""
+    rows = score_samples(network, samples, device, num_classes, batch_size=batch_size, autocast=autocast,
+                         window=window)
+    totals = {key: float(sum(row[key] for row in rows)) for key in metric_keys(num_classes)}
+    totals["count"] = float(len(rows))
     return totals
 
 

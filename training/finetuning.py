@@ -1,51 +1,72 @@
-"""Fine-tuning a model on a user's corrections, sized for a laptop CPU and a time budget.
+"""Fine-tuning a model on a user's corrections, within a time budget, with an honest verdict.
 
->>> result = finetune("lgmsnet-polyp", corrections=store_root, time_budget=120)   # doctest: +SKIP
+>>> result = finetune("lgmsnet-breast-us", corrections=store_root, time_budget=120)   # doctest: +SKIP
+>>> result.verdict, result.saved                                                       # doctest: +SKIP
+('better', True)
 
 What it does, in order:
 
-1. loads the model (name or path) and the examples (a corrections store, or
-   image/mask folders); holds out ~20 % of them for validation (seeded); with
-   fewer than 3 examples it validates on the training ones and says so;
-2. evaluates the *starting* weights on validation: that is the score to beat;
-3. trains with AdamW at a constant LR after a short warm-up; batch-norm
-   statistics stay frozen (tiny batches would corrupt them) and, if asked, the
-   first half of the parameter tensors in definition order (the encoder of every
-   shipped U-shaped network) is frozen too. For "resize" models the first
-   part of the run sees the images at half resolution; the rest sees crops
-   of the full-resolution images centred on the voxels the user corrected
-   ("fast") or whole images ("default"). "patch" models (3D, large 2D) train
-   on patches centred on the corrections;
-4. re-evaluates every ``eval_every`` seconds (or steps) and keeps the best
-   weights, *including the starting ones*: the result is never worse on
-   validation than the model it started from;
-5. stops when the budget is spent (checked before every step, keeping time
-   for the final evaluation), then saves a new version
-   ``NAME-ft-YYYYmmdd-HHMMSS`` (version + 1) with its lineage (parent name,
-   parent weights sha256, data, metrics before/after) in the card.
+1. checks every argument and the output folder, then loads the model and the corrections (a
+   corrections store, or image/mask folders), prepared exactly as inference prepares an image
+   (the card's channels, normalisation, and its resize or patch size), and the optional
+   unlabelled images of the same domain (a folder or arrays);
+2. scores the parent on every correction, as users run it (the card's test-time augmentation);
+3. **cross-fits**: splits the corrections into two folds and adapts a copy of the parent on each
+   fold (a quarter of the budget each), scoring it on the other. Every correction is then scored
+   once by the parent and once by a model that never saw it; :func:`adaptation.judge` turns those
+   paired differences into "better", "no evidence" or "worse";
+4. adapts the parent on all corrections (the rest of the budget): that is the candidate;
+5. saves the candidate as a new version ``NAME-ft-YYYYmmdd-HHMMSS`` (lineage, the evidence) only
+   when the verdict is "better". Otherwise nothing is written; the candidate stays in
+   :attr:`FinetuneResult.candidate` for callers who want to look at it.
+
+One adaptation run (:func:`adapt_steps`): the batch-norm statistics re-estimated on the target
+images (corrections and unlabelled), then AdamW on a cosine schedule over the run's time or steps,
+the loss weighted towards the pixels the user changed, the parent's (flip-averaged) predictions
+as targets on unlabelled images, and a pull of the weights back towards the parent's after every
+step. Batch-norm statistics stay frozen while training: a batch of two cannot estimate them.
 """
 from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, Sequence
 
-from napari_lgms.errors import InputError
+import numpy as np
+
+from napari_lgms.errors import InputError, OutputError
 from napari_lgms.training.engine import TrainProgress
 
+
+@dataclass(frozen=True)
+class AdaptSettings:
+    """How one adaptation run learns (see the module docstring)."""
+
+    lr: float = 3e-4
+    batch_size: int = 4
+    freeze_encoder: bool = False
+    anchor: float = 0.02  # fraction of the distance to the parent's weights pulled back per full-lr step
+    distill_weight: float = 0.5  # parent agreement on unlabelled images, relative to the labels loss
+    corrected_weight: float = 2.0  # extra pixel weight where the user changed the prediction
+    intensity: float = 0.2  # strength of the random gamma / contrast change (0: none)
+    renormalise: bool = True
+    max_unlabelled: int = 64
+
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # A laptop CPU: ~2 minutes for LGMSNet on ~10 examples at 256x256.
-    "fast": dict(time_budget=110.0, lr=1e-3, batch_size=2, freeze_encoder=True, lowres_fraction=0.5,
-                 crop_full_resolution=True, eval_every_seconds=25.0, warmup_steps=5),
-    "default": dict(steps=300, lr=5e-4, batch_size=4, freeze_encoder=False, lowres_fraction=0.3,
-                    crop_full_resolution=False, eval_every_seconds=60.0, warmup_steps=10),
+    # The defaults of the widget, the CLI and the API: about two minutes on a laptop CPU.
+    "default": dict(time_budget=120.0),
+    "fast": dict(time_budget=60.0),
 }
-AUGMENTATION = dict(rot90_p=0.5, flip_p=0.5, intensity_p=0.5, noise_p=0.2, scale_p=0.3, elastic_p=0.2)
+VERDICT_MARGIN = 0.01  # a mean change under one score point is no change
+VERDICT_CONFIDENCE = 1.5  # standard errors between the mean change and zero
+FOLD_SHARE = 0.25  # of the training time, per cross-fitting fold; the candidate gets the rest
 FT_SUFFIX = re.compile(r"-ft-\d{8}-\d{6}$")
 
 
@@ -53,8 +74,10 @@ FT_SUFFIX = re.compile(r"-ft-\d{8}-\d{6}$")
 class FinetuneResult:
     """What a fine-tune run decided. ``card_path`` is None and ``name`` the parent's when nothing was saved.
 
-    ``verdict``: "better", "no evidence" or "worse" (the evidence from every correction);
-    a new model is saved only when it is "better".
+    ``verdict``: "better", "no evidence" or "worse", from every correction scored by a model that
+    did not train on it (``evidence``); a new model is saved only when it is "better".
+    ``metrics_before`` / ``metrics_after``: the parent's and the cross-fitted models' mean scores
+    on the corrections. ``candidate``: the model trained on all corrections, saved or not.
     """
 
     card_path: Path | None
@@ -71,7 +94,7 @@ class FinetuneResult:
     verdict: str = "no evidence"
     saved: bool = False
     evidence: dict[str, Any] = field(default_factory=dict)
-    candidate: Any = None  # the fine-tuned LoadedModel, in memory, whether saved or not
+    candidate: Any = None
 
 
 def new_version_name(parent: str, now: datetime | None = None) -> str:
@@ -93,24 +116,215 @@ def freeze_first_half(network) -> int:
     return count
 
 
-def _freeze_norm_statistics(network) -> None:
-    import torch.nn as nn
+# ----------------------------------------------------------------------------- arguments
+def _positive(value, what: str, *, integer: bool = False):
+    if value is None:
+        return None
+    try:
+        number = int(value) if integer else float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a positive number, got {value!r}") from None
+    if not math.isfinite(number) or number <= 0 or (integer and number != float(value)):
+        raise InputError(f"{what} must be a positive {'whole ' if integer else ''}number, got {value!r}")
+    return number
 
-    for module in network.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
+
+def _settings(preset: str, lr, batch_size, freeze_encoder) -> tuple[AdaptSettings, dict[str, Any]]:
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; accepted: {', '.join(PRESETS)}")
+    settings = AdaptSettings()
+    changes = {k: v for k, v in (("lr", _positive(lr, "lr")),
+                                 ("batch_size", _positive(batch_size, "batch size", integer=True)),
+                                 ("freeze_encoder", freeze_encoder)) if v is not None}
+    return replace(settings, **changes), dict(PRESETS[preset])
 
 
-def _halved(size: tuple[int, ...], divisor: int) -> tuple[int, ...]:
-    return tuple(max(divisor, (s // 2) // divisor * divisor) for s in size)
+def _destination(output) -> Path:
+    """The output folder, created and checked for writing before any work starts."""
+    from napari_lgms.zoo import user_model_dir
+
+    destination = Path(output).expanduser() if output is not None else user_model_dir()
+    if destination.exists() and not destination.is_dir():
+        raise InputError(f"--output {destination} is a file; give a folder for the new model")
+    try:
+        destination.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create the output folder {destination} ({error.strerror or error})") from None
+    if not os.access(destination, os.W_OK | os.X_OK):
+        raise OutputError(f"the output folder {destination} is not writable")
+    return destination
 
 
+# ----------------------------------------------------------------------------- data
+def _unlabelled_samples(unlabelled, spec, limit: int, seed: int) -> list:
+    """Prepared (mask-less) samples from a folder of images or a sequence of arrays (spatial axes
+    first, channels last if any), at most ``limit`` of them (a seeded choice)."""
+    from napari_lgms.inference.geometry import channels_first, find_channel_axis
+    from napari_lgms.training.data import RawExample, prepare
+
+    if unlabelled is None:
+        return []
+    if isinstance(unlabelled, (str, os.PathLike)):
+        from napari_lgms.io import is_supported, read_image
+
+        folder = Path(unlabelled).expanduser()
+        if not folder.is_dir():
+            raise InputError(f"unlabelled images: {folder} is not a folder")
+        files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and is_supported(p))
+        chosen = _choose(files, limit, seed)
+        arrays = [(read_image(p).array, p.name) for p in chosen]
+    else:
+        arrays = [(np.asarray(a), f"unlabelled {i}") for i, a in enumerate(_choose(list(unlabelled), limit, seed))]
+    samples = []
+    for array, label in arrays:
+        axis = find_channel_axis(array.shape, "auto", spec.spatial_dims, spec.in_channels)
+        image = np.asarray(channels_first(array, axis), dtype=np.float32)
+        if image.ndim - 1 != spec.spatial_dims:
+            continue  # another dimensionality (a volume beside 2D images): not this model's input
+        blank = np.zeros(image.shape[1:], dtype=np.uint8)
+        samples.append(prepare(RawExample(image, blank), spec, label))
+    return samples
+
+
+def _choose(items: list, limit: int, seed: int) -> list:
+    if len(items) <= limit:
+        return items
+    return [items[i] for i in sorted(np.random.default_rng(seed).choice(len(items), limit, replace=False))]
+
+
+# ----------------------------------------------------------------------------- one adaptation run
+@dataclass
+class _Context:
+    """What every adaptation run of one fine-tune shares."""
+
+    parent: Any  # torch.nn.Module, eval mode, on the device
+    device: Any
+    autocast: Callable
+    settings: AdaptSettings
+    flip_axes: tuple[int, ...]
+    patch: tuple[int, ...] | None  # patch-mode crop size, None for whole (resized) images
+    unlabelled: list  # prepared samples
+    parent_logits: list  # (K, *S) float32 per unlabelled sample: the parent's (flip-averaged) logits
+    seed: int
+
+
+def adapt_steps(context: _Context, samples: Sequence, *, seconds: float | None, steps: int | None,
+                should_stop: Callable[[], bool] | None, label: str,
+                clock: Callable[[], float] = time.monotonic) -> Generator[TrainProgress, None, tuple[Any, int]]:
+    """Adapt a copy of the parent to ``samples`` for ``seconds`` or ``steps``; yields a report every
+    step and returns ``(network, steps taken)``."""
+    import torch
+
+    from napari_lgms.training.adaptation import (ParentAnchor, adaptation_loss, cosine_fraction, renormalise)
+
+    settings = context.settings
+    network = copy.deepcopy(context.parent)
+    if settings.renormalise:
+        renormalise(network, [s.image for s in samples] + [s.image for s in context.unlabelled], context.device)
+    if settings.freeze_encoder:
+        freeze_first_half(network)
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.0)
+    anchor = ParentAnchor(network, settings.anchor)
+    rng = np.random.default_rng([context.seed, len(samples), sum(map(ord, label))])
+    started, step, loss_value = clock(), 0, None
+    network.eval()  # batch-norm statistics stay as estimated; there is no dropout to switch on
+    while True:
+        elapsed = clock() - started
+        progress = step / steps if steps is not None else elapsed / max(seconds or 0.0, 1e-9)
+        if progress >= 1.0 or (should_stop is not None and should_stop()):
+            break
+        fraction = cosine_fraction(progress)
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * fraction
+        images, masks, weights, unlabelled, targets = _batch(context, samples, rng)
+        with context.autocast():
+            logits = network(torch.cat([images, unlabelled]) if unlabelled is not None else images)
+        labelled_logits = logits[:len(images)]
+        extra = logits[len(images):] if unlabelled is not None else None
+        loss = adaptation_loss(labelled_logits, masks, weights, extra, targets,
+                               distill_weight=settings.distill_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        anchor.pull(fraction)
+        step += 1
+        loss_value = float(loss.detach())
+        remaining = None if seconds is None else max(seconds - (clock() - started), 0.0)
+        yield TrainProgress(step, steps or 0, 0, 0, loss_value, settings.lr * fraction, clock() - started,
+                            remaining, None, "train", label)
+    network.eval()
+    return network, step
+
+
+def _batch(context: _Context, samples: Sequence, rng: np.random.Generator):
+    """A batch of corrections (images, masks, pixel weights) and, when there are unlabelled images,
+    as many unlabelled views with the parent's logits as targets (the same flips and crops)."""
+    import torch
+
+    from napari_lgms.training.adaptation import pixel_weights, training_view
+    from napari_lgms.training.augment import sample_patch
+
+    settings = context.settings
+    size = settings.batch_size
+    views = []
+    for index in rng.integers(0, len(samples), size):
+        sample = samples[int(index)]
+        image, mask, weight = sample.image, sample.mask, pixel_weights(sample, settings.corrected_weight)
+        if context.patch is not None:
+            stacked, mask = sample_patch(np.concatenate([image, weight[None]]), mask, context.patch, rng,
+                                         sample.focus, 0.8)
+            image, weight = stacked[:-1], stacked[-1]
+        views.append(training_view(image, mask, weight, rng, context.flip_axes, settings.intensity))
+    images = torch.from_numpy(np.stack([v[0] for v in views])).to(context.device)
+    masks = torch.from_numpy(np.stack([v[1].astype(np.int64) for v in views])).to(context.device)
+    weights = torch.from_numpy(np.stack([v[2] for v in views])).to(context.device)
+    if not context.unlabelled or settings.distill_weight <= 0:
+        return images, masks, weights, None, None
+    extra = []
+    for index in rng.integers(0, len(context.unlabelled), size):
+        sample, target = context.unlabelled[int(index)], context.parent_logits[int(index)]
+        stacked, channels = np.concatenate([sample.image, target]), sample.image.shape[0]
+        blank = np.zeros(stacked.shape[1:], dtype=np.uint8)
+        if context.patch is not None:
+            stacked, blank = sample_patch(stacked, blank, context.patch, rng, None, 0.0)
+        view, _, _ = training_view(stacked, blank, blank.astype(np.float32), rng, context.flip_axes, 0.0)
+        image = view[:channels]
+        if settings.intensity > 0:
+            image, _, _ = training_view(image, blank, blank, rng, (), settings.intensity)
+        extra.append((image, view[channels:]))
+    unlabelled = torch.from_numpy(np.stack([e[0] for e in extra])).to(context.device)
+    targets = torch.from_numpy(np.stack([e[1] for e in extra])).to(context.device)
+    return images, masks, weights, unlabelled, targets
+
+
+def _parent_logits(network, samples: Sequence, device, flips, window) -> list[np.ndarray]:
+    """The parent's logits (K, *S) on each prepared sample, averaged over ``flips``."""
+    import torch
+
+    from napari_lgms.inference.augment import average_over_flips
+    from napari_lgms.models.padding import padded_forward
+    from napari_lgms.training.evaluate import sliding_window_logits
+
+    def forward(batch):
+        if window is None:
+            return padded_forward(network, batch)
+        return sliding_window_logits(network, batch, window)
+
+    network.eval()
+    with torch.no_grad():
+        return [average_over_flips(forward, torch.from_numpy(s.image[None]).to(device), flips)[0].cpu().numpy()
+                for s in samples]
+
+
+# ----------------------------------------------------------------------------- the fine-tune
 def finetune_steps(
     model,
     *,
     corrections: str | Path | None = None,
     images: str | Path | None = None,
     masks: str | Path | None = None,
+    unlabelled: str | Path | Sequence[np.ndarray] | None = None,
     output: str | Path | None = None,
     time_budget: float | None = None,
     steps: int | None = None,
@@ -119,7 +333,6 @@ def finetune_steps(
     freeze_encoder: bool | None = None,
     lr: float | None = None,
     batch_size: int | None = None,
-    eval_every: int | None = None,
     seed: int = 0,
     name: str | None = None,
     precision: str = "auto",
@@ -127,240 +340,192 @@ def finetune_steps(
 ) -> Generator[TrainProgress, None, FinetuneResult]:
     """Fine-tune ``model`` (a name, a path or a LoadedModel); yields progress, returns :class:`FinetuneResult`.
 
-    ``time_budget`` (seconds, whole call) and/or ``steps`` bound the run; with
-    neither, the preset decides. ``eval_every`` (steps) overrides the preset's
-    evaluation interval in seconds. ``precision``: "auto" (bf16 autocast on CPUs with
-    native bf16 and on CUDA GPUs that have it, else fp32), "fp32" or "bf16".
+    ``time_budget`` (seconds, the whole call) or ``steps`` (optimiser steps of the candidate run;
+    each cross-fitting run takes half as many) bound the run; with neither, the preset's budget.
+    ``unlabelled``: a folder of images or a sequence of arrays of the same domain, without labels.
+    ``precision``: "auto" (bf16 autocast on CPUs with native bf16 and on CUDA GPUs that have it,
+    else fp32), "fp32" or "bf16". ``should_stop``: checked every step; a stopped run saves nothing.
     """
-    import numpy as np
     import torch
 
     from napari_lgms._device import select_device
+    from napari_lgms.inference.augment import flip_sets, resolve
     from napari_lgms.training import data as data_mod
-    from napari_lgms.training.augment import AugmentParams
+    from napari_lgms.training.adaptation import judge
     from napari_lgms.training.engine import autocast_factory, resolve_precision
-    from napari_lgms.training.evaluate import evaluate_sums, means
-    from napari_lgms.training.losses import segmentation_loss
-    from napari_lgms.zoo import LoadedModel, load_model, save_model, sha256_of, user_model_dir
+    from napari_lgms.training.evaluate import score_samples
+    from napari_lgms.zoo import LoadedModel, load_model, sha256_of, validate_model_name
 
     started = time.monotonic()
-    if preset not in PRESETS:
-        raise InputError(f"unknown preset {preset!r}; accepted: {', '.join(PRESETS)}")
-    settings = dict(PRESETS[preset])
+    settings, preset_budget = _settings(preset, lr, batch_size, freeze_encoder)
+    time_budget = _positive(time_budget, "time budget (seconds)")
+    steps = _positive(steps, "steps", integer=True)
     if time_budget is None and steps is None:
-        time_budget, steps = settings.get("time_budget"), settings.get("steps")
-    if time_budget is not None and time_budget <= 0:
-        raise InputError(f"time budget must be positive seconds, got {time_budget}")
-    if steps is not None and steps < 0:
-        raise InputError(f"steps must be >= 0, got {steps}")
-    lr = float(lr if lr is not None else settings["lr"])
-    batch_size = int(batch_size or settings["batch_size"])
-    freeze = settings["freeze_encoder"] if freeze_encoder is None else bool(freeze_encoder)
+        time_budget = preset_budget["time_budget"]
+    if name is not None:
+        validate_model_name(name)
+    if corrections is None and (images is None or masks is None):
+        raise InputError("give corrections (a corrections store folder), images and masks folders, or both")
+    destination = _destination(output)
     torch_device = select_device(device)
     amp_dtype, needs_scaler = resolve_precision(precision, torch_device)
     autocast = autocast_factory(torch_device, None if needs_scaler else amp_dtype)  # bf16 only: no scaler here
 
-    # -- model -----------------------------------------------------------------------------
-    if isinstance(model, LoadedModel):
-        loaded = model
-    else:
-        loaded = load_model(model, torch_device, allow_untrained=True)
-    parent = loaded.card
-    if freeze_encoder is None and loaded.origin == "untrained":
-        freeze = False  # random features are not worth keeping
-    network = copy.deepcopy(loaded.network).to(torch_device)
-    parent_sha = parent.weights.get("sha256")
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, torch_device, allow_untrained=True)
+    parent_card = loaded.card
+    parent_network = copy.deepcopy(loaded.network).to(torch_device).eval()
+    for parameter in parent_network.parameters():
+        parameter.requires_grad_(True)
+    parent_sha = parent_card.weights.get("sha256")
     if not parent_sha and loaded.path is not None:
-        weights = Path(loaded.path).with_suffix(".safetensors")
-        parent_sha = sha256_of(weights) if weights.is_file() else None
+        weights_file = Path(loaded.path).with_suffix(".safetensors")
+        parent_sha = sha256_of(weights_file) if weights_file.is_file() else None
 
-    # -- data: corrections (validation is held out from these), plus optional folder pairs -----
-    if corrections is None and (images is None or masks is None):
-        raise InputError("give corrections (a corrections store folder), images and masks folders, or both")
+    # -- data --------------------------------------------------------------------------------
     examples, data_record = [], {}
     if corrections is not None:
-        examples, kind, _ = data_mod.discover_examples(data=str(corrections))
-        data_record.update(kind=kind, corrections=str(corrections), keys=[e.name for e in examples])
-    held_out_pool = len(examples)
+        found, kind, _ = data_mod.discover_examples(data=str(corrections))
+        examples += found
+        data_record.update(kind=kind, corrections=str(corrections), keys=[e.name for e in found])
     if images is not None and masks is not None:
-        extra, kind, _ = data_mod.discover_examples(images=str(images), masks=str(masks))
-        examples += extra
-        data_record.update(images=str(images), masks=str(masks), names=[e.name for e in extra])
+        found, kind, _ = data_mod.discover_examples(images=str(images), masks=str(masks))
+        examples += found
+        data_record.update(images=str(images), masks=str(masks), names=[e.name for e in found])
         data_record.setdefault("kind", kind)
-    if not held_out_pool:
-        held_out_pool = len(examples)
-    num_classes = parent.num_classes
-    dims = parent.spatial_dims
-    divisor = int(getattr(network, "size_divisor", parent.input.get("size_divisor", 1)))
-    patch = tuple(int(s) for s in parent.input.get("patch_size") or [256] * dims)
-    mode = "resize" if parent.input.get("mode", "resize") == "resize" else "patch"
-    spec = data_mod.PrepareSpec(parent.in_channels, num_classes, dims, patch, mode, dict(parent.normalization))
+    dims = parent_card.spatial_dims
+    patch = tuple(int(s) for s in parent_card.input.get("patch_size") or [256] * dims)
+    mode = "resize" if parent_card.input.get("mode", "resize") == "resize" else "patch"
+    spec = data_mod.PrepareSpec(parent_card.in_channels, parent_card.num_classes, dims, patch, mode,
+                                dict(parent_card.normalization))
     cache = data_mod.SampleCache(examples, spec)
     for done in cache.preload():
-        yield TrainProgress(0, steps or 0, 0, 0, None, 0.0, time.monotonic() - started, None, None, "loading",
-                            f"loaded {done}/{len(examples)} examples")
-    split = data_mod.split_examples(held_out_pool, 0.2, seed)
-    split.train += list(range(held_out_pool, len(examples)))  # folder pairs only ever train
-    val_samples = [cache.get(i) for i in split.val]
+        yield TrainProgress(0, 0, 0, 0, None, 0.0, time.monotonic() - started, time_budget, None, "loading",
+                            f"loaded {done}/{len(examples)} corrections")
+    samples = [cache.get(i) for i in range(len(examples))]
+    extra_samples = _unlabelled_samples(unlabelled, spec, settings.max_unlabelled, seed)
+    data_record["unlabelled"] = len(extra_samples)
+    tta = resolve(None, parent_card)
+    flips = flip_sets(tta, dims)
+    window = patch if mode == "patch" else None
+    yield TrainProgress(0, 0, 0, 0, None, 0.0, time.monotonic() - started, None, None, "loading",
+                        f"{len(samples)} corrections, {len(extra_samples)} unlabelled images")
 
-    augment = AugmentParams(**AUGMENTATION)
-    phases = []  # (dataset, fraction of the run)
-    lowres_fraction = settings["lowres_fraction"] if mode == "resize" else 0.0
-    if lowres_fraction > 0:
-        low = _halved(patch, divisor)
-        low_cache = data_mod.SampleCache(examples, replace(spec, patch_size=low))
-        phases.append((data_mod.TrainingDataset(low_cache, split.train, augment, seed, 0.8), lowres_fraction))
-        crop = low if settings["crop_full_resolution"] else patch
-        phases.append((data_mod.TrainingDataset(cache, split.train, augment, seed + 1, 0.8, patch_size=crop), 1.0))
-    else:
-        phases.append((data_mod.TrainingDataset(cache, split.train, augment, seed, 0.8), 1.0))
+    # -- the parent's scores, and its predictions on the unlabelled images -----------------------
+    def scores(network, chosen) -> list[dict[str, float]]:
+        return score_samples(network, chosen, torch_device, parent_card.num_classes, batch_size=4,
+                             autocast=autocast, window=window, flips=flips)
 
-    # -- the score to beat -----------------------------------------------------------------
-    def evaluate() -> dict[str, float]:
-        return means(evaluate_sums(network, val_samples, torch_device, num_classes, batch_size=batch_size))
+    before_rows = scores(parent_network, samples)
+    context = _Context(parent_network, torch_device, autocast, settings,
+                       tuple(range(dims)) if tta == "flips" else (), patch if mode == "patch" else None,
+                       extra_samples, _parent_logits(parent_network, extra_samples, torch_device, flips, window),
+                       seed)
+    metric = "iou" if parent_card.num_classes == 1 else "dice"
 
-    eval_started = time.monotonic()
-    before = evaluate()
-    eval_seconds = time.monotonic() - eval_started
-    metric = "dice"
-    best_value, best_metrics = before[metric], before
-    best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-    validation_note = split.describe()
-    yield TrainProgress(0, steps or 0, 0, 0, None, 0.0, time.monotonic() - started, None, before, "validate",
-                        f"starting model: dice {before[metric]:.4f} on {validation_note}")
+    # -- cross-fitting, then the candidate ------------------------------------------------------
+    from napari_lgms.training.adaptation import cross_fit_folds
 
-    # -- train -----------------------------------------------------------------------------
-    torch.manual_seed(seed)
-    if freeze:
-        freeze_first_half(network)
-    trainable = [p for p in network.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=1e-4)
-    warmup = int(settings["warmup_steps"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(warmup, 1)))
-
-    def budget_left() -> float:
-        return math.inf if time_budget is None else time_budget - (time.monotonic() - started)
-
-    step, step_seconds, last_report = 0, 0.0, 0.0
-    last_eval_step, last_eval_time = 0, time.monotonic()
-
-    def validate_and_keep() -> tuple[dict[str, float], bool]:
-        nonlocal best_value, best_metrics, best_state, last_eval_step, last_eval_time, eval_seconds
-        tick = time.monotonic()
-        metrics = evaluate()
-        eval_seconds = max(eval_seconds, time.monotonic() - tick)
-        last_eval_step, last_eval_time = step, time.monotonic()
-        better = metrics[metric] > best_value + 1e-9
-        if better:
-            best_value, best_metrics = metrics[metric], metrics
-            best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-        return metrics, better
-    stopped = False
-    total_estimate = steps or 0
-    epoch = 0
-    while True:
-        phase_index = 0
-        if len(phases) > 1:
-            if steps is not None and time_budget is None:
-                progress_fraction = step / max(steps, 1)
-            else:
-                spent = time.monotonic() - started
-                progress_fraction = spent / time_budget if time_budget else step / max(steps or 1, 1)
-            phase_index = 0 if progress_fraction < phases[0][1] else 1
-        dataset = phases[phase_index][0]
-        dataset.set_epoch(epoch)
-        order = np.random.default_rng([seed, epoch]).permutation(len(dataset))
-        epoch += 1
-        finished = False
-        for start in range(0, len(order), batch_size):
-            if steps is not None and step >= steps:
-                finished = True
-                break
-            if budget_left() < eval_seconds + step_seconds:
-                finished = True
-                break
-            if should_stop and should_stop():
-                finished = stopped = True
-                break
-            items = [dataset[int(i)] for i in order[start:start + batch_size]]
-            batch_images = torch.stack([x for x, _ in items]).to(torch_device)
-            batch_masks = torch.stack([y for _, y in items]).to(torch_device)
-            tick = time.monotonic()
-            network.train()
-            _freeze_norm_statistics(network)
-            with autocast():
-                logits = network(batch_images)
-            loss = segmentation_loss(logits, batch_masks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            duration = time.monotonic() - tick
-            step_seconds = duration if step == 1 else 0.8 * step_seconds + 0.2 * duration
-            if time_budget is not None and steps is None:
-                total_estimate = step + max(int(budget_left() / max(step_seconds, 1e-6)), 0)
-            now = time.monotonic()
-            if now - last_report >= 0.05:
-                last_report = now
-                remaining = None if time_budget is None else max(budget_left(), 0.0)
-                yield TrainProgress(step, total_estimate, epoch, 0, float(loss.detach()), scheduler.get_last_lr()[0],
-                                    now - started, remaining, None, "train", "")
-            due = (step - last_eval_step >= eval_every) if eval_every else \
-                (now - last_eval_time >= settings["eval_every_seconds"])
-            if due:
-                metrics, better = validate_and_keep()
-                yield TrainProgress(step, total_estimate, epoch, 0, None, scheduler.get_last_lr()[0],
-                                    time.monotonic() - started, None, metrics, "validate",
-                                    "improved" if better else "no improvement")
-        if finished:
+    folds = cross_fit_folds(len(samples), seed) if len(samples) >= 2 else []
+    reserve = 2.0 + 0.5 * len(samples)  # scoring and saving
+    training_seconds = None if time_budget is None else max(time_budget - (time.monotonic() - started) - reserve, 1.0)
+    fold_seconds = None if training_seconds is None else FOLD_SHARE * training_seconds
+    fold_steps = None if steps is None else max(1, int(steps) // 2)
+    after_rows: list[dict[str, float] | None] = [None] * len(samples)
+    total_steps, stopped = 0, False
+    for number, held_out in enumerate(folds, 1):
+        training = [samples[i] for i in range(len(samples)) if i not in held_out]
+        network, taken = yield from adapt_steps(context, training, seconds=fold_seconds, steps=fold_steps,
+                                                should_stop=should_stop, label=f"check {number} of {len(folds)}")
+        total_steps += taken
+        if should_stop is not None and should_stop():
+            stopped = True
             break
-    if step > last_eval_step:
-        metrics, better = validate_and_keep()
-        yield TrainProgress(step, total_estimate, epoch, 0, None, scheduler.get_last_lr()[0],
-                            time.monotonic() - started, None, metrics, "validate",
-                            "improved" if better else "no improvement")
+        for index, row in zip(held_out, scores(network, [samples[i] for i in held_out])):
+            after_rows[index] = row
+        yield TrainProgress(total_steps, 0, 0, 0, None, 0.0, time.monotonic() - started, None, None, "validate",
+                            f"check {number} of {len(folds)} done")
+    checked = [i for i, row in enumerate(after_rows) if row is not None]
+    verdict = judge([after_rows[i][metric] - before_rows[i][metric] for i in checked],
+                    margin=VERDICT_MARGIN, confidence=VERDICT_CONFIDENCE)
+    candidate_network = None
+    if not stopped:
+        left = None if time_budget is None else max(time_budget - (time.monotonic() - started) - reserve, 1.0)
+        candidate_network, taken = yield from adapt_steps(context, samples, seconds=left, steps=steps,
+                                                          should_stop=should_stop, label="final model")
+        total_steps += taken
+        stopped = should_stop is not None and should_stop()
 
-    # -- save --------------------------------------------------------------------------------
-    network.load_state_dict(best_state)
-    improved = best_value > before[metric] + 1e-9
-    new_name = name or new_version_name(parent.name)
-    destination = Path(output) if output is not None else user_model_dir()
-    elapsed = time.monotonic() - started
-    note = ("no improvement on validation: the weights are the starting model's" if not improved
-            else f"validation dice {before[metric]:.4f} -> {best_value:.4f}")
-    card = replace(
+    # -- the verdict, and the new version when it is better ---------------------------------------
+    before = _mean_rows(before_rows, checked or range(len(samples)))
+    after = _mean_rows([after_rows[i] for i in checked], range(len(checked))) if checked else dict(before)
+    evidence = {"metric": metric, "held_out": len(checked), "folds": len(folds),
+                "mean_difference": verdict.mean_difference,
+                "standard_error": verdict.standard_error if math.isfinite(verdict.standard_error) else None,
+                "differences": list(verdict.differences), "margin": VERDICT_MARGIN,
+                "confidence": VERDICT_CONFIDENCE, "per_correction": [
+                    {"name": samples[i].name, "before": before_rows[i][metric], "after": after_rows[i][metric]}
+                    for i in checked]}
+    decision = "no evidence" if stopped else verdict.decision
+    new_name = name or new_version_name(parent_card.name)
+    card = _card(parent_card, new_name, loaded, parent_sha, data_record, settings, evidence, decision,
+                 before, after, total_steps, time.monotonic() - started, time_budget, seed, torch_device, preset)
+    candidate = None if candidate_network is None else LoadedModel(candidate_network.eval(), card, None, "user")
+    message = _message(decision, verdict, metric, len(samples), stopped)
+    card_path, saved = None, False
+    if decision == "better" and candidate is not None:
+        from napari_lgms.zoo import save_model
+
+        yield TrainProgress(total_steps, total_steps, 0, 0, None, 0.0, time.monotonic() - started, 0.0, after,
+                            "saving", message, output=str(destination / f"{new_name}.json"))
+        card_path = save_model(copy.deepcopy(candidate_network).cpu(), card, destination)
+        candidate = LoadedModel(candidate_network.eval(), card, card_path, "user")
+        saved = True
+    yield TrainProgress(total_steps, total_steps, 0, 0, None, 0.0, time.monotonic() - started, 0.0, after,
+                        "done", message)
+    split = {"description": f"two-fold cross-fitting over {len(samples)} corrections (seed {seed})",
+             "folds": [[samples[i].name for i in fold] for fold in folds]}
+    return FinetuneResult(card_path, new_name if saved else parent_card.name, before, after, saved, total_steps,
+                          time.monotonic() - started, False, message, destination, split,
+                          verdict=decision, saved=saved, evidence=evidence, candidate=candidate)
+
+
+def _mean_rows(rows: Sequence[dict[str, float]], indices) -> dict[str, float]:
+    chosen = [rows[i] for i in indices]
+    return {key: float(np.mean([row[key] for row in chosen])) for key in chosen[0]} if chosen else {}
+
+
+def _message(decision: str, verdict, metric: str, count: int, stopped: bool) -> str:
+    evidence = verdict.describe(metric.upper() if metric == "iou" else "Dice")
+    if stopped:
+        return "stopped on request: nothing saved"
+    if decision == "better":
+        return f"better on your corrections ({evidence}): saved as a new model"
+    if decision == "worse":
+        return f"worse on your corrections ({evidence}): nothing saved, keep the current model"
+    if count < 2:
+        return "one correction cannot show whether a new model is better: nothing saved; add corrections"
+    return f"no evidence either way ({evidence}): nothing saved; more corrections make the check surer"
+
+
+def _card(parent, new_name, loaded, parent_sha, data_record, settings, evidence, decision, before, after,
+          steps, elapsed, time_budget, seed, device, preset):
+    rounded = lambda metrics: {k: round(v, 6) for k, v in metrics.items()}  # noqa: E731
+    return replace(
         parent, name=new_name, version=next_version(parent.version),
-        description=f"{parent.description} Fine-tuned from {parent.name} on {len(examples)} user example(s).".strip(),
+        description=f"{parent.description} Fine-tuned from {parent.name} on {len(data_record.get('keys', []))} "
+                    "user correction(s).".strip(),
         training={**{k: v for k, v in parent.training.items() if k in ("data", "terms")},
-                  "finetune": {"preset": preset, "steps": step, "seconds": round(elapsed, 1),
-                               "time_budget": time_budget, "lr": lr, "batch_size": batch_size,
-                               "frozen_encoder": freeze, "seed": seed, "device": torch_device.type,
-                               "data": data_record}},
-        metrics={"split": f"validation: {validation_note}", "selected_by": metric,
-                 **{k: round(v, 6) for k, v in best_metrics.items()}},
+                  "finetune": {"preset": preset, "steps": steps, "seconds": round(elapsed, 1),
+                               "time_budget": time_budget, "settings": settings.__dict__, "seed": seed,
+                               "device": device.type, "data": data_record}},
+        metrics={"split": "two-fold cross-fitting over the corrections", "selected_by": "verdict",
+                 **rounded(after)},
         lineage={"parent": parent.name, "parent_version": parent.version, "parent_path": str(loaded.path or ""),
-                 "parent_sha256": parent_sha, "data": data_record,
-                 "metrics_before": {k: round(v, 6) for k, v in before.items()},
-                 "metrics_after": {k: round(v, 6) for k, v in best_metrics.items()},
-                 "improved": improved, "validated_on_training": split.validated_on_training,
-                 "parent_lineage": parent.lineage or None},
+                 "parent_sha256": parent_sha, "data": data_record, "metrics_before": rounded(before),
+                 "metrics_after": rounded(after), "verdict": decision, "evidence": evidence,
+                 "improved": decision == "better", "parent_lineage": parent.lineage or None},
         weights={}, created="",
     )
-    yield TrainProgress(step, step, epoch, 0, None, 0.0, time.monotonic() - started, 0.0, best_metrics, "saving", note,
-                        output=str(destination / f"{card.name}.json"))
-    network.cpu()
-    card_path = save_model(network, card, destination)
-    split_record = {"description": validation_note, "train": [examples[i].name for i in split.train],
-                    "val": [examples[i].name for i in split.val]}
-    message = note + ("; validated on the training examples (fewer than 3 examples)" if split.validated_on_training else "")
-    if stopped:
-        message += "; stopped early on request"
-    yield TrainProgress(step, step, epoch, 0, None, 0.0, time.monotonic() - started, 0.0, best_metrics, "done", message)
-    return FinetuneResult(card_path, new_name, before, best_metrics, improved, step, time.monotonic() - started,
-                          split.validated_on_training, message, destination, split_record,
-                          verdict="better" if improved else "no evidence", saved=True,
-                          candidate=LoadedModel(network.eval(), card, card_path, "user"))
 
 
 def finetune(model, *, on_progress: Callable[[TrainProgress], None] | None = None, **options) -> FinetuneResult:

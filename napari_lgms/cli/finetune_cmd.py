@@ -1,11 +1,13 @@
 """``napari-lgms finetune``: a new model version from a user's corrections, within a time budget.
 
     napari-lgms finetune --model NAME_OR_PATH (--corrections DIR | --images DIR --masks DIR)
-                         [--output DIR] [--time-budget SECONDS | --steps N] [--device cpu] [--preset fast]
+                         [--unlabelled DIR] [--output DIR] [--time-budget SECONDS | --steps N]
+                         [--device cpu] [--preset fast]
 
-The result is never worse on held-out corrections than the starting model
-(the starting weights are kept when nothing beats them); it is written as
-``NAME-ft-YYYYmmdd-HHMMSS`` into --output (default: the user model folder).
+Every correction is scored by a model that did not train on it (two-fold cross-fitting), and the
+verdict ("better", "no evidence either way", "worse") decides: only a better model is written,
+as ``NAME-ft-YYYYmmdd-HHMMSS`` into --output (default: the user model folder). Exit code 0 either
+way; the last line says what was decided.
 """
 from __future__ import annotations
 
@@ -22,15 +24,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     source.add_argument("--corrections", metavar="DIR", help="a corrections store folder (manifest.json)")
     source.add_argument("--images", metavar="DIR", help="folder of images ...")
     source.add_argument("--masks", metavar="DIR", help="... and of masks paired by file name")
+    parser.add_argument("--unlabelled", metavar="DIR",
+                        help="images of the same domain without masks (the rest of the folder you segment)")
     parser.add_argument("--output", metavar="DIR", help="where the new version goes (default: user model folder)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--time-budget", type=float, metavar="SECONDS", help="wall-clock budget for the whole run")
     budget.add_argument("--steps", type=int, help="number of optimiser steps")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--preset", default="default", choices=("default", "fast"),
-                        help="fast: about two minutes on a laptop CPU, frozen encoder, half resolution first")
+                        help="default: a two-minute budget; fast: one minute")
     parser.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--lr", type=float, help="learning rate (AdamW)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (AdamW, cosine schedule)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", help="name of the new model (default NAME-ft-YYYYmmdd-HHMMSS)")
@@ -49,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if args.corrections and (args.images or args.masks):
         raise InputError("give either --corrections or --images/--masks, not both")
     generator = finetune_steps(
-        args.model, corrections=args.corrections, images=args.images, masks=args.masks, output=args.output,
+        args.model, corrections=args.corrections, images=args.images, masks=args.masks,
+        unlabelled=args.unlabelled, output=args.output,
         time_budget=args.time_budget, steps=args.steps, device=args.device, preset=args.preset,
         freeze_encoder=args.freeze_encoder, lr=args.lr, batch_size=args.batch_size, seed=args.seed, name=args.name,
     )
@@ -57,12 +62,12 @@ def run(args: argparse.Namespace) -> int:
 
     def report(progress) -> None:
         if progress.phase == "train" and train_line_due():
-            left = f", {progress.remaining:.0f}s left" if progress.remaining is not None else ""
-            print(f"step {progress.step} loss {progress.loss:.4f}{left}", flush=True)
-        elif progress.phase == "validate" and progress.val_metrics:
-            print(f"validation dice {progress.val_metrics['dice']:.4f} {progress.message}", flush=True)
+            print(f"{progress.message}: step {progress.step} loss {progress.loss:.4f}", flush=True)
+        elif progress.phase in ("loading", "validate") and progress.message:
+            print(progress.message, flush=True)
 
     result = run_to_end(generator, report)
-    before, after = result.metrics_before["dice"], result.metrics_after["dice"]
-    print(f"model: {result.card_path}\nvalidation dice {before:.4f} -> {after:.4f} ({result.message})")
+    if result.saved:
+        print(f"model: {result.card_path}")
+    print(f"verdict: {result.verdict}: {result.message}")
     return 0

@@ -37,6 +37,7 @@ from napari_lgms.errors import InputError, LgmsError
 from napari_lgms.inference import augment, geometry, windows
 from napari_lgms.inference.normalize import normalize
 
+MAX_GRID_BYTES = 8 * 2**30  # inputs plus logits on the model's grid, float32
 PROGRESS_INTERVAL = 0.05  # seconds: at most ~20 progress reports per second
 RESIZE_LIMIT = 2.0  # "resize" mode tiles instead when an axis exceeds this many patches
 # (unless the card's input.max_resize_factor, from the sizes the model was trained on, says more)
@@ -352,12 +353,24 @@ def _plan(items: np.ndarray, item_spacing, card, overlap: float, batch_size, dev
         grid = geometry.resampled_shape(item_shape, item_spacing, card.input.get("spacing")) or item_shape
         layout, resize_to = windows.window_slices(grid, patch, overlap), None
         window = windows.window_shape(grid, patch)
+    _check_memory(items.shape[0], items.shape[1] + card.num_classes, item_shape, grid)
     if batch_size is None:
         budget = BATCH_VOXELS.get(device.type, BATCH_VOXELS["cpu"])
         batch_size = int(min(MAX_BATCH, max(1, budget // math.prod(window))))
     elif int(batch_size) < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     return _Plan(resize_to, patch, grid, layout, int(batch_size))
+
+
+def _check_memory(count: int, channels: int, item_shape: tuple[int, ...], grid: tuple[int, ...]) -> None:
+    """Refuse a resampling grid whose float32 inputs and logits would exceed :data:`MAX_GRID_BYTES`."""
+    needed = 4 * count * channels * math.prod(grid)
+    if needed > MAX_GRID_BYTES:
+        raise InputError(
+            f"resampling {'x'.join(map(str, item_shape))} voxels to the model's spacing gives a "
+            f"{'x'.join(map(str, grid))} grid that needs {needed / 2**30:.1f} GiB (at most "
+            f"{MAX_GRID_BYTES / 2**30:.0f} GiB); check the image's voxel size"
+        )
 
 
 def _activate(logits, card, want_probabilities: bool):

@@ -1,0 +1,295 @@
+"""Does fine-tuning on a few corrections help on a domain the model never saw? (issue #19)
+
+    NAPARI_LGMS_DATA=../shared/datasets python benchmarks/adaptation.py --quick
+    python benchmarks/adaptation.py --data ../shared/datasets --cases shift new-task --output adaptation.json
+
+For each case (a shipped base model and a target domain folder) and each cell (k corrections, a
+time budget, a number of draws), every draw:
+
+1. picks k patients (cases, near-duplicate groups or volumes; seeded) and one image of each: the
+   "corrections", saved into a corrections store with the parent's prediction as a user would;
+2. picks up to ``--unlabelled`` further patients as the user's unlabelled images of the domain;
+3. fine-tunes through the public :func:`napari_lgms.finetune` on the CPU within the budget;
+4. scores the parent, the fine-tuned candidate and the model the run handed back (the candidate
+   when the run saved it, else the parent) on the remaining patients (at most ``--eval-limit``
+   images, seeded), through :func:`napari_lgms.segment` with the card's test-time augmentation.
+
+Per cell it prints the mean gain the user got (IoU points; mean Dice over classes in 3D), the
+worst draw, the candidate's own gain, wall time, steps, the verdicts and whether each verdict
+agreed with the candidate's real gain (beyond +-1 point). Data are never copied anywhere.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    domain: str
+    grouping: str  # "cases.csv", "name-prefix", "near-duplicates", "volumes"
+    simulated_scanner: bool = False
+
+
+CASES = {
+    "shift": Case("lgmsnet-breast-us", "busbra-logiq5", "cases.csv"),
+    "shift-esdmrnet": Case("esdmrnet-breast-us", "busbra-logiq5", "cases.csv"),
+    "new-task": Case("lgmsnet-breast-us", "ddti", "name-prefix"),
+    "new-modality": Case("lgmsnet-polyp", "busi", "near-duplicates"),
+    "3d-scanner": Case("lgmsnet3d-hippocampus", "msd-hippocampus", "volumes", simulated_scanner=True),
+}
+FULL_CELLS_2D = [(10, 120.0, 5), (1, 30.0, 3), (3, 30.0, 3)]  # (corrections, seconds, draws)
+FULL_CELLS_3D = [(1, 120.0, 3), (3, 120.0, 3)]
+QUICK_CELLS_2D = [(10, 120.0, 1)]
+QUICK_CELLS_3D = [(3, 120.0, 1)]
+AGREEMENT_MARGIN = 0.01  # a gain within +-1 point has no sign to agree with
+
+
+@dataclass
+class Item:
+    name: str
+    group: str
+    image: np.ndarray  # spatial axes first, channels last if any
+    channel_axis: int | None
+    mask: np.ndarray
+    spacing: tuple[float, ...] | None = None
+
+
+# ----------------------------------------------------------------------------- data
+def _groups(case: Case, root: Path, names: list[str], images: list[np.ndarray]) -> list[str]:
+    if case.grouping == "cases.csv":
+        with open(root / "cases.csv", newline="") as handle:
+            by_image = {row["image"]: row["case"] for row in csv.DictReader(handle)}
+        return [by_image[name] for name in names]
+    if case.grouping == "name-prefix":  # DDTI: 139_1(2) is the second nodule crop of image 1 of case 139
+        return [name.split("_")[0] for name in names]
+    if case.grouping == "near-duplicates":
+        from napari_lgms.training.data import duplicate_groups, thumbnail
+
+        thumbs = [thumbnail(np.atleast_3d(image).transpose(2, 0, 1).astype(np.float32)) for image in images]
+        return [str(g) for g in duplicate_groups(thumbs, 0.97)]
+    return list(names)
+
+
+def _simulated_scanner(volume: np.ndarray, seed: int) -> np.ndarray:
+    """A smooth multiplicative bias field, a gamma contrast change and 3 mm slices along the last
+    axis (block-averaged, then linearly interpolated back to the 1 mm grid)."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(seed)
+    data = volume.astype(np.float32)
+    low, high = np.percentile(data, [0.5, 99.5])
+    unit = np.clip((data - low) / max(high - low, 1e-6), 0, 1)
+    grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in data.shape], indexing="ij")
+    field = np.exp(sum(rng.uniform(-0.35, 0.35) * g for g in grids) + rng.uniform(-0.2, 0.2) * grids[0] * grids[1])
+    unit = unit ** rng.uniform(0.6, 0.8) * field
+    tensor = torch.from_numpy(unit.astype(np.float32))[None, None]
+    depth = data.shape[-1]
+    thick = F.avg_pool3d(tensor, (1, 1, 3), ceil_mode=True)
+    back = F.interpolate(thick, size=tuple(data.shape), mode="trilinear", align_corners=False)
+    return (back[0, 0].numpy()[..., :depth] * (high - low) + low).astype(np.float32)
+
+
+def load_domain(case: Case, data_root: Path, volumes: list[str] | None = None) -> list[Item]:
+    """Every image/mask pair of the case's domain folder, read as the user's readers read them."""
+    from napari_lgms.io import read_image, read_mask
+    from napari_lgms.training.data import dataset_folders, pair_folders
+
+    root = data_root / case.domain
+    layout = dataset_folders(root)
+    if layout is None:
+        raise SystemExit(f"{root}: no images/ + masks/ or imagesTr/ + labelsTr/")
+    pairs, _ = pair_folders(layout[0], layout[1])
+    if volumes is not None:
+        wanted = set(volumes)
+        pairs = [p for p in pairs if p.name in wanted]
+    images, rows = [], []
+    for pair in pairs:
+        image = read_image(pair.image_path)
+        array = np.asarray(image.array)
+        if case.simulated_scanner:
+            array = _simulated_scanner(array, seed=sum(map(ord, pair.name)))
+        images.append(array)
+        rows.append((pair.name, image.channel_axis, np.asarray(read_mask(pair.mask_path)), image.spacing))
+    groups = _groups(case, root, [r[0] for r in rows], images)
+    return [Item(name, group, array, axis, mask, tuple(spacing) if spacing else None)
+            for (name, axis, mask, spacing), array, group in zip(rows, images, groups)]
+
+
+def draw(items: list[Item], k: int, unlabelled: int, eval_limit: int, seed: int):
+    """(corrections, unlabelled, evaluation) items: k patients with one image each, then up to
+    ``unlabelled`` further patients, then at most ``eval_limit`` images of every other patient."""
+    rng = np.random.default_rng(seed)
+    by_group: dict[str, list[Item]] = {}
+    for item in items:
+        by_group.setdefault(item.group, []).append(item)
+    order = [list(by_group)[i] for i in rng.permutation(len(by_group))]
+    corrections = [by_group[g][int(rng.integers(len(by_group[g])))] for g in order[:k]]
+    pool = [item for g in order[k:k + unlabelled] for item in by_group[g]]
+    rest = [item for g in order[k + unlabelled:] for item in by_group[g]]
+    if len(rest) > eval_limit:
+        rest = [rest[i] for i in sorted(rng.choice(len(rest), eval_limit, replace=False))]
+    return corrections, pool, rest
+
+
+# ----------------------------------------------------------------------------- scoring
+def score(model, item: Item) -> float:
+    """IoU (binary) or mean Dice over the foreground classes, through the public segment()."""
+    from napari_lgms import segment
+    from napari_lgms.metrics import binary_scores, class_dice
+
+    labels = segment(item.image, model, channel_axis=item.channel_axis, spacing=item.spacing).labels
+    if model.card.num_classes == 1:
+        return binary_scores(labels > 0, item.mask > 0)["iou"]
+    return float(np.mean(list(class_dice(labels, item.mask, list(range(1, model.card.num_classes))).values())))
+
+
+class ParentScores:
+    """The parent's score per image, computed once across draws."""
+
+    def __init__(self, model):
+        self.model = model
+        self._cache: dict[str, float] = {}
+
+    def __call__(self, item: Item) -> float:
+        if item.name not in self._cache:
+            self._cache[item.name] = score(self.model, item)
+        return self._cache[item.name]
+
+
+# ----------------------------------------------------------------------------- one draw
+def run_draw(case: Case, parent, parent_scores: ParentScores, items: list[Item], k: int, budget: float,
+             seed: int, options) -> dict:
+    from napari_lgms import finetune, segment
+    from napari_lgms.corrections import CorrectionsStore
+
+    corrections, pool, rest = draw(items, k, options.unlabelled, options.eval_limit, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = CorrectionsStore(Path(tmp) / "corrections")
+        for item in corrections:
+            prediction = segment(item.image, parent, channel_axis=item.channel_axis, spacing=item.spacing).labels
+            geometry = {"spacing": list(item.spacing)} if item.spacing else {}
+            store.save(item.name, item.image, item.mask, prediction, model=case.model, geometry=geometry)
+        extra = {"unlabelled": [item.image for item in pool]} if options.unlabelled and pool else {}
+        started = time.monotonic()
+        result = finetune(case.model, corrections=store.root, time_budget=budget, device="cpu",
+                          output=Path(tmp) / "models", seed=seed, **extra)
+        wall = time.monotonic() - started
+        candidate = result.candidate
+    before = float(np.mean([parent_scores(item) for item in rest]))
+    candidate_score = float(np.mean([score(candidate, item) for item in rest]))
+    delivered = candidate_score if result.saved else before
+    gain = candidate_score - before
+    expected = "better" if gain > AGREEMENT_MARGIN else "worse" if gain < -AGREEMENT_MARGIN else None
+    agrees = expected is None or result.verdict == expected
+    return {"seed": seed, "corrections": [item.name for item in corrections], "unlabelled": len(pool),
+            "evaluated": len(rest), "before": before, "candidate": candidate_score, "after": delivered,
+            "gain": delivered - before, "candidate_gain": gain, "verdict": result.verdict,
+            "agrees": agrees, "saved": result.saved, "steps": result.steps, "wall_s": wall,
+            "evidence": result.evidence}
+
+
+def summarise(rows: list[dict]) -> dict:
+    gains = [r["gain"] for r in rows]
+    return {"draws": len(rows), "mean_gain": float(np.mean(gains)), "worst_gain": float(np.min(gains)),
+            "mean_candidate_gain": float(np.mean([r["candidate_gain"] for r in rows])),
+            "mean_before": float(np.mean([r["before"] for r in rows])),
+            "wall_s": float(np.mean([r["wall_s"] for r in rows])),
+            "steps": float(np.mean([r["steps"] for r in rows])),
+            "verdicts": {v: sum(r["verdict"] == v for r in rows) for v in ("better", "no evidence", "worse")},
+            "agreement": float(np.mean([r["agrees"] for r in rows]))}
+
+
+def print_table(table: list[dict]) -> None:
+    header = (f"{'case':<15} {'k':>3} {'budget':>6} {'draws':>5} {'before':>7} {'gain':>7} {'worst':>7} "
+              f"{'cand.':>7} {'wall s':>7} {'steps':>6}  verdicts (better/none/worse)  agree")
+    print(header)
+    print("-" * len(header))
+    for row in table:
+        s = row["summary"]
+        v = s["verdicts"]
+        print(f"{row['case']:<15} {row['k']:>3} {row['budget']:>6.0f} {s['draws']:>5} {s['mean_before']:>7.3f} "
+              f"{100 * s['mean_gain']:>+7.1f} {100 * s['worst_gain']:>+7.1f} {100 * s['mean_candidate_gain']:>+7.1f} "
+              f"{s['wall_s']:>7.0f} {s['steps']:>6.0f}  {v['better']}/{v['no evidence']}/{v['worse']:<22} "
+              f"{100 * s['agreement']:>4.0f}%")
+
+
+def cpu_description() -> str:
+    import torch
+
+    return f"{platform.processor() or platform.machine()}, torch {torch.__version__}, " \
+           f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=os.environ.get("NAPARI_LGMS_DATA"),
+                        help="the datasets folder (default: $NAPARI_LGMS_DATA)")
+    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
+    parser.add_argument("--quick", action="store_true", help="one draw, k = 10 only (3D: k = 3)")
+    parser.add_argument("--cells", nargs="+", metavar="K:SECONDS:DRAWS", help="override the cells")
+    parser.add_argument("--unlabelled", type=int, default=20, help="unlabelled patients per draw (0: none)")
+    parser.add_argument("--eval-limit", type=int, default=150, help="images scored per draw at most")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, help="write the table and every draw as JSON")
+    options = parser.parse_args(argv)
+    if options.data is None or not Path(options.data).is_dir():
+        parser.error("give --data DIR or set NAPARI_LGMS_DATA to the datasets folder")
+
+    import torch
+
+    from napari_lgms import load_model
+
+    torch.set_num_threads(options.threads)
+    print(f"CPU: {cpu_description()}", flush=True)
+    table = []
+    for name in options.cases:
+        case = CASES[name]
+        volumes = None
+        if case.simulated_scanner:
+            from napari_lgms.training.data import read_split
+
+            volumes = read_split(Path(__file__).parents[1] / "training" / "splits" / "msd-hippocampus.json")["val"]
+        items = load_domain(case, Path(options.data), volumes)
+        parent = load_model(case.model, "cpu")
+        parent_scores = ParentScores(parent)
+        if options.cells:
+            cells = [(int(a), float(b), int(c)) for a, b, c in (text.split(":") for text in options.cells)]
+        elif options.quick:
+            cells = QUICK_CELLS_3D if case.simulated_scanner else QUICK_CELLS_2D
+        else:
+            cells = FULL_CELLS_3D if case.simulated_scanner else FULL_CELLS_2D
+        for k, budget, draws in cells:
+            rows = []
+            for index in range(draws):
+                row = run_draw(case, parent, parent_scores, items, k, budget, seed=1000 * k + index,
+                               options=options)
+                print(f"  {name} k={k} draw {index}: before {row['before']:.3f} candidate {row['candidate']:.3f} "
+                      f"verdict {row['verdict']} ({row['steps']} steps, {row['wall_s']:.0f} s)", flush=True)
+                rows.append(row)
+            table.append({"case": name, "model": case.model, "domain": case.domain, "k": k, "budget": budget,
+                          "summary": summarise(rows), "draws": rows})
+    print()
+    print_table(table)
+    if options.output:
+        from napari_lgms._atomic import atomic_write_text
+
+        payload = {"cpu": cpu_description(), "command": " ".join(sys.argv), "table": table}
+        atomic_write_text(options.output, json.dumps(payload, indent=1, default=float) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

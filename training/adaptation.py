@@ -1,0 +1,185 @@
+"""Learning from a few corrections without forgetting: the pieces :mod:`.finetuning` composes.
+
+* :func:`training_view`: a correction as the network sees it at inference (the card's resize or
+  patch, its normalisation), flipped only along the axes the card's test-time augmentation flips;
+* :func:`adaptation_loss`: the labels loss, heavier where the user changed the prediction, plus
+  agreement with the parent on the user's unlabelled images of the same domain;
+* :class:`ParentAnchor`: after every step, pulls the weights back towards the parent's
+  (decoupled "L2-SP");
+* :func:`renormalise`: batch-norm statistics re-estimated on the target images;
+* :func:`judge`: a paired verdict from every correction's cross-fitted score.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+VERDICTS = ("better", "no evidence", "worse")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``decision`` (one of :data:`VERDICTS`) and the paired evidence behind it (score points)."""
+
+    decision: str
+    mean_difference: float
+    standard_error: float
+    count: int
+    differences: tuple[float, ...]
+
+    def describe(self, metric: str) -> str:
+        if self.count == 0:
+            return "no correction could be held out, so there is no evidence either way"
+        spread = f"{100 * self.mean_difference:+.1f} ± {100 * self.standard_error:.1f} {metric} points"
+        return f"{spread} over {self.count} held-out correction(s)"
+
+
+def judge(differences: Sequence[float], *, margin: float, confidence: float) -> Verdict:
+    """Paired verdict on per-correction score differences (fine-tuned minus parent, each scored by a
+    model that did not train on that correction).
+
+    "better" when the mean exceeds ``margin`` and is ``confidence`` standard errors above zero,
+    "worse" symmetrically, else "no evidence". Fewer than two differences are never evidence.
+    """
+    values = np.asarray(list(differences), dtype=np.float64)
+    if len(values) == 0:
+        return Verdict("no evidence", 0.0, math.inf, 0, ())
+    mean = float(values.mean())
+    error = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.inf
+    decision = "no evidence"
+    if len(values) >= 2 and abs(mean) > margin and abs(mean) > confidence * error:
+        decision = "better" if mean > 0 else "worse"
+    return Verdict(decision, mean, error, len(values), tuple(float(v) for v in values))
+
+
+def cross_fit_folds(count: int, seed: int) -> list[list[int]]:
+    """Two seeded, near-equal folds of ``count`` corrections (one fold of everything below two)."""
+    if count < 2:
+        return [list(range(count))]
+    order = np.random.default_rng(seed).permutation(count)
+    return [sorted(int(i) for i in order[0::2]), sorted(int(i) for i in order[1::2])]
+
+
+# ----------------------------------------------------------------------------- inputs
+def training_view(image: np.ndarray, mask: np.ndarray, weight: np.ndarray, rng: np.random.Generator,
+                  flip_axes: Sequence[int], intensity: float):
+    """(C, *S), (*S), (*S) -> the same, flipped along a random subset of ``flip_axes`` (spatial axis
+    numbers) and, with ``intensity`` > 0, with a random gamma / contrast change of that strength."""
+    axes = [axis for axis in flip_axes if rng.random() < 0.5]
+    if axes:
+        image = np.flip(image, [a + 1 for a in axes])
+        mask, weight = np.flip(mask, axes), np.flip(weight, axes)
+    if intensity > 0:
+        low, high = float(image.min()), float(image.max())
+        span = max(high - low, 1e-6)
+        gamma = float(np.exp(rng.uniform(-intensity, intensity)))
+        image = np.power((image - low) / span, gamma) * span + low
+        image = (image - image.mean()) * float(np.exp(rng.uniform(-intensity, intensity) / 2)) + image.mean()
+    return (np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask),
+            np.ascontiguousarray(weight, dtype=np.float32))
+
+
+def pixel_weights(sample, corrected_weight: float) -> np.ndarray:
+    """(*S) float32: 1 everywhere, ``1 + corrected_weight`` where the user changed the prediction."""
+    weight = np.ones(sample.mask.shape, dtype=np.float32)
+    if sample.region is not None:
+        weight[sample.region] += corrected_weight
+    return weight
+
+
+# ----------------------------------------------------------------------------- loss
+def weighted_segmentation_loss(logits, target, weight):
+    """(N, K, *S) logits, (N, *S) labels, (N, *S) pixel weights -> scalar.
+
+    Pixel-weighted BCE (one logit) or CE (several) plus the soft Dice of the foreground.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from napari_lgms.training.losses import soft_dice_per_sample
+
+    logits = logits.float()
+    normaliser = weight.sum().clamp_min(1e-6)
+    if logits.shape[1] == 1:
+        truth = (target > 0).float()
+        pixel = F.binary_cross_entropy_with_logits(logits[:, 0], truth, reduction="none")
+        dice = soft_dice_per_sample(torch.sigmoid(logits[:, 0]), truth).mean()
+        return 0.5 * (pixel * weight).sum() / normaliser + (1.0 - dice)
+    target = target.long()
+    pixel = F.cross_entropy(logits, target, reduction="none")
+    probabilities = torch.softmax(logits, dim=1)
+    one_hot = torch.movedim(F.one_hot(target, logits.shape[1]), -1, 1).float()
+    dices = [soft_dice_per_sample(probabilities[:, k], one_hot[:, k]) for k in range(1, logits.shape[1])]
+    return (pixel * weight).sum() / normaliser + (1.0 - torch.stack(dices, 1).mean())
+
+
+def adaptation_loss(logits, target, weight, unlabelled_logits=None, parent_logits=None, *,
+                    distill_weight: float = 0.0):
+    """The corrections' weighted loss plus ``distill_weight`` times the distance to the parent's
+    predictions on unlabelled images (:func:`napari_lgms.training.losses.distillation_loss`)."""
+    from napari_lgms.training.losses import distillation_loss
+
+    loss = weighted_segmentation_loss(logits, target, weight)
+    if unlabelled_logits is not None and distill_weight > 0:
+        loss = loss + distill_weight * distillation_loss(unlabelled_logits, parent_logits)
+    return loss
+
+
+class ParentAnchor:
+    """Decoupled pull towards the parent's weights: ``w <- w - strength * (lr / base_lr) * (w - w_parent)``
+    after every optimiser step, for the trainable parameters only."""
+
+    def __init__(self, network, strength: float):
+        self.strength = float(strength)
+        self.pairs = [(p, p.detach().clone()) for p in network.parameters() if p.requires_grad]
+
+    def pull(self, lr_fraction: float) -> None:
+        import torch
+
+        if self.strength <= 0:
+            return
+        rate = min(1.0, self.strength * lr_fraction)
+        with torch.no_grad():
+            for parameter, origin in self.pairs:
+                parameter.sub_(rate * (parameter - origin))
+
+
+def renormalise(network, images: Sequence, device, batch_size: int = 8) -> int:
+    """Re-estimate every batch-norm layer's running statistics on ``images`` ((C, *S) float32 arrays,
+    grouped by shape) as a plain average (AdaBN); returns how many layers changed. Leaves eval mode."""
+    import torch
+
+    from napari_lgms.models.padding import padded_forward
+
+    layers = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not layers or not len(images):
+        return 0
+    saved = [(m.momentum, m.training) for m in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over the batches below
+    network.eval()
+    for layer in layers:
+        layer.train()
+    by_shape: dict[tuple, list] = {}
+    for image in images:
+        by_shape.setdefault(tuple(image.shape), []).append(image)
+    with torch.no_grad():
+        for group in by_shape.values():
+            for start in range(0, len(group), batch_size):
+                padded_forward(network, torch.from_numpy(np.stack(group[start:start + batch_size])).to(device))
+    for layer, (momentum, _) in zip(layers, saved):
+        layer.momentum = momentum
+    network.eval()
+    return len(layers)
+
+
+def cosine_fraction(progress: float, warmup: float = 0.05) -> float:
+    """Learning-rate factor at ``progress`` in [0, 1] of a run: linear warm-up, then cosine to zero."""
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < warmup:
+        return (progress + 1e-3) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (progress - warmup) / (1.0 - warmup)))
