@@ -455,7 +455,8 @@ def fake_engine(tiny_model, verdict="better", saved=True, during_save=lambda: No
                                 {"dice": 0.5} if step == 3 else None, "train")
         card_path = None
         if saved:
-            loaded = tiny_model(spatial_dims=2, name="tiny-2d-ft-20261205-120000", lineage={"parent": "tiny-2d"})
+            loaded = tiny_model(spatial_dims=2, name="tiny-2d-ft-20261205-120000",
+                                lineage={"parent": "tiny-2d"})
             card_path = user_model_dir() / f"{loaded.card.name}.json"
             yield TrainProgress(3, 3, 1, 0, None, 0.0, 0.05, 0.0, None, "saving", output=str(card_path))
             card_path = save_model(loaded.network, replace(loaded.card), user_model_dir())
@@ -471,8 +472,8 @@ def fake_engine(tiny_model, verdict="better", saved=True, during_save=lambda: No
 
 @pytest.mark.gui
 @needs_display
-def test_finetune_cancel_during_save_removes_the_new_version(make_napari_viewer, qtbot, saved_tiny, tiny_model,
-                                                             corrections_dir, monkeypatch):
+def test_finetune_cancel_during_save_removes_the_new_version(make_napari_viewer, qtbot, saved_tiny,
+                                                             tiny_model, corrections_dir, monkeypatch):
     import napari_lgms.training.finetuning as finetuning
     from napari_lgms.zoo import user_model_dir
 

@@ -347,7 +347,8 @@ def test_the_view_moves_to_a_segmented_image_out_of_view_and_the_session_log_rec
     assert run["result"]["labels_layer"] == "far segmentation"
     assert saved["model"] == "tiny-2d" and saved["result"]["stored"] == 1
     for record in records:
-        assert set(record) == {"timestamp", "action", "model", "image", "shape", "settings", "seconds", "result"}
+        assert set(record) == {"timestamp", "action", "model", "image", "shape", "settings", "seconds",
+                               "result"}
 
 
 def _visible_in_dock(widget, dock) -> bool:

@@ -49,4 +49,5 @@ class EventLoopGapMeter:
     def report(self) -> str:
         worst = sorted(self.gaps, key=lambda g: -g[1])[:5]
         listed = ", ".join(f"{gap * 1000:.0f} ms at {when:.2f} s" for when, gap in worst)
-        return f"longest event-loop gap {self.longest * 1000:.0f} ms over {self.ticks} ticks ({listed or 'none over 20 ms'})"
+        return (f"longest event-loop gap {self.longest * 1000:.0f} ms over {self.ticks} ticks "
+                f"({listed or 'none over 20 ms'})")

@@ -86,7 +86,8 @@ def validation_line(card, prediction: str = "auto") -> str:
         one_pass = engine.get("one_pass")
         if prediction == "none" and isinstance(one_pass, dict) and _scores(one_pass):
             engine = {**engine, **one_pass, "test_time_augmentation": "none"}
-        how = "one pass" if (engine.get("test_time_augmentation") or "none") == "none" else "averaged over flips"
+        flips = (engine.get("test_time_augmentation") or "none") != "none"
+        how = "averaged over flips" if flips else "one pass"
         split = str(engine.get("split", "")).split(":")[0] or "a held-out split"
         return f"validation, as you run it ({how}): {_scores(engine)} on {engine.get('images', '?')} " \
                f"held-out images ({split})"
@@ -266,7 +267,7 @@ def _safe_choices(include_untrained: bool) -> list[ModelChoice] | Exception:
 
 
 def image_kind(layer) -> tuple[int, int]:
-    """(spatial axes 2 or 3, channels 1 or 3) of an Image layer, a grey image stored as RGB counting as grey."""
+    """(spatial axes 2 or 3, channels 1 or 3) of an Image layer; a grey image stored as RGB is grey."""
     from napari_lgms.io.raster import channels_are_equal
 
     rgb = bool(getattr(layer, "rgb", False))

@@ -218,7 +218,7 @@ class CorrectionsPanel(QGroupBox):
                                                        "slice_index": geometry.get("slice_index"),
                                                        "roi": geometry.get("roi")},
                       seconds=time.monotonic() - started,
-                      result={"corrected_voxels": int(np.count_nonzero(np.asarray(mask) != np.asarray(prediction))),
+                      result={"corrected_voxels": int(np.count_nonzero(np.asarray(mask) != prediction)),
                               "stored": len(self.store)})
         self.refresh()
         show_info(f"Saved correction {key!r} ({len(self._keys)} in the store)")

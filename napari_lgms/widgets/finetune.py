@@ -327,7 +327,7 @@ class FinetuneWidget(FinetuneLayout):
         text = ""
         if len(counts) > 1:
             listed = ", ".join(f"{name} ×{count}" for name, count in counts.most_common())
-            mixed = f" and {len(modalities)} modalities ({', '.join(modalities)})" if len(modalities) > 1 else ""
+            mixed = f" and {len(modalities)} modalities ({', '.join(modalities)})" if modalities[1:] else ""
             text = (f"Warning: these corrections come from {len(counts)} models{mixed}: {listed}. "
                     "Fine-tuning learns from all of them; keep one project per model or modality.")
         self.warning_label.setText(text)
@@ -573,7 +573,8 @@ class FinetuneSession:
     def _finished(self, cancelled: bool) -> None:
         self._clock.stop()
         if self.estimate is not None:
-            self.widget.time_label.setText(f"took {_clock(self.estimate.elapsed())} · {self.estimate.step} steps")
+            took, steps = _clock(self.estimate.elapsed()), self.estimate.step
+            self.widget.time_label.setText(f"took {took} · {steps} steps")
         self.widget.start_button.setEnabled(True)
         self.widget.cancel_button.setEnabled(False)
         if cancelled:

@@ -1,10 +1,16 @@
 """The Segment widget: pick an image and a model, choose where to segment, get a Labels layer.
 
-The run happens in a napari thread worker (model loading included); the
-result lands in the viewer in the worker's ``returned`` handler, on the main
-thread. The labels layer remembers the model's original prediction in
-``layer.metadata["napari_lgms"]`` so a later "Save correction" can store the
-pair (prediction, corrected mask) for fine-tuning.
+Three parts: :class:`SegmentLayout` (the controls; fields scroll, the Segment
+button and the status stay in view), :class:`~napari_lgms.widgets._segment_layers.LayerControls`
+(which image, which model for it, which output layer) and :class:`SegmentSession`
+(the runs). Listing the models the first time, importing the engine, loading
+the model and running it happen in napari thread workers; the result lands in
+the viewer in the worker's ``returned`` handler, on the main thread, and the
+view moves to the image when it is out of view. The labels layer remembers the
+model's original prediction in ``layer.metadata["napari_lgms"]`` so a later
+"Save correction" can store the pair (prediction, corrected mask) for
+fine-tuning. The status says which model ran, one pass or averaged over flips,
+and how long it took; every run is a line in the session log.
 """
 from __future__ import annotations
 
@@ -127,7 +133,8 @@ class SegmentLayout(DockBody):
         super().__init__(parent)
         self.image_combo = QComboBox()
         self.image_pin = QCheckBox("Keep")
-        self.image_pin.setToolTip("Keep this image chosen; otherwise the box follows the image you add or select")
+        self.image_pin.setToolTip("Keep this image chosen; otherwise the box follows the image "
+                                  "you add or select")
         self.model_combo = QComboBox()
         self.model_combo.addItem("listing models…")
         self.model_pin = QCheckBox("Keep")
@@ -364,7 +371,8 @@ class SegmentWidget(SegmentLayout):
             return [Job()]
         shapes_name = self.shapes_combo.currentText()
         if shapes_name not in self.viewer.layers:
-            raise InputError("no Shapes layer for the box; add one (Layers > New Shapes) and draw a rectangle")
+            raise InputError("no Shapes layer for the box; "
+                             "add one (Layers > New Shapes) and draw a rectangle")
         boxes = geo.boxes_from_shapes(self.viewer, self.viewer.layers[shapes_name], image_layer, axes,
                                       spatial_shape, only_selected=(mode == MODE_BOX))
         return [_job_for_box(box, volume, dims, slice_axis, spatial_shape) for box in boxes]
@@ -509,8 +517,9 @@ class SegmentSession:
         note = " — untrained model, random output" if outcome.untrained else ""
         self.widget.status_label.setText(f"{outcome.model_name}: {_prediction_note(outcome.results)}, "
                                          f"{seconds:.2f} s on {devices}{note}")
-        if plan.image_name in self.viewer.layers and not geo.in_view(self.viewer, self.viewer.layers[plan.image_name]):
-            self.viewer.reset_view(layers=[self.viewer.layers[plan.image_name]])
+        image = self.viewer.layers[plan.image_name] if plan.image_name in self.viewer.layers else None
+        if image is not None and not geo.in_view(self.viewer, image):
+            self.viewer.reset_view(layers=[image])
         self._log(outcome, layer, seconds)
 
     def _log(self, outcome: RunOutcome, layer, seconds: float) -> None:
