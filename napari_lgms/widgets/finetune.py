@@ -15,7 +15,6 @@ engine as unlabelled images. Every run and roll back goes to the session log.
 """
 from __future__ import annotations
 
-import inspect
 import time
 from collections import Counter
 from pathlib import Path
@@ -82,11 +81,6 @@ def _dice_of(metrics) -> float | None:
         if key in metrics and metrics[key] is not None:
             return float(metrics[key])
     return None
-
-
-def engine_takes_unlabelled(finetune_steps) -> bool:
-    """Whether the engine accepts ``unlabelled`` images (this check goes once every engine does)."""
-    return "unlabelled" in inspect.signature(finetune_steps).parameters
 
 
 def verdict_text(result) -> str:
@@ -448,9 +442,10 @@ class FinetuneSession:
         call = ui.options()
         model = call.pop("model")
         settings = dict(call)
-        if ui.unlabelled_check.isChecked() and engine_takes_unlabelled(finetune_steps):
-            call["unlabelled"] = ui.unlabelled_images(ui.base_choice())
-            settings["unlabelled_images"] = len(call["unlabelled"])
+        if ui.unlabelled_check.isChecked():
+            images = ui.unlabelled_images(ui.base_choice())
+            call["unlabelled"] = images or None
+            settings["unlabelled_images"] = len(images)
         return finetune_steps, model, call, settings
 
     def start(self) -> None:
