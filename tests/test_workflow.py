@@ -330,6 +330,10 @@ def test_the_view_moves_to_a_segmented_image_out_of_view_and_the_session_log_rec
     _pick_by_hand(widget, "tiny-2d")
     _segment(qtbot, widget)
     assert in_view(viewer, far), "the view moved to the segmented image"
+    viewer.reset_view(layers=[viewer.layers["near"]])
+    speck = viewer.add_image(_grey((4, 4)), name="speck")  # opened: a speck in a corner of the view
+    assert in_view(viewer, speck) and widget.image_combo.currentText() == "speck"
+    widget.image_combo.setCurrentText("far")
 
     labels = widget.last_output
     corrected = np.array(labels.data)

@@ -198,6 +198,7 @@ def view_coverage(viewer, layer) -> tuple[float, float]:
 
 
 def in_view(viewer, layer) -> bool:
-    """Whether the user can see ``layer``: at least half of it is on screen, or it fills half the screen."""
+    """Whether the user can see ``layer``: it fills half the screen, or at least half of it is on
+    screen and it is not a speck in a corner (under 2 % of the screen)."""
     shown, filled = view_coverage(viewer, layer)
-    return shown >= 0.5 or filled >= 0.5
+    return filled >= 0.5 or (shown >= 0.5 and filled >= 0.02)
