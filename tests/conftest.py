@@ -1,11 +1,7 @@
 """Shared fixtures: a tiny registered network so engine tests run in milliseconds."""
 from __future__ import annotations
 
-import os
-
 import pytest
-
-os.environ.setdefault("CI_SMALL", "1")
 
 
 def _register_tiny_network() -> None:

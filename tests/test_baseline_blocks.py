@@ -1,6 +1,6 @@
 """TinyU-Net, UNeXt and ESDMR-Net: per-block parameter counts, shapes and behaviour.
 
-Counts come from docs/MODELS.md §1.3, §1.4 and §7 (exact targets); the ESDMR-Net
+Counts are the reference code's (TinyU-Net, UNeXt; exact targets); the ESDMR-Net
 counts are closed-form formulas of the reconstruction in ``esdmrnet.py``.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""LGMSNet / CMUNeXt building blocks: parameter counts from docs/MODELS.md, shapes, maths, errors."""
+"""LGMSNet / CMUNeXt building blocks: parameter counts of the reference code, shapes, maths, errors."""
 from __future__ import annotations
 
 import pytest

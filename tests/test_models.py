@@ -7,7 +7,7 @@ import torch
 from napari_lgms.models import create_model, get_architecture, list_model_configs, padded_forward
 from napari_lgms.zoo import load_model, save_model, untrained_card
 
-# Exact counts from ../shared/docs/MODELS.md (reference code) and, for ESDMR-Net, our reconstruction.
+# Exact counts of the reference code and, for ESDMR-Net, of our reconstruction.
 EXPECTED_PARAMETERS = {
     "lgmsnet": 2_321_393,
     "lgmsnet3d": 6_193_742,

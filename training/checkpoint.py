@@ -36,19 +36,6 @@ def rng_states() -> dict[str, Any]:
     return states
 
 
-def restore_rng_states(states: dict[str, Any]) -> None:
-    import torch
-
-    python = states["python"]
-    random.setstate((python[-2], tuple(int(v) for v in python[:-2]), python[-1]))
-    numpy_state = states["numpy"]
-    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                         numpy_state["has_gauss"], numpy_state["gauss"]))
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` (plus format and RNG states) atomically to ``path``."""
     import torch

@@ -1,4 +1,4 @@
-"""Segmentation losses (MODELS.md §3).
+"""Segmentation losses (the reference repositories' training recipes).
 
 Binary (one logit): ``0.5 · BCE-with-logits + (1 − soft Dice)``, soft Dice per
 sample on sigmoid probabilities with smooth 1e-5, averaged over the batch, as

@@ -21,8 +21,6 @@ from pathlib import Path
 from napari_lgms.errors import InputError, LgmsError, OutputError
 from napari_lgms.inference.windows import DEFAULT_OVERLAP
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(

@@ -1,7 +1,7 @@
 """CMUNeXt (ISBI 2024): large-kernel depthwise blocks in a U-shaped network (2D).
 
-Default configuration: 3,149,185 parameters (3 -> 1 channels); see
-docs/MODELS.md §1.2. Shapes: (N, C, H, W).
+Default configuration: 3,149,185 parameters (3 -> 1 channels), as the reference
+code (FengheTan9/CMUNeXt) has. Shapes: (N, C, H, W).
 """
 from __future__ import annotations
 

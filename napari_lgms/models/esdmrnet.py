@@ -2,7 +2,7 @@
 
 ESDMR-Net (Khan, Naqvi, Meijering; arXiv 2312.10585) has no official code and
 only the abstract of the paper could be read. This module implements the
-best-effort reconstruction of docs/MODELS.md §4, for 2D and 3D from one code
+best-effort reconstruction from that abstract, for 2D and 3D from one code
 path (``spatial_dims``). What the abstract fixes, and is kept:
 
 * fully convolutional encoder-decoder for resource-constrained hardware;

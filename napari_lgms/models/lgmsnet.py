@@ -1,7 +1,7 @@
 """LGMSNet (ECAI 2025): local and global multiscale blocks in a U-shaped network.
 
 One implementation serves 2D (reference ``MKtinyvit4_CT``, "SegmsNet") and
-3D (reference ``MKtinyvit4_CT3D``, "SegmsNet3D"); see docs/MODELS.md §1.1 and §5.
+3D (reference ``MKtinyvit4_CT3D``, "SegmsNet3D") of the reference code, cq-dong/LGMSNet.
 The default configuration has 2,321,393 parameters in 2D (3 -> 1 channels) and
 6,193,742 in 3D (1 -> 14 channels).
 

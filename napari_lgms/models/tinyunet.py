@@ -1,6 +1,6 @@
 """TinyU-Net (MICCAI'24): a 4-level U-Net built from cascaded multi-receptive-field blocks.
 
-Written from the specification in docs/MODELS.md §1.3. The default network
+Written from the reference model (ChenJunren-Lab/TinyU-Net). The default network
 (3 input channels, widths 64/128/256/512) has 481,105 parameters for 1 class
 and 481,170 for 2 classes, as the reference does. Changing the input channels
 changes only the first block (3 -> 1 channel: -16 parameters).

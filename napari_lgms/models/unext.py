@@ -1,6 +1,6 @@
 """UNeXt (MICCAI'22): a convolutional encoder, tokenized shifted-MLP stages, additive skips.
 
-Written from the specification in docs/MODELS.md §1.4. The default network
+Written from the reference code (jeya-maria-jose/UNeXt-pytorch). The default network
 (3 input channels, 1 class, channels 16/32, embed_dims 128/160/256) has
 1,471,921 parameters, as the reference does; UNeXt-S is
 ``channels=(8, 16), embed_dims=(32, 64, 128)`` (253,561).
