@@ -6,9 +6,8 @@ validation scores as users get them (``metrics.engine``).
 """
 from __future__ import annotations
 
-import functools
+import importlib.util
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -86,31 +85,11 @@ def test_real_data_card_is_reproducible_and_honest(card_path):
         assert set(engine["one_pass"]) == {"iou", "dice"}, "the one-pass scores go beside them"
 
 
-@functools.cache
-def readme_validation_column() -> dict[str, str]:
-    """``{model name: its validation cell}`` from the README's Models table."""
-    rows = {}
-    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) == 5 and re.fullmatch(r"`[\w-]+`", cells[0]):
-            rows[cells[0].strip("`")] = cells[3]
-    return rows
-
-
-@pytest.mark.parametrize("card_path", CARDS, ids=lambda p: p.stem)
-def test_readme_quotes_the_cards_scores(card_path):
-    """The README's figures are copied by hand from the cards; they must not drift."""
-    cell = readme_validation_column().get(card_path.stem)
-    assert cell, f"README Models table has no row for {card_path.stem}"
-    metrics = json.loads(card_path.read_text())["metrics"]
-    scores = metrics.get("engine") or metrics
-    if "mean_class_dice" in scores:
-        quoted = re.search(r"mean (\d\.\d{3})\) on (\d+) ", cell)
-        expected = (scores["mean_class_dice"],)
-    else:
-        quoted = re.search(r"IoU (\d\.\d{3}), Dice (\d\.\d{3}) on (\d+) ", cell)
-        expected = (scores["iou"], scores["dice"])
-    assert quoted, f"{card_path.stem}: README cell {cell!r} quotes no scores"
-    assert [float(value) for value in quoted.groups()[:-1]] == [round(value, 3) for value in expected]
-    if "images" in scores:
-        assert int(quoted.groups()[-1]) == scores["images"]
+def test_readme_models_table_is_generated_from_the_cards():
+    """README.md holds exactly what ``scripts/models_table.py`` prints (``--write`` updates it)."""
+    spec = importlib.util.spec_from_file_location("models_table", ROOT / "scripts" / "models_table.py")
+    models_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(models_table)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert models_table.readme_table(readme) == models_table.table(), \
+        "README.md's models table is out of date: run python scripts/models_table.py --write"
