@@ -166,6 +166,9 @@ def shot_finetune(out: Path) -> None:
     viewer.open_sample("napari-lgms", "ultrasound")
     segment = add_widget(viewer, "Segment")
     widget = add_widget(viewer, "Fine-tune")
+    docks = [w.parentWidget() for w in (segment, widget)]
+    while not all(hasattr(d, "setFloating") for d in docks):  # up to the QDockWidgets
+        docks = [d if hasattr(d, "setFloating") else d.parentWidget() for d in docks]
     store = CorrectionsStore(segment.corrections.store.root)
     for seed in range(1, 7):
         image, mask = make_ultrasound(seed=seed)
@@ -181,6 +184,11 @@ def shot_finetune(out: Path) -> None:
     widget.steps_spin.setValue(FINETUNE_STEPS)
     widget.start()
     wait_until(lambda: widget.task is not None and widget.task.finished, timeout=900)
+    from qtpy.QtCore import Qt
+
+    viewer.window._qt_window.resizeDocks(docks, [200, 700], Qt.Vertical)  # room for the plot
+    settle()
+    widget.scroll.ensureWidgetVisible(widget.plot)
     banner(viewer, trained)
     settle()
     viewer.screenshot(str(out / "screenshot-finetune.png"), canvas_only=False)

@@ -221,13 +221,13 @@ class FinetuneLayout(DockBody):
         body = QVBoxLayout()
         body.addLayout(form)
         body.addWidget(self.warning_label)
-        body.addWidget(self.plot)
+        body.addWidget(self.plot, 1)
         footer = QVBoxLayout()
         footer.addLayout(button_row(self.start_button, self.cancel_button))
         footer.addWidget(self.time_label)
         footer.addWidget(self.status_label)
         footer.addLayout(button_row(self.use_button, self.rollback_button))
-        self.scroll = scrolling_dock(self, body, footer)
+        self.scroll = scrolling_dock(self, body, footer, stretch=False)
 
 
 class FinetuneWidget(FinetuneLayout):
@@ -285,8 +285,8 @@ class FinetuneWidget(FinetuneLayout):
         self.models_ready = True
         self.model_combo.clear()
         self.model_combo.addItems([c.label for c in self._choices])
-        if current and self._base_by_hand and self.model_combo.findText(current) >= 0:
-            self.model_combo.setCurrentText(current)
+        if current and self.model_combo.findText(current) >= 0:
+            self.model_combo.setCurrentText(current)  # a new version in the list changes nothing here
         else:
             self._default_base()
         self._check_store()
@@ -513,10 +513,8 @@ class FinetuneSession:
         """Main thread: the verdict in words; a new model is offered only when one was saved."""
         ui = self.widget
         self.result = result
-        lines = [verdict_text(result)]
-        if getattr(result, "message", ""):
-            lines.append(f"({result.message})")
-        ui.status_label.setText("\n".join(lines))
+        ui.status_label.setText(verdict_text(result))
+        ui.status_label.setToolTip(getattr(result, "message", "") or "")  # the engine's evidence, on demand
         ui.use_button.setEnabled(offered(result))
         ui.rollback_button.setEnabled(offered(result))
         self._log("fine-tune", self._base.name, self.estimate.elapsed(), {
