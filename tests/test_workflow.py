@@ -306,11 +306,13 @@ def test_the_time_estimate_shows_at_once_and_only_counts_down(make_napari_viewer
 
     def left():
         match = re.search(r"about (\d+):(\d\d) left", finetune.time_label.text())
-        seen.append(int(match.group(1)) * 60 + int(match.group(2)))
+        if match:
+            seen.append(int(match.group(1)) * 60 + int(match.group(2)))
         return finetune.task.finished
 
     qtbot.waitUntil(left, timeout=30000)
-    assert seen[0] <= 60 and all(b <= a for a, b in zip(seen, seen[1:])), seen
+    assert len(seen) > 3 and seen[0] <= 60 and all(b <= a for a, b in zip(seen, seen[1:])), seen
+    assert finetune.time_label.text().startswith("took 0:0"), "at the end: how long it took"
 
 
 @pytest.mark.gui

@@ -98,7 +98,8 @@ class Section(QWidget):
             self.toggle.setChecked(expanded)
 
 
-def scrolling_dock(owner: QWidget, body: QVBoxLayout, footer: QVBoxLayout, stretch: bool = True) -> QScrollArea:
+def scrolling_dock(owner: QWidget, body: QVBoxLayout, footer: QVBoxLayout,
+                   stretch: bool = True) -> QScrollArea:
     """Put ``body`` in a vertical scroll area filling ``owner`` and ``footer`` under it, always shown;
     ``stretch``: spare height goes below ``body``'s widgets (else to those added with a stretch)."""
     content = QWidget()

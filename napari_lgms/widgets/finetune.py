@@ -464,8 +464,8 @@ class FinetuneSession:
         ui.cancel_button.setEnabled(True)
         ui.status_label.setText(f"Fine-tuning {self._base.name}…")
         self.estimate = TimeEstimate(call.get("time_budget"), call.get("steps"))
-        self._show_time()
         self._clock.start()
+        self._show_time()
         self.task = start_engine_task(
             # no should_stop for the engine: on Cancel the worker closes the generator at its
             # next report, so it never reaches "save" and the previous model stays as it was
@@ -484,7 +484,7 @@ class FinetuneSession:
 
     def _show_time(self) -> None:
         estimate = self.estimate
-        if estimate is None:
+        if estimate is None or not self._clock.isActive():  # reports that arrive after the end change nothing
             return
         total = f" of {estimate.total_steps}" if estimate.total_steps else ""
         left = estimate.left()
@@ -500,6 +500,9 @@ class FinetuneSession:
         step = int(getattr(record, "step", 0))
         if getattr(record, "loss", None) is not None:
             plot.add_loss(step, record.loss)
+        total = int(getattr(record, "total_steps", 0) or 0)
+        if self.estimate is not None and total > (self.estimate.total_steps or 0):
+            self.estimate.total_steps = total  # the engine's count (cross-fitting runs add steps)
         if self.estimate is not None and self.estimate.total_steps:
             plot.total_steps = self.estimate.total_steps
         dice = _dice_of(getattr(record, "val_metrics", None))
