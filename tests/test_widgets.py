@@ -143,8 +143,9 @@ def saved_tiny(tiny_model):
     return paths
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def corrections_dir(tmp_path, monkeypatch):
+    """Every test's corrections store (and session log) in its own temporary folder."""
     monkeypatch.setenv("NAPARI_LGMS_CORRECTIONS_DIR", str(tmp_path / "corrections"))
     return tmp_path / "corrections"
 
@@ -209,7 +210,7 @@ def test_segment_2d_sample_new_layer_keeps_geometry(make_napari_viewer, qtbot, s
 
 @pytest.mark.gui
 @needs_display
-def test_the_prediction_choice_reaches_the_engine(make_napari_viewer, qtbot, saved_tiny):
+def test_the_prediction_choice_reaches_the_engine(make_napari_viewer, qtbot, saved_tiny, corrections_dir):
     from napari_lgms.inference import segment
     from napari_lgms.widgets.segment import PREDICTIONS
     from napari_lgms.zoo import load_model
@@ -236,7 +237,7 @@ def test_the_prediction_choice_reaches_the_engine(make_napari_viewer, qtbot, sav
 
 @pytest.mark.gui
 @needs_display
-def test_the_model_follows_the_image_unless_pinned(make_napari_viewer, saved_tiny):
+def test_the_model_follows_the_image_unless_pinned(make_napari_viewer, saved_tiny, corrections_dir):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-lgms", "ultrasound")  # made for lgmsnet-synthetic-us (layer metadata)
     widget = _dock(viewer, "Segment")
@@ -324,7 +325,8 @@ def test_segment_volume_slice_box_and_fill_only_empty(make_napari_viewer, qtbot,
 
 @pytest.mark.gui
 @needs_display
-def test_cancel_leaves_the_viewer_unchanged(make_napari_viewer, qtbot, saved_tiny, monkeypatch):
+def test_cancel_leaves_the_viewer_unchanged(make_napari_viewer, qtbot, saved_tiny, monkeypatch,
+                                            corrections_dir):
     import napari_lgms.inference as inference
     from napari_lgms.inference import Progress
 
@@ -355,12 +357,16 @@ def test_cancel_leaves_the_viewer_unchanged(make_napari_viewer, qtbot, saved_tin
     assert stopped and stopped[0] < 999, "the engine stopped early"
     assert [layer.name for layer in viewer.layers] == ["img"]
     assert "Cancelled" in widget.status_label.text()
+    from napari_lgms.widgets._session_log import read_records
+
+    assert [r["result"]["outcome"] for r in read_records(widget.corrections.store.root)] == ["cancelled"]
     assert widget.run_button.isEnabled()
 
 
 @pytest.mark.gui
 @needs_display
-def test_errors_become_one_line_notifications(make_napari_viewer, qtbot, saved_tiny, monkeypatch):
+def test_errors_become_one_line_notifications(make_napari_viewer, qtbot, saved_tiny, monkeypatch,
+                                               corrections_dir):
     from napari_lgms.widgets import _workers
 
     shown = []

@@ -521,7 +521,7 @@ class FinetuneSession:
         ui.use_button.setEnabled(offered(result))
         ui.rollback_button.setEnabled(offered(result))
         self._log("fine-tune", self._base.name, self.estimate.elapsed(), {
-            "verdict": getattr(result, "verdict", None), "saved": bool(getattr(result, "saved", False)),
+            "outcome": "done", "verdict": getattr(result, "verdict", None), "saved": bool(getattr(result, "saved", False)),
             "new_model": result.name if offered(result) else None,
             "card_path": str(result.card_path) if offered(result) else None,
             "dice_before": _dice_of(getattr(result, "metrics_before", None)),
@@ -565,8 +565,13 @@ class FinetuneSession:
     def fail(self, error: BaseException) -> None:
         notify_error(error)
         self.widget.status_label.setText(f"Error: {one_line(error)}")
+        if self.running:  # the engine failed (not the options: nothing ran then)
+            self._log("fine-tune", self._base.name, self.estimate.elapsed(),
+                      {"outcome": "error", "message": one_line(error)})
 
     def _finished(self, cancelled: bool) -> None:
+        if cancelled:
+            self._log("fine-tune", self._base.name, self.estimate.elapsed(), {"outcome": "cancelled"})
         self._clock.stop()
         if self.estimate is not None:
             took, steps = _clock(self.estimate.elapsed()), self.estimate.step

@@ -444,6 +444,7 @@ class SegmentSession:
         self.last_outcome: RunOutcome | None = None
         self._models: dict[tuple[str, str], object] = {}
         self._started = 0.0
+        self._plan: RunPlan | None = None  # the run under way (for the session log)
 
     @property
     def running(self) -> bool:
@@ -457,7 +458,7 @@ class SegmentSession:
         ui.run_button.setEnabled(False)
         ui.cancel_button.setEnabled(True)
         ui.status_label.setText(f"Segmenting {plan.image_name} with {plan.choice.label}…")
-        self._started = time.monotonic()
+        self._started, self._plan = time.monotonic(), plan
         self.task = start_engine_task(
             lambda should_stop: self._steps(plan, should_stop),
             description=f"Segmenting {plan.image_name}",
@@ -520,33 +521,36 @@ class SegmentSession:
         image = self.viewer.layers[plan.image_name] if plan.image_name in self.viewer.layers else None
         if image is not None and not geo.in_view(self.viewer, image):
             self.viewer.reset_view(layers=[image])
-        self._log(outcome, layer, seconds)
+        self._log(outcome.model_name, {"outcome": "done", "labels_layer": layer.name,
+                                       "engine_seconds": round(seconds, 3),
+                                       "test_time_augmentation": _prediction_note(outcome.results),
+                                       "labelled_voxels": int(np.count_nonzero(outcome.combined))})
 
-    def _log(self, outcome: RunOutcome, layer, seconds: float) -> None:
-        plan = outcome.plan
-        store = self.widget.corrections.store
+    def _log(self, model: str, result: dict) -> None:
+        """One session-log line for the run under way (done, cancelled or failed)."""
+        plan, store = self._plan, self.widget.corrections.store
         append_record(
-            store.root if store is not None else None, "segment", model=outcome.model_name,
+            store.root if store is not None else None, "segment", model=model,
             image=plan.image_name, shape=plan.image.shape,
             settings={"model_source": plan.choice.source, "where": self.widget.mode_combo.currentText(),
                       "prediction": plan.test_time_augmentation, "device": plan.device,
                       "boxes": len(plan.jobs) if plan.jobs[0].roi is not None else 0,
                       "fill_only_empty": plan.fill_only_empty},
-            seconds=time.monotonic() - self._started,
-            result={"labels_layer": layer.name, "engine_seconds": round(seconds, 3),
-                    "test_time_augmentation": _prediction_note(outcome.results),
-                    "labelled_voxels": int(np.count_nonzero(outcome.combined))},
+            seconds=time.monotonic() - self._started, result=result,
         )
 
     def fail(self, error: BaseException) -> None:
         notify_error(error)
         self.widget.status_label.setText(f"Error: {one_line(error)}")
+        if self.running:  # the worker failed (not the plan: nothing ran then)
+            self._log(self._plan.choice.name, {"outcome": "error", "message": one_line(error)})
 
     def _finished(self, cancelled: bool) -> None:
         self.widget.cancel_button.setEnabled(False)
         self.widget._update_enabled()
         if cancelled:
             self.widget.status_label.setText("Cancelled; nothing was changed.")
+            self._log(self._plan.choice.name, {"outcome": "cancelled"})
 
 
 def _metadata(layer, outcome: RunOutcome) -> dict:
