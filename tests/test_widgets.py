@@ -11,23 +11,9 @@ import time
 import numpy as np
 import pytest
 
+from tests.widget_helpers import fake_engine
+
 needs_display = pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs a display; run under xvfb-run -a")
-
-
-@pytest.fixture(autouse=True)
-def _give_none_its_references_back():
-    """PySide6 6.12's ``processEvents()`` and ``QTest.qWait()`` drop one reference to None per call
-    (measured: 1000 calls, 1000 fewer). qtbot's waits make thousands of calls; on Python 3.11, where
-    None is not immortal, the interpreter then aborts at exit ("deallocating None"). Each test gives
-    back what went missing while it ran."""
-    import ctypes
-    import sys
-
-    before = sys.getrefcount(None)
-    yield
-    if sys.version_info < (3, 12):
-        for _ in range(max(before - sys.getrefcount(None), 0)):
-            ctypes.pythonapi.Py_IncRef(ctypes.py_object(None))
 
 
 def test_throttled_keeps_first_last_and_important_items_and_the_return_value():
@@ -128,26 +114,6 @@ def test_box_from_a_shapes_layer_in_image_index_coordinates():
     shapes = viewer.add_shapes([world], shape_type="rectangle")
     (box,) = boxes_from_shapes(viewer, shapes, image, [0, 1, 2], (5, 40, 40), only_selected=True)
     assert box.roi == ((3, 4), (4, 21), (6, 31)) and box.flat_axes == (0,)
-
-
-@pytest.fixture
-def saved_tiny(tiny_model):
-    """Save tiny 2D and 3D models in the user model folder; return their card paths."""
-    from napari_lgms.zoo import save_model, user_model_dir
-
-    paths = {}
-    for dims in (2, 3):
-        loaded = tiny_model(spatial_dims=dims, name=f"tiny-{dims}d",
-                            training={"data": "generated test data"}, metrics={"dice": 0.5, "split": "test"})
-        paths[dims] = str(save_model(loaded.network, loaded.card, user_model_dir()))
-    return paths
-
-
-@pytest.fixture(autouse=True)
-def corrections_dir(tmp_path, monkeypatch):
-    """Every test's corrections store (and session log) in its own temporary folder."""
-    monkeypatch.setenv("NAPARI_LGMS_CORRECTIONS_DIR", str(tmp_path / "corrections"))
-    return tmp_path / "corrections"
 
 
 def _dock(viewer, name):
@@ -444,36 +410,6 @@ def test_finetune_cancel_keeps_the_previous_model(make_napari_viewer, qtbot, sav
     assert finetune.result is None
     assert sorted(p.name for p in user_model_dir().iterdir()) == before
     assert "previous model is kept" in finetune.status_label.text()
-
-
-def fake_engine(tiny_model, verdict="better", saved=True, during_save=lambda: None):
-    """A stand-in for ``finetune_steps``: a few reports, then (if ``saved``) a new version of tiny-2d."""
-    from dataclasses import replace
-
-    from napari_lgms.training.engine import TrainProgress
-    from napari_lgms.training.finetuning import FinetuneResult
-    from napari_lgms.zoo import save_model, user_model_dir
-
-    def finetune_steps(model, *, corrections=None, unlabelled=None, time_budget=None, steps=None, **options):
-        fake_engine.calls.append({"model": model, "unlabelled": unlabelled, "time_budget": time_budget})
-        for step in range(1, 4):
-            yield TrainProgress(step, 3, 1, 0, 1.0 / step, 1e-3, 0.01 * step, None,
-                                {"dice": 0.5} if step == 3 else None, "train")
-        card_path = None
-        if saved:
-            loaded = tiny_model(spatial_dims=2, name="tiny-2d-ft-20261205-120000",
-                                lineage={"parent": "tiny-2d"})
-            card_path = user_model_dir() / f"{loaded.card.name}.json"
-            yield TrainProgress(3, 3, 1, 0, None, 0.0, 0.05, 0.0, None, "saving", output=str(card_path))
-            card_path = save_model(loaded.network, replace(loaded.card), user_model_dir())
-            during_save()
-            yield TrainProgress(3, 3, 1, 0, None, 0.0, 0.06, 0.0, None, "done")
-        return FinetuneResult(card_path, "tiny-2d-ft-20261205-120000" if saved else "tiny-2d", {"dice": 0.5},
-                              {"dice": 0.6 if verdict == "better" else 0.5}, verdict == "better", 3, 0.06,
-                              False, "", user_model_dir(), verdict=verdict, saved=saved)
-
-    fake_engine.calls = []
-    return finetune_steps
 
 
 @pytest.mark.gui

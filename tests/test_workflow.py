@@ -10,12 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_widgets import (  # noqa: F401 (fixtures: one autouse, two asked for by name)
-    _give_none_its_references_back,
-    corrections_dir,
-    fake_engine,
-    saved_tiny,
-)
+from tests.widget_helpers import fake_engine
 
 needs_display = pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs a display; run under xvfb-run -a")
 

@@ -10,7 +10,9 @@ What it does, in order:
    corrections store, or image/mask folders), prepared exactly as inference prepares an image
    (the card's channels, normalisation, and its resize or patch size), and the optional
    unlabelled images of the same domain (a folder or arrays);
-2. scores the parent on every correction, as users run it (the card's test-time augmentation);
+2. scores the parent on every correction, as users run it (the card's test-time augmentation), and
+   re-estimates its batch-norm statistics on the target images (corrections and unlabelled: no
+   labels involved, so every run below starts from it);
 3. **cross-fits**: splits the corrections into two folds and adapts a copy of the parent on each
    fold (a quarter of the budget each), scoring it on the other. Every correction is then scored
    once by the parent and once by a model that never saw it; :func:`adaptation.judge` turns those
@@ -20,11 +22,12 @@ What it does, in order:
    when the verdict is "better". Otherwise nothing is written; the candidate stays in
    :attr:`FinetuneResult.candidate` for callers who want to look at it.
 
-One adaptation run (:func:`adapt_steps`): the batch-norm statistics re-estimated on the target
-images (corrections and unlabelled), then AdamW on a cosine schedule over the run's time or steps,
-the loss weighted towards the pixels the user changed, the parent's (flip-averaged) predictions
-as targets on unlabelled images, and a pull of the weights back towards the parent's after every
-step. Batch-norm statistics stay frozen while training: a batch of two cannot estimate them.
+One adaptation run (:func:`adapt_steps`): AdamW on a cosine schedule over the run's time or
+steps, the loss weighted towards the pixels the user changed, the parent's (flip-averaged)
+predictions as targets on unlabelled images, and a pull of the weights back towards the parent's
+after every step. Those two ties to the parent are scaled by its mean score on the corrections
+(its "trust"): a parent that was nearly right stays close, one that was wrong (a new modality) is
+free to move. Batch-norm statistics stay frozen while training: a batch of two cannot estimate them.
 """
 from __future__ import annotations
 
@@ -48,9 +51,10 @@ from napari_lgms.training.engine import TrainProgress
 class AdaptSettings:
     """How one adaptation run learns (see the module docstring)."""
 
-    lr: float = 3e-4
-    batch_size: int = 4
+    lr: float = 1e-3
+    batch_size: int = 2
     freeze_encoder: bool = False
+    # Both scaled by the parent's mean score on the corrections: a parent that was right is kept close.
     anchor: float = 0.02  # fraction of the distance to the parent's weights pulled back per full-lr step
     distill_weight: float = 0.5  # parent agreement on unlabelled images, relative to the labels loss
     corrected_weight: float = 2.0  # extra pixel weight where the user changed the prediction
@@ -206,6 +210,8 @@ class _Context:
     unlabelled: list  # prepared samples
     parent_logits: list  # (K, *S) float32 per unlabelled sample: the parent's (flip-averaged) logits
     seed: int
+    trust: float  # the parent's mean score on the corrections, in [0, 1]
+    started: float  # the fine-tune's start on ``time.monotonic``, for the reports' elapsed time
 
 
 def adapt_steps(context: _Context, samples: Sequence, *, seconds: float | None, steps: int | None,
@@ -215,17 +221,15 @@ def adapt_steps(context: _Context, samples: Sequence, *, seconds: float | None, 
     step and returns ``(network, steps taken)``."""
     import torch
 
-    from napari_lgms.training.adaptation import (ParentAnchor, adaptation_loss, cosine_fraction, renormalise)
+    from napari_lgms.training.adaptation import ParentAnchor, adaptation_loss, cosine_fraction
 
     settings = context.settings
     network = copy.deepcopy(context.parent)
-    if settings.renormalise:
-        renormalise(network, [s.image for s in samples] + [s.image for s in context.unlabelled], context.device)
     if settings.freeze_encoder:
         freeze_first_half(network)
     trainable = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.0)
-    anchor = ParentAnchor(network, settings.anchor)
+    anchor = ParentAnchor(network, settings.anchor * context.trust)
     rng = np.random.default_rng([context.seed, len(samples), sum(map(ord, label))])
     started, step, loss_value = clock(), 0, None
     network.eval()  # batch-norm statistics stay as estimated; there is no dropout to switch on
@@ -243,7 +247,7 @@ def adapt_steps(context: _Context, samples: Sequence, *, seconds: float | None, 
         labelled_logits = logits[:len(images)]
         extra = logits[len(images):] if unlabelled is not None else None
         loss = adaptation_loss(labelled_logits, masks, weights, extra, targets,
-                               distill_weight=settings.distill_weight)
+                               distill_weight=settings.distill_weight * context.trust)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -251,8 +255,8 @@ def adapt_steps(context: _Context, samples: Sequence, *, seconds: float | None, 
         step += 1
         loss_value = float(loss.detach())
         remaining = None if seconds is None else max(seconds - (clock() - started), 0.0)
-        yield TrainProgress(step, steps or 0, 0, 0, loss_value, settings.lr * fraction, clock() - started,
-                            remaining, None, "train", label)
+        yield TrainProgress(step, steps or 0, 0, 0, loss_value, settings.lr * fraction,
+                            time.monotonic() - context.started, remaining, None, "train", label)
     network.eval()
     return network, step
 
@@ -279,7 +283,7 @@ def _batch(context: _Context, samples: Sequence, rng: np.random.Generator):
     images = torch.from_numpy(np.stack([v[0] for v in views])).to(context.device)
     masks = torch.from_numpy(np.stack([v[1].astype(np.int64) for v in views])).to(context.device)
     weights = torch.from_numpy(np.stack([v[2] for v in views])).to(context.device)
-    if not context.unlabelled or settings.distill_weight <= 0:
+    if not context.unlabelled or settings.distill_weight * context.trust <= 0:
         return images, masks, weights, None, None
     extra = []
     for index in rng.integers(0, len(context.unlabelled), size):
@@ -298,8 +302,8 @@ def _batch(context: _Context, samples: Sequence, rng: np.random.Generator):
     return images, masks, weights, unlabelled, targets
 
 
-def _parent_logits(network, samples: Sequence, device, flips, window) -> list[np.ndarray]:
-    """The parent's logits (K, *S) on each prepared sample, averaged over ``flips``."""
+def _parent_logits(network, samples: Sequence, device, flips, window, autocast) -> list[np.ndarray]:
+    """The parent's logits (K, *S) float32 on each prepared sample, averaged over ``flips``."""
     import torch
 
     from napari_lgms.inference.augment import average_over_flips
@@ -307,14 +311,19 @@ def _parent_logits(network, samples: Sequence, device, flips, window) -> list[np
     from napari_lgms.training.evaluate import sliding_window_logits
 
     def forward(batch):
-        if window is None:
-            return padded_forward(network, batch)
-        return sliding_window_logits(network, batch, window)
+        with autocast():
+            if window is None:
+                return padded_forward(network, batch)
+            return torch.cat([sliding_window_logits(network, batch[i:i + 1], window) for i in range(len(batch))])
 
     network.eval()
+    size = 8 if window is None else 1  # resized samples all have the card's patch shape
+    logits = []
     with torch.no_grad():
-        return [average_over_flips(forward, torch.from_numpy(s.image[None]).to(device), flips)[0].cpu().numpy()
-                for s in samples]
+        for start in range(0, len(samples), size):
+            batch = torch.from_numpy(np.stack([s.image for s in samples[start:start + size]])).to(device)
+            logits += list(average_over_flips(forward, batch, flips).float().cpu().numpy())
+    return logits
 
 
 # ----------------------------------------------------------------------------- the fine-tune
@@ -351,7 +360,7 @@ def finetune_steps(
     from napari_lgms._device import select_device
     from napari_lgms.inference.augment import flip_sets, resolve
     from napari_lgms.training import data as data_mod
-    from napari_lgms.training.adaptation import judge
+    from napari_lgms.training.adaptation import judge, renormalise
     from napari_lgms.training.engine import autocast_factory, resolve_precision
     from napari_lgms.training.evaluate import score_samples
     from napari_lgms.zoo import LoadedModel, load_model, sha256_of, validate_model_name
@@ -416,11 +425,21 @@ def finetune_steps(
                              autocast=autocast, window=window, flips=flips)
 
     before_rows = scores(parent_network, samples)
-    context = _Context(parent_network, torch_device, autocast, settings,
-                       tuple(range(dims)) if tta == "flips" else (), patch if mode == "patch" else None,
-                       extra_samples, _parent_logits(parent_network, extra_samples, torch_device, flips, window),
-                       seed)
     metric = "iou" if parent_card.num_classes == 1 else "dice"
+    start_network, renormalised = parent_network, False
+    if settings.renormalise:
+        # The target images' statistics: no labels go in, so scoring them on every correction is
+        # fair, and every run below may share them. Kept only when they score at least as well.
+        candidate_start = copy.deepcopy(parent_network)
+        renormalise(candidate_start, [s.image for s in samples + extra_samples], torch_device)
+        if _mean_score(scores(candidate_start, samples), metric) >= _mean_score(before_rows, metric):
+            start_network, renormalised = candidate_start, True
+    trust = float(np.clip(_mean_score(before_rows, metric), 0.0, 1.0))
+    context = _Context(start_network, torch_device, autocast, settings,
+                       tuple(range(dims)) if tta == "flips" else (), patch if mode == "patch" else None,
+                       extra_samples,
+                       _parent_logits(start_network, extra_samples, torch_device, flips, window, autocast),
+                       seed, trust, started)
 
     # -- cross-fitting, then the candidate ------------------------------------------------------
     from napari_lgms.training.adaptation import cross_fit_folds
@@ -458,7 +477,8 @@ def finetune_steps(
     # -- the verdict, and the new version when it is better ---------------------------------------
     before = _mean_rows(before_rows, checked or range(len(samples)))
     after = _mean_rows([after_rows[i] for i in checked], range(len(checked))) if checked else dict(before)
-    evidence = {"metric": metric, "held_out": len(checked), "folds": len(folds),
+    evidence = {"metric": metric, "held_out": len(checked), "folds": len(folds), "parent_trust": trust,
+                "renormalised": renormalised,
                 "mean_difference": verdict.mean_difference,
                 "standard_error": verdict.standard_error if math.isfinite(verdict.standard_error) else None,
                 "differences": list(verdict.differences), "margin": VERDICT_MARGIN,
@@ -487,6 +507,10 @@ def finetune_steps(
     return FinetuneResult(card_path, new_name if saved else parent_card.name, before, after, saved, total_steps,
                           time.monotonic() - started, False, message, destination, split,
                           verdict=decision, saved=saved, evidence=evidence, candidate=candidate)
+
+
+def _mean_score(rows: Sequence[dict[str, float]], metric: str) -> float:
+    return float(np.mean([row[metric] for row in rows]))
 
 
 def _mean_rows(rows: Sequence[dict[str, float]], indices) -> dict[str, float]:

@@ -247,12 +247,11 @@ def prune_onnx_cache(folder: Path, max_bytes: int = ONNX_CACHE_BYTES) -> None:
 
 
 def onnxruntime_available() -> bool:
-    try:
-        import onnx  # noqa: F401  (the exporter needs it)
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the exporter (onnx) and ONNX Runtime are installed, without importing them: the onnx
+    extension holds the GIL while it starts, which would freeze napari for half a second."""
+    from importlib.util import find_spec
+
+    return find_spec("onnx") is not None and find_spec("onnxruntime") is not None
 
 
 def _fingerprint(network: nn.Module, device) -> tuple:
