@@ -199,3 +199,24 @@ def test_the_package_function_is_not_shadowed_by_its_module():
     import napari_lgms.training.finetuning  # noqa: F401
 
     assert callable(napari_lgms.finetune) and callable(napari_lgms.training.finetune)
+
+
+def test_a_3d_model_trains_on_patches_and_is_judged_by_sliding_windows(tiny_model, tmp_path):
+    from napari_lgms.corrections import CorrectionsStore
+    from napari_lgms.training import finetune
+    from napari_lgms.zoo import load_model, save_model
+
+    loaded = tiny_model(spatial_dims=3, num_classes=3)
+    parent = load_model(save_model(loaded.network, loaded.card, tmp_path / "parent"))
+    store = CorrectionsStore(tmp_path / "store")
+    rng = np.random.default_rng(0)
+    for index in range(4):
+        mask = np.zeros((20, 24, 18), np.uint8)
+        mask[4:10, 5:15, 4:12], mask[10:16, 5:15, 4:12] = 1, 2
+        image = (rng.normal(50, 10, mask.shape) + 40 * mask).astype(np.float32)
+        store.save(f"vol{index}", image, mask, np.zeros_like(mask), model="tiny-test", geometry={})
+    unlabelled = [rng.normal(50, 10, (20, 24, 18)).astype(np.float32), rng.normal(size=(32, 32))]
+    result = finetune(parent, corrections=store.root, unlabelled=unlabelled, output=tmp_path / "out", steps=4,
+                      device="cpu")
+    assert result.evidence["held_out"] == 4 and result.evidence["metric"] == "dice"
+    assert result.candidate.card.training["finetune"]["data"]["unlabelled"] == 1  # the 2D image is not for it

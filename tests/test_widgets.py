@@ -384,11 +384,9 @@ def test_finetune_runs_plots_and_states_its_verdict(make_napari_viewer, qtbot, s
     assert result is not None, finetune.status_label.text()
     assert finetune.plot.loss and finetune.plot.dice, "live loss and validation Dice points"
     words = {"better": "Better on your corrections", "no evidence": "No evidence either way: nothing saved",
-             "worse": "Worse: nothing saved"}
+             "worse": "Worse on your corrections: nothing saved"}
     assert finetune.status_label.text().startswith(words[result.verdict])
     assert finetune.use_button.isEnabled() == offered(result) == finetune.rollback_button.isEnabled()
-    if not offered(result) and result.card_path is not None:
-        assert not result.card_path.exists(), "a model no better is never left to pick"
 
 
 @pytest.mark.gui

@@ -234,7 +234,7 @@ def test_a_run_without_a_better_model_offers_nothing(make_napari_viewer, qtbot, 
     _fake_engine(monkeypatch, tiny_model, verdict=verdict, saved=False)
     finetune.start()
     qtbot.waitUntil(lambda: finetune.task.finished, timeout=30000)
-    expected = {"no evidence": "No evidence either way: nothing saved", "worse": "Worse: nothing saved"}
+    expected = {"no evidence": "No evidence either way: nothing saved", "worse": "Worse on your corrections: nothing saved"}
     assert finetune.status_label.text().startswith(expected[verdict])
     assert not finetune.use_button.isEnabled() and not finetune.rollback_button.isEnabled()
 

@@ -216,9 +216,9 @@ class _Context:
 
 def adapt_steps(context: _Context, samples: Sequence, *, seconds: float | None, steps: int | None,
                 should_stop: Callable[[], bool] | None, label: str,
-                clock: Callable[[], float] = time.monotonic) -> Generator[TrainProgress, None, tuple[Any, int]]:
+                steps_before: int = 0) -> Generator[TrainProgress, None, tuple[Any, int]]:
     """Adapt a copy of the parent to ``samples`` for ``seconds`` or ``steps``; yields a report every
-    step and returns ``(network, steps taken)``."""
+    step (numbered after ``steps_before``, the earlier runs' steps) and returns ``(network, steps taken)``."""
     import torch
 
     from napari_lgms.training.adaptation import ParentAnchor, adaptation_loss, cosine_fraction
@@ -231,10 +231,10 @@ def adapt_steps(context: _Context, samples: Sequence, *, seconds: float | None, 
     optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.0)
     anchor = ParentAnchor(network, settings.anchor * context.trust)
     rng = np.random.default_rng([context.seed, len(samples), sum(map(ord, label))])
-    started, step, loss_value = clock(), 0, None
+    started, step = time.monotonic(), 0
     network.eval()  # batch-norm statistics stay as estimated; there is no dropout to switch on
     while True:
-        elapsed = clock() - started
+        elapsed = time.monotonic() - started
         progress = step / steps if steps is not None else elapsed / max(seconds or 0.0, 1e-9)
         if progress >= 1.0 or (should_stop is not None and should_stop()):
             break
@@ -253,9 +253,8 @@ def adapt_steps(context: _Context, samples: Sequence, *, seconds: float | None, 
         optimizer.step()
         anchor.pull(fraction)
         step += 1
-        loss_value = float(loss.detach())
-        remaining = None if seconds is None else max(seconds - (clock() - started), 0.0)
-        yield TrainProgress(step, steps or 0, 0, 0, loss_value, settings.lr * fraction,
+        remaining = None if seconds is None else max(seconds - (time.monotonic() - started), 0.0)
+        yield TrainProgress(steps_before + step, 0, 0, 0, float(loss.detach()), settings.lr * fraction,
                             time.monotonic() - context.started, remaining, None, "train", label)
     network.eval()
     return network, step
@@ -454,15 +453,18 @@ def finetune_steps(
     for number, held_out in enumerate(folds, 1):
         training = [samples[i] for i in range(len(samples)) if i not in held_out]
         network, taken = yield from adapt_steps(context, training, seconds=fold_seconds, steps=fold_steps,
-                                                should_stop=should_stop, label=f"check {number} of {len(folds)}")
+                                                should_stop=should_stop, label=f"check {number} of {len(folds)}",
+                                                steps_before=total_steps)
         total_steps += taken
         if should_stop is not None and should_stop():
             stopped = True
             break
-        for index, row in zip(held_out, scores(network, [samples[i] for i in held_out])):
+        fold_rows = scores(network, [samples[i] for i in held_out])
+        for index, row in zip(held_out, fold_rows):
             after_rows[index] = row
-        yield TrainProgress(total_steps, 0, 0, 0, None, 0.0, time.monotonic() - started, None, None, "validate",
-                            f"check {number} of {len(folds)} done")
+        yield TrainProgress(total_steps, 0, 0, 0, None, 0.0, time.monotonic() - started, None,
+                            _mean_rows(fold_rows, range(len(fold_rows))), "validate",
+                            f"check {number} of {len(folds)}: scored on its {len(held_out)} held-out corrections")
     checked = [i for i, row in enumerate(after_rows) if row is not None]
     verdict = judge([after_rows[i][metric] - before_rows[i][metric] for i in checked],
                     margin=VERDICT_MARGIN, confidence=VERDICT_CONFIDENCE)
@@ -470,7 +472,8 @@ def finetune_steps(
     if not stopped:
         left = None if time_budget is None else max(time_budget - (time.monotonic() - started) - reserve, 1.0)
         candidate_network, taken = yield from adapt_steps(context, samples, seconds=left, steps=steps,
-                                                          should_stop=should_stop, label="final model")
+                                                          should_stop=should_stop, label="final model",
+                                                          steps_before=total_steps)
         total_steps += taken
         stopped = should_stop is not None and should_stop()
 

@@ -71,40 +71,31 @@ def _clock(seconds) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def _dice_of(metrics) -> float | None:
-    """The Dice figure from a metrics dict or number, whatever its key is called."""
-    if metrics is None:
-        return None
-    if isinstance(metrics, (int, float)):
-        return float(metrics)
-    for key in ("dice", "val_dice", "Dice", "mean_dice"):
-        if key in metrics and metrics[key] is not None:
-            return float(metrics[key])
-    return None
+def _dice_of(metrics: dict[str, float] | None) -> float | None:
+    """The mean Dice of an engine's metrics, None when there is none."""
+    return None if not metrics or "dice" not in metrics else float(metrics["dice"])
 
 
 def verdict_text(result) -> str:
-    """The run's verdict in words, as the user reads it."""
-    verdict = getattr(result, "verdict", "no evidence")
-    before = _dice_of(getattr(result, "metrics_before", None))
-    after = _dice_of(getattr(result, "metrics_after", None))
-    if verdict == "better" and getattr(result, "saved", False):
+    """The run's verdict (a :class:`~napari_lgms.training.finetuning.FinetuneResult`) in words."""
+    if offered(result):
+        before, after = _dice_of(result.metrics_before), _dice_of(result.metrics_after)
         dice = f": Dice {before:.3f} → {after:.3f}" if before is not None and after is not None else ""
-        return f"Better on your corrections{dice}. Saved as {result.name}."
-    if verdict == "worse":
-        return "Worse: nothing saved; the previous model is kept."
+        return (f"Better on your corrections{dice}, each scored by a model that never saw it. "
+                f"Saved as {result.name}.")
+    if result.verdict == "worse":
+        return "Worse on your corrections: nothing saved; the previous model is kept."
     return "No evidence either way: nothing saved; the previous model is kept."
 
 
 def offered(result) -> bool:
-    """A run offers a new model only when it saved one, and only a better one."""
-    return bool(getattr(result, "saved", False) and getattr(result, "card_path", None)
-                and getattr(result, "verdict", "") == "better")
+    """A run offers a new model only when it saved one (the engine saves only a better one)."""
+    return result.saved and result.card_path is not None
 
 
 def _always_shown(record) -> bool:
     """Reports that pass the throttle: validation scores (the plot) and "saving" (Cancel then deletes)."""
-    return getattr(record, "val_metrics", None) is not None or getattr(record, "phase", "") == "saving"
+    return record.val_metrics is not None or record.phase == "saving"
 
 
 def _delete_version(card_path) -> Path | None:
@@ -494,18 +485,18 @@ class FinetuneSession:
 
     def _show_progress(self, record) -> None:
         plot = self.widget.plot
-        self._phase = getattr(record, "phase", "") or self._phase
+        self._phase = record.phase or self._phase
         if self._phase == "saving":
-            self._saving_to = getattr(record, "output", "") or None
-        step = int(getattr(record, "step", 0))
-        if getattr(record, "loss", None) is not None:
+            self._saving_to = record.output or None
+        step = int(record.step)
+        if record.loss is not None:
             plot.add_loss(step, record.loss)
-        total = int(getattr(record, "total_steps", 0) or 0)
+        total = int(record.total_steps or 0)
         if self.estimate is not None and total > (self.estimate.total_steps or 0):
             self.estimate.total_steps = total  # the engine's count (cross-fitting runs add steps)
         if self.estimate is not None and self.estimate.total_steps:
             plot.total_steps = self.estimate.total_steps
-        dice = _dice_of(getattr(record, "val_metrics", None))
+        dice = _dice_of(record.val_metrics)
         if dice is not None and (not plot.dice or plot.dice[-1] != (float(step), dice)):
             plot.add_dice(step, dice)
         if self.estimate is not None:
@@ -517,20 +508,18 @@ class FinetuneSession:
         ui = self.widget
         self.result = result
         ui.status_label.setText(verdict_text(result))
-        ui.status_label.setToolTip(getattr(result, "message", "") or "")  # the engine's evidence, on demand
+        ui.status_label.setToolTip(result.message)  # the engine's evidence, on demand
         ui.use_button.setEnabled(offered(result))
         ui.rollback_button.setEnabled(offered(result))
         self._log("fine-tune", self._base.name, self.estimate.elapsed(), {
-            "outcome": "done", "verdict": getattr(result, "verdict", None), "saved": bool(getattr(result, "saved", False)),
+            "outcome": "done", "verdict": result.verdict, "saved": result.saved,
             "new_model": result.name if offered(result) else None,
             "card_path": str(result.card_path) if offered(result) else None,
-            "dice_before": _dice_of(getattr(result, "metrics_before", None)),
-            "dice_after": _dice_of(getattr(result, "metrics_after", None)),
-            "steps": getattr(result, "steps", None), "evidence": getattr(result, "evidence", None),
+            "dice_before": _dice_of(result.metrics_before),
+            "dice_after": _dice_of(result.metrics_after),
+            "steps": result.steps, "evidence": result.evidence,
         })
-        if getattr(result, "saved", False) and not offered(result):
-            _delete_version(result.card_path)  # an engine that saved a model no better: never offer it
-        if getattr(result, "saved", False):
+        if result.saved:
             hub.models_changed.emit()
 
     def _log(self, action: str, model: str, seconds, result: dict) -> None:
