@@ -354,8 +354,6 @@ def finetune_steps(
     ``precision``: "auto" (bf16 autocast on CPUs with native bf16 and on CUDA GPUs that have it,
     else fp32), "fp32" or "bf16". ``should_stop``: checked every step; a stopped run saves nothing.
     """
-    import torch
-
     from napari_lgms._device import select_device
     from napari_lgms.inference.augment import flip_sets, resolve
     from napari_lgms.training import data as data_mod

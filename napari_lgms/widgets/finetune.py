@@ -31,9 +31,9 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
+from napari_lgms.training.finetuning import PRESETS
 from napari_lgms.widgets import _layer_geometry as geo
 from napari_lgms.widgets._layout import (
     DockBody,
@@ -56,7 +56,7 @@ from napari_lgms.widgets._shared import (
 from napari_lgms.widgets._workers import notify_error, one_line, start_engine_task
 from napari_lgms.widgets.corrections import _short_path
 
-FAST_MINUTES = 2.0
+FAST_MINUTES = PRESETS["fast"]["time_budget"] / 60.0  # the engine's preset, one figure for both
 MAX_UNLABELLED = 50
 BUDGET_MINUTES, BUDGET_STEPS = "Minutes", "Steps"
 SOURCE_STORE, SOURCE_BOTH, SOURCE_FOLDER = (
@@ -81,8 +81,7 @@ def verdict_text(result) -> str:
     if offered(result):
         before, after = _dice_of(result.metrics_before), _dice_of(result.metrics_after)
         dice = f": Dice {before:.3f} → {after:.3f}" if before is not None and after is not None else ""
-        return (f"Better on your corrections{dice}, each scored by a model that never saw it. "
-                f"Saved as {result.name}.")
+        return f"Better on your corrections{dice}. Saved as {result.name}."  # how: in the tooltip
     if result.verdict == "worse":
         return "Worse on your corrections: nothing saved; the previous model is kept."
     return "No evidence either way: nothing saved; the previous model is kept."
