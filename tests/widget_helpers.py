@@ -25,8 +25,8 @@ def fake_engine(tiny_model, verdict="better", saved=True, during_save=lambda: No
             during_save()
             yield TrainProgress(3, 3, 1, 0, None, 0.0, 0.06, 0.0, None, "done")
         return FinetuneResult(card_path, "tiny-2d-ft-20261205-120000" if saved else "tiny-2d", {"dice": 0.5},
-                              {"dice": 0.6 if verdict == "better" else 0.5}, verdict == "better", 3, 0.06,
-                              False, "", user_model_dir(), verdict=verdict, saved=saved)
+                              {"dice": 0.6 if verdict == "better" else 0.5}, 3, 0.06, "",
+                              user_model_dir(), verdict=verdict, saved=saved)
 
     fake_engine.calls = []
     return finetune_steps

@@ -48,7 +48,7 @@ def _io():
     return io_image
 
 
-def _visible_files(folder: Path) -> list[Path]:
+def visible_files(folder: Path) -> list[Path]:
     io = _io()
     return sorted(
         p for p in folder.iterdir()
@@ -138,10 +138,10 @@ def pair_folders(images: Path, masks: Path) -> tuple[list[FilePair], list[str]]:
         if not folder.is_dir():
             raise InputError(f"{folder}: {what} folder not found")
     by_stem: dict[str, Path] = {}
-    for mask in _visible_files(masks):
+    for mask in visible_files(masks):
         by_stem.setdefault(_stem(mask), mask)
     pairs, unpaired = [], []
-    for image in _visible_files(images):
+    for image in visible_files(images):
         stem = _stem(image)
         match = next((by_stem[stem + s] for s in MASK_SUFFIXES if stem + s in by_stem), None)
         if match is None:

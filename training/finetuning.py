@@ -88,10 +88,8 @@ class FinetuneResult:
     name: str
     metrics_before: dict[str, float]
     metrics_after: dict[str, float]
-    improved: bool
     steps: int
     elapsed: float
-    validated_on_training: bool
     message: str
     output_dir: Path
     split: dict[str, Any] = field(default_factory=dict)
@@ -169,13 +167,13 @@ def _unlabelled_samples(unlabelled, spec, limit: int, seed: int) -> list:
     if unlabelled is None:
         return []
     if isinstance(unlabelled, (str, os.PathLike)):
-        from napari_lgms.io import is_supported, read_image
+        from napari_lgms.io import read_image
+        from napari_lgms.training.data import visible_files
 
         folder = Path(unlabelled).expanduser()
         if not folder.is_dir():
             raise InputError(f"unlabelled images: {folder} is not a folder")
-        files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and is_supported(p))
-        chosen = _choose(files, limit, seed)
+        chosen = _choose([p for p in visible_files(folder) if p.is_file()], limit, seed)
         arrays = [(read_image(p).array, p.name) for p in chosen]
     else:
         arrays = [(np.asarray(a), f"unlabelled {i}") for i, a in enumerate(_choose(list(unlabelled), limit, seed))]
@@ -505,8 +503,8 @@ def finetune_steps(
                         "done", message)
     split = {"description": f"two-fold cross-fitting over {len(samples)} corrections (seed {seed})",
              "folds": [[samples[i].name for i in fold] for fold in folds]}
-    return FinetuneResult(card_path, new_name if saved else parent_card.name, before, after, saved, total_steps,
-                          time.monotonic() - started, False, message, destination, split,
+    return FinetuneResult(card_path, new_name if saved else parent_card.name, before, after, total_steps,
+                          time.monotonic() - started, message, destination, split,
                           verdict=decision, saved=saved, evidence=evidence, candidate=candidate)
 
 
