@@ -26,6 +26,7 @@ def main() -> int:
     from napari_lgms.inference.augment import flip_sets
     from napari_lgms.training.engine import autocast_factory, resolve_precision
     from napari_lgms.training.losses import distilled_loss
+    from napari_lgms.models.layout import use_layout_for
     from napari_lgms.training.teacher import Teacher
 
     args = parse_options(__doc__)
@@ -33,6 +34,7 @@ def main() -> int:
     dtype, _ = resolve_precision("auto", device)
     autocast = autocast_factory(device, dtype)
     student = load_model(STUDENT).network.train()
+    use_layout_for(student, device, training=True)
     loaded = load_model(TEACHER)
     teacher = loaded.network.eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)

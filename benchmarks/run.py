@@ -104,7 +104,7 @@ def child_ours(job: dict) -> dict:
     model = LoadedModel(network, card, None, "untrained")
     dims, channels = card.spatial_dims, card.in_channels
     spatial = (size,) * dims
-    patch = tuple(card.input["patch_size"])
+    patch = tuple(card.input.patch_size)
     image = _image(spatial, channels)
     results: dict = {"model": name, "input": "x".join(map(str, spatial))}
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from napari_lgms.models import create_model
+from napari_lgms.models.layout import use_layout_for
 from napari_lgms.training.losses import segmentation_loss
 
 VARIANTS = {
@@ -59,6 +60,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     start = create_model(args.model).train()
+    use_layout_for(start, "cpu", training=True)
     images = torch.randn(args.batch, start.arguments["in_channels"], args.size, args.size)
     masks = (torch.rand(args.batch, args.size, args.size) > 0.7).long()
     steps, losses, times = {}, {}, {name: [] for name in VARIANTS}

@@ -42,8 +42,8 @@ def time_case(name: str, shape: tuple[int, ...], repeats: int) -> dict:
             segment(image, model, channel_axis=channel_axis, test_time_augmentation=choice)
             values.append(time.perf_counter() - started)
     medians = {choice: statistics.median(values) for choice, values in times.items()}
-    return {"model": name, "input": "x".join(map(str, shape)), "default": model.card.output.get(
-        "test_time_augmentation", "none"), **medians, "ratio": medians["flips"] / medians["none"]}
+    return {"model": name, "input": "x".join(map(str, shape)), "default": model.card.output.test_time_augmentation or "none",
+            **medians, "ratio": medians["flips"] / medians["none"]}
 
 
 def main() -> int:

@@ -94,7 +94,7 @@ def export_model(model, output: str | Path | None = None, *, input_shape: tuple[
     if path.suffix.lower() != ".onnx":
         raise OutputError(f"output {path} must end in .onnx")
     if input_shape is None:
-        patch = card.input.get("patch_size") or ([96] * 3 if card.spatial_dims == 3 else [256, 256])
+        patch = card.input.patch_size or ([96] * 3 if card.spatial_dims == 3 else [256, 256])
         input_shape = (1, card.in_channels, *(int(p) for p in patch))
     check_divisible(input_shape[2:], size_divisor(model))
     network = optimize_for_inference(model.network.to("cpu"))

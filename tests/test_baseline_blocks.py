@@ -217,14 +217,29 @@ def test_es_block_is_residual():
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_depthwise_layout_switch_changes_nothing_numerically(spatial_dims):
+    from napari_lgms.models.layout import set_depthwise_layout
+
     torch.manual_seed(0)
     conv = DepthwiseConv(spatial_dims, 6, 7)
     x = torch.randn(2, 6, *([9] * spatial_dims))
     reference = conv.conv(x)
-    switched = conv(x)  # grad enabled: the channels-last path
+    assert set_depthwise_layout(conv, True) == 1
+    switched = conv(x)
     assert switched.is_contiguous() and torch.allclose(switched, reference, atol=1e-5)
-    with torch.inference_mode():
-        assert torch.allclose(conv(x), reference, atol=1e-5)
+    set_depthwise_layout(conv, False)
+    assert torch.equal(conv(x), reference)
+
+
+def test_layout_policy_is_channels_last_for_cpu_training_and_3d_inference():
+    from napari_lgms.models.layout import prefer_channels_last, use_layout_for
+
+    assert prefer_channels_last("cpu", training=True, spatial_dims=2)
+    assert prefer_channels_last("cpu", training=False, spatial_dims=3)
+    assert not prefer_channels_last("cpu", training=False, spatial_dims=2)
+    assert not prefer_channels_last("meta", training=True, spatial_dims=3)
+    network = ESDMRNet(in_channels=1, num_classes=2, widths=(8, 8, 16, 16, 24))
+    assert use_layout_for(network, "cpu", training=True) > 0
+    assert all(m.channels_last for m in network.modules() if isinstance(m, DepthwiseConv))
 
 
 def test_esdmrnet_counts():

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from napari_lgms.cli import main
-from napari_lgms.cli.evaluate_cmd import pair_files
+from napari_lgms.evaluation import pair_files
 from napari_lgms.inference import segment
 from napari_lgms.io import read_image, read_mask
 from napari_lgms.zoo import save_model
@@ -414,7 +414,7 @@ def test_python_dash_m_cli_segment_and_error(tmp_path):
     from napari_lgms.zoo import untrained_card
 
     card = untrained_card("tinyunet", in_channels=1)
-    card.input["patch_size"] = [32, 32]
+    card.input.patch_size = [32, 32]
     network = create_model("tinyunet", in_channels=1).eval()
     card_path = save_model(network, card, tmp_path / "models")
     source = tmp_path / "img.png"
@@ -443,3 +443,19 @@ def test_a_single_input_shows_progress_on_a_terminal(model_2d, tmp_path, capsys,
     assert code == 0, err
     assert "1/1 big.png" in err and "[#" in err and err.endswith("\r")  # drawn, then cleared
     assert out.count("\n") == 1
+
+
+def test_a_long_input_reports_progress_lines_in_a_log(model_2d, tmp_path, capsys, monkeypatch):
+    from napari_lgms.cli import segment_cmd
+
+    model, card = model_2d
+    source = tmp_path / "big.png"
+    Image.fromarray(blob_image((96, 80))).save(source)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    monkeypatch.setattr(segment_cmd._ProgressBar, "LOG_SECONDS", 0.0)  # every report is "long"
+    code, out, err = run_cli(capsys, "segment", source, "--model", card, "--output", tmp_path / "out")
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert lines and all(line.startswith("napari-lgms segment: big.png: ") and "(input 1 of 1)" in line
+                         for line in lines)
+    assert "\r" not in err and out.count("\n") == 1

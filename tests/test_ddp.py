@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
 
-from test_training import write_2d_dataset  # noqa: E402
+from tests.training_helpers import write_2d_dataset  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_training import tiny_config, write_2d_dataset  # noqa: E402
+from tests.training_helpers import tiny_config, write_2d_dataset  # noqa: E402
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ def saved_model(tmp_path, name="unext", patch=(64, 64)):
     torch.manual_seed(0)
     network = create_model(name).eval()
     card = untrained_card(name)
-    card.input["patch_size"] = list(patch)
+    card.input.patch_size = list(patch)
     return save_model(network, card, tmp_path / "models"), network
 
 
@@ -34,7 +34,7 @@ def run_onnx(path, array):
 def test_onnx_runtime_output_matches_torch(tmp_path, name, patch):
     card_file, network = saved_model(tmp_path, name, patch)
     model = LoadedModel(network, untrained_card(name), card_file, "path")
-    model.card.input["patch_size"] = list(patch)
+    model.card.input.patch_size = list(patch)
     path = export_model(model, tmp_path / "out" / f"{name}.onnx")
     x = torch.randn((1, network.arguments["in_channels"]) + tuple(patch))
     with torch.no_grad():

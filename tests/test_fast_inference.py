@@ -39,7 +39,7 @@ def small_model(name: str) -> LoadedModel:
     network = create_model(name).eval()
     randomise_batch_norms(network)
     card = untrained_card(name)
-    card.input["patch_size"] = [32, 32, 32] if card.spatial_dims == 3 else [64, 64]
+    card.input.patch_size = [32, 32, 32] if card.spatial_dims == 3 else [64, 64]
     return LoadedModel(network, card, None, "untrained")
 
 
@@ -88,7 +88,7 @@ def test_fast_masks_match_eager_on_sample_data(name):
         # Threshold at the median distinct value so random weights still give a non-trivial mask.
         if model.card.num_classes == 1:
             values = np.unique(eager.probabilities)
-            model.card.output["threshold"] = float(values[(len(values) - 1) // 2])
+            model.card.output.threshold = float(values[(len(values) - 1) // 2])
             eager = segment(image, model, probabilities=True)
     optimized = segment(image, model, probabilities=True)
     assert fast._CACHE[model.network][1] is not model.network  # the optimised copy really ran

@@ -163,13 +163,23 @@ def test_a_card_asking_for_a_huge_network_is_refused_quickly(sandbox, capsys):
     card.update(name="huge", architecture="lgmsnet", arguments={"in_channels": 1, "num_classes": 1, "depths": [4096] * 5})
     (sandbox.models / "huge.json").write_text(json.dumps(card))
     (sandbox.models / "huge.safetensors").write_bytes(b"")
-    started = time.perf_counter()
-    code, out, err = run_cli(capsys, "models")
-    assert code == 0 and "good-model" in out
-    assert "huge.json" in err and "refusing to build it" in err and len(err.strip().splitlines()) == 1
-    with pytest.raises(ModelLoadError, match="refusing to build it"):
-        load_model(sandbox.models / "huge.json")
-    assert time.perf_counter() - started < 20
+    import torch
+
+    devices = []  # where every parameter built meanwhile lives: the huge one only on "meta", up to the bound
+    hook = torch.nn.modules.module.register_module_parameter_registration_hook(
+        lambda module, name, parameter: devices.append(parameter.device.type) if parameter is not None else None)
+    try:
+        code, out, err = run_cli(capsys, "models")
+        assert code == 0 and "good-model" in out
+        assert "huge.json" in err and "refusing to build it" in err and len(err.strip().splitlines()) == 1
+        with pytest.raises(ModelLoadError, match="refusing to build it"):
+            load_model(sandbox.models / "huge.json")
+    finally:
+        hook.remove()
+    from napari_lgms.zoo.store import MAX_PARAMETER_TENSORS
+
+    real = [d for d in devices if d != "meta"]
+    assert len(real) < MAX_PARAMETER_TENSORS  # the huge network was never built for real
 
 
 @pytest.mark.parametrize("seed", range(8))

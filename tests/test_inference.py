@@ -156,7 +156,7 @@ def test_resize_mode_tiles_an_image_much_larger_than_the_patch(tiny_model):
 
 def test_a_card_trained_on_large_images_resizes_them_whole(tiny_model):
     model = tiny_model()
-    model.card.input["max_resize_factor"] = 6.0  # trained on images up to 4 patches wide
+    model.card.input.max_resize_factor = 6.0  # trained on images up to 4 patches wide
     network = CountingNet(model.network)
     seen = []
     network.register_forward_pre_hook(lambda module, inputs: seen.append(tuple(inputs[0].shape)))
@@ -213,7 +213,7 @@ def test_deterministic(tiny_model):
 
 def test_spacing_resamples_to_model_grid_and_back(tiny_model):
     model = tiny_model(spatial_dims=3)
-    model.card.input["spacing"] = [2.0, 1.0, 1.0]
+    model.card.input.spacing = [2.0, 1.0, 1.0]
     network = CountingNet(model.network)
     seen = []
     network.register_forward_pre_hook(lambda module, inputs: seen.append(tuple(inputs[0].shape)))
@@ -290,7 +290,7 @@ def test_channel_axis_none_treats_trailing_three_as_space(tiny_model):
 
 def test_roi_equals_segmenting_the_crop(tiny_model):
     model = tiny_model()
-    model.card.input["mode"] = "tile"
+    model.card.input.mode = "tile"
     image = random_image(90, 100)
     roi = ((30, 50), (10, 44))
     result = segment(image, model, roi=roi, probabilities=True)
@@ -342,12 +342,17 @@ def test_segment_steps_yields_progress_and_returns_result(tiny_model):
     assert result.device == "cpu" and result.seconds > 0
 
 
-def test_progress_is_throttled(tiny_model, monkeypatch):
-    monkeypatch.setattr(engine, "PROGRESS_INTERVAL", 3600.0)
-    reports = list(segment_steps(random_image(40, 40, 40, dtype=np.float32), tiny_model(spatial_dims=3),
-                                 batch_size=1))
-    assert len(reports) == 2  # the first and the final one
+def test_progress_reports_every_step_and_a_consumer_throttles_them(tiny_model):
+    from napari_lgms._generators import throttled
+
+    def steps():
+        return segment_steps(random_image(40, 40, 40, dtype=np.float32), tiny_model(spatial_dims=3), batch_size=1)
+
+    reports = list(steps())
+    assert [r.done for r in reports[1:-1]] == list(range(1, reports[-1].total + 1))  # one per step
     assert reports[-1].message == "done"
+    shown = list(throttled(steps(), min_interval=3600.0))
+    assert [r.message for r in shown] == ["normalising", "done"]  # the first and the final one
 
 
 def test_should_stop_stops_within_one_step(tiny_model):
@@ -369,7 +374,6 @@ def test_should_stop_before_any_work(tiny_model):
 
 
 def test_closing_the_generator_stops_it(tiny_model, monkeypatch):
-    monkeypatch.setattr(engine, "PROGRESS_INTERVAL", 0.0)  # a report after every step
     model = tiny_model(spatial_dims=3)
     network = CountingNet(model.network)
     model = LoadedModel(network, model.card, None, "untrained")
@@ -435,7 +439,50 @@ def test_channel_mismatch_for_three_channel_model(tiny_model):
 
 def test_a_resampling_that_would_need_too_much_memory_is_refused_in_one_line(tiny_model):
     model = tiny_model(spatial_dims=3)
-    model.card.input["spacing"] = [1.0, 1.0, 1.0]
+    model.card.input.spacing = [1.0, 1.0, 1.0]
     with pytest.raises(InputError, match=r"needs \d+\.\d GiB") as error:
         segment(np.zeros((4, 4, 4), np.float32), model, spacing=(1000.0, 1000.0, 1000.0))
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("spatial_dims, num_classes, shape", [
+    (2, 1, (70, 53)), (2, 3, (61, 40)), (3, 1, (20, 37, 18)),
+])
+def test_a_streamed_image_gives_what_the_whole_image_gives(tiny_model, monkeypatch, spatial_dims, num_classes,
+                                                            shape):
+    """Items too large for memory are predicted window by window, rows activated as they complete."""
+    model = tiny_model(spatial_dims=spatial_dims, num_classes=num_classes,
+                       input={"spatial_dims": spatial_dims, "channels": 1, "patch_size": [16] * spatial_dims,
+                              "size_divisor": 4, "mode": "tile" if spatial_dims == 2 else "sliding_window",
+                              "spacing": None})
+    image = np.random.default_rng(3).normal(100, 30, shape).astype(np.float32)
+    whole = segment(image, model, probabilities=True, batch_size=3)
+    monkeypatch.setattr(engine, "STREAM_BYTES", 0)
+    reports = list(segment_steps(image, model, probabilities=True, batch_size=3))
+    streamed = segment(image, model, probabilities=True, batch_size=3)
+    np.testing.assert_allclose(streamed.probabilities, whole.probabilities, atol=1e-5)
+    assert np.mean(streamed.labels != whole.labels) < 1e-3  # only ties at the threshold may differ
+    assert [r.done for r in reports] == sorted(r.done for r in reports) and reports[-1].done == reports[-1].total
+
+
+def test_streaming_stops_when_asked(tiny_model, monkeypatch):
+    monkeypatch.setattr(engine, "STREAM_BYTES", 0)
+    model = tiny_model(spatial_dims=3)
+    network = CountingNet(model.network)
+    model = LoadedModel(network, model.card, None, "untrained")
+    result = segment(random_image(40, 40, 40, dtype=np.float32), model, batch_size=1,
+                     should_stop=lambda: network.calls >= 2)
+    assert result is None and network.calls == 2
+
+
+def test_normalisation_statistics_of_a_huge_image_come_from_an_even_sample(monkeypatch):
+    from napari_lgms.inference import normalize as module
+
+    image = np.random.default_rng(0).gamma(2.0, 30.0, (1, 300, 200)).astype(np.float32)
+    exact = module.normalize(image, None)
+    block = image[:, 10:42, 7:39]  # a window normalised alone is normalised as in the whole image
+    np.testing.assert_array_equal(module.fit_normalizer(image, None)(block), exact[:, 10:42, 7:39])
+    monkeypatch.setattr(module, "STATISTICS_SAMPLE", 1000)
+    sampled = module.normalize(image, None)
+    assert sampled.shape == exact.shape and not np.array_equal(sampled, exact)
+    assert abs(float(sampled.mean())) < 0.1 and abs(float(sampled.std()) - 1.0) < 0.1

@@ -12,59 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 
-# ----------------------------------------------------------------------------- synthetic data
-def ellipse_phantom(rng: np.random.Generator, shape=(32, 32)):
-    """An ellipse (or ellipsoid) of brighter intensity in noise: (image float, mask uint8)."""
-    grids = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
-    centre = [rng.uniform(0.35, 0.65) * s for s in shape]
-    radii = [rng.uniform(0.15, 0.3) * s for s in shape]
-    inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii)) <= 1.0
-    image = rng.normal(60, 12, shape) + 90 * inside
-    return np.clip(image, 0, 255), inside.astype(np.uint8)
-
-
-def write_2d_dataset(root: Path, count=8, shape=(32, 32), seed=0, mask_suffix=".png"):
-    """images/*.png + masks/*.png phantoms (plus a hidden junk file that must be skipped)."""
-    from skimage.io import imsave
-
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir(parents=True)
-    for i in range(count):
-        image, mask = ellipse_phantom(rng, shape)
-        imsave(root / "images" / f"case{i:02d}.png", image.astype(np.uint8), check_contrast=False)
-        imsave(root / "masks" / f"case{i:02d}{mask_suffix}", (mask * 255).astype(np.uint8), check_contrast=False)
-    (root / "images" / "._case00.png").write_bytes(b"junk")
-    return root
-
-
-def write_msd_dataset(root: Path, count=4, shape=(16, 16, 16), seed=0):
-    import nibabel as nib
-
-    rng = np.random.default_rng(seed)
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir(parents=True)
-    for i in range(count):
-        image, mask = ellipse_phantom(rng, shape)
-        labels = mask.copy()
-        labels[: shape[0] // 2][mask[: shape[0] // 2] > 0] = 2
-        nib.save(nib.Nifti1Image(image.astype(np.float32), np.eye(4)), root / "imagesTr" / f"vol_{i:03d}.nii.gz")
-        nib.save(nib.Nifti1Image(labels.astype(np.uint8), np.eye(4)), root / "labelsTr" / f"vol_{i:03d}.nii.gz")
-        (root / "imagesTr" / f"._vol_{i:03d}.nii.gz").write_bytes(b"\x00\x05junk")
-    return root
-
-
-def tiny_config(tmp_path: Path, data: Path, **overrides):
-    from napari_lgms.training.config import TrainConfig
-
-    values = dict(
-        name="tiny-trained", model="tiny_test_net", model_args={"in_channels": 1, "num_classes": 1},
-        data=str(data), patch_size=[32, 32], epochs=2, batch_size=4, lr=0.05, output=str(tmp_path / "run"),
-        val_fraction=0.25, device="cpu", licence="CC0-1.0", citation=["test citation"],
-        data_description="synthetic ellipses", data_terms="generated",
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+from tests.training_helpers import ellipse_phantom, tiny_config, write_2d_dataset, write_msd_dataset  # noqa: E402
 
 
 @pytest.fixture
@@ -275,9 +223,9 @@ def test_the_card_lets_whole_image_models_resize_images_as_large_as_their_traini
     assert factor == pytest.approx(300 / 32)
     network = create_model("lgmsnet", in_channels=1)
     contract = card_input(TrainConfig(data="x", patch_size=[32, 32]), network, None, factor)
-    assert contract["max_resize_factor"] == round(1.5 * 300 / 32, 2)
+    assert contract.max_resize_factor == round(1.5 * 300 / 32, 2)
     patches = card_input(TrainConfig(data="x", patch_size=[32, 32], input_mode="patch"), network, None, factor)
-    assert "max_resize_factor" not in patches
+    assert patches.max_resize_factor is None
 
 
 # ----------------------------------------------------------------------------- config
@@ -337,13 +285,13 @@ def test_training_writes_model_log_plot_and_learns(tmp_path, tiny_arch):
     assert {"loading", "train", "validate", "epoch", "saving", "done"} <= {r.phase for r in reports}
     assert result.card_path is not None and result.card_path.exists()
     card = read_card(result.card_path)
-    assert card.input["patch_size"] == [32, 32] and card.input["size_divisor"] == 4 and card.input["mode"] == "resize"
-    assert card.input["max_resize_factor"] == 2.0  # 32x32 examples: the engine's default limit
+    assert card.input.patch_size == [32, 32] and card.input.size_divisor == 4 and card.input.mode == "resize"
+    assert card.input.max_resize_factor == 2.0  # 32x32 examples: the engine's default limit
     assert card.training["command"] == "napari-lgms train --test" and card.training["seed"] == 41
     assert card.training["split"]["val_fraction"] == 0.25 and card.metrics["split"].startswith("validation")
     assert card.licence == "CC0-1.0" and card.citation == ["test citation"] and card.intended_use
     assert 0 <= card.metrics["dice"] <= 1
-    assert card.output["test_time_augmentation"] == "flips", "the config chooses the card's inference default"
+    assert card.output.test_time_augmentation == "flips", "the config chooses the card's inference default"
     lines = [json.loads(line) for line in (tmp_path / "run" / "training_log.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]
@@ -411,7 +359,7 @@ def test_multiclass_3d_patches_and_early_stopping(tmp_path, tiny_arch):
     result = train(config)
     assert result.epochs_completed < 30  # a learning rate of 1e-9 cannot improve: stops early
     card = read_card(result.card_path)
-    assert card.input["mode"] == "sliding_window" and card.input["spacing"] == [1.0, 1.0, 1.0]
+    assert card.input.mode == "sliding_window" and card.input.spacing == [1.0, 1.0, 1.0]
     assert {"dice", "dice_class_1", "dice_class_2"} <= set(card.metrics)
     assert card.class_names == ["background", "anterior", "posterior"]
     resumed = train(dataclasses.replace(config, resume=True))  # an early-stopped run stays stopped
@@ -431,7 +379,7 @@ def test_training_on_from_a_trained_model_keeps_its_classes_and_stages(tmp_path,
                               model_args={}, output=str(tmp_path / "third")), command="stage three")
     card = read_card(second.card_path)
     assert card.class_names == ["background", "lesion"]
-    assert card.training["initialised_from"] == "tiny-trained" and card.input["patch_size"] == [64, 64]
+    assert card.training["initialised_from"] == "tiny-trained" and card.input.patch_size == [64, 64]
     first_card, last_card = read_card(first.card_path), read_card(third.card_path)
     assert "earlier_stages" not in first_card.training
     stages = last_card.training["earlier_stages"]  # every command that made the weights, oldest first
@@ -471,3 +419,36 @@ def test_real_kvasir_loader_smoke(tmp_path, tiny_arch):
     assert kind == "folders" and len(examples) > 100
     sample = prepare(examples[0].load(), PrepareSpec(3, 1, 2, (64, 64), "resize", {"kind": "percentile_zscore"}))
     assert sample.image.shape == (3, 64, 64) and set(np.unique(sample.mask)) <= {0, 1}
+
+
+# ----------------------------------------------------------------------------- the optimisation loop
+def test_the_loop_keeps_to_its_budget_sets_the_learning_rate_and_stops_when_asked():
+    from napari_lgms.training.loop import Budget, Stepper, optimise
+
+    weight = torch.nn.Parameter(torch.tensor([4.0]))
+    optimizer = torch.optim.SGD([weight], lr=0.0)
+    seen_lr, after = [], []
+
+    def run(budget, should_stop=None, batches=None):
+        steps = optimise(Stepper(optimizer), batches if batches is not None else iter(int, 1),
+                         lambda _batch: (weight ** 2).sum(), budget=budget,
+                         report=lambda taken, loss, progress: (taken, loss, progress), should_stop=should_stop,
+                         lr_at=lambda progress: 0.1 * (1.0 - progress),
+                         after_step=lambda progress: (after.append(progress),
+                                                      seen_lr.append(optimizer.param_groups[0]["lr"])))
+        reports = []
+        while True:
+            try:
+                reports.append(next(steps))
+            except StopIteration as done:
+                return reports, done.value
+
+    reports, (taken, stopped) = run(Budget(steps=5))
+    assert taken == 5 and not stopped and [r[0] for r in reports] == [1, 2, 3, 4, 5]
+    assert after == [0.0, 0.2, 0.4, 0.6, 0.8] and seen_lr == pytest.approx([0.1, 0.08, 0.06, 0.04, 0.02])
+    assert reports[-1][1] < reports[0][1]  # the loss went down: the steps were taken
+    _, (taken, stopped) = run(Budget(steps=5), should_stop=lambda: len(after) >= 7)
+    assert (taken, stopped) == (2, True)
+    _, (taken, stopped) = run(Budget(steps=100), batches=[0, 0, 0])
+    assert (taken, stopped) == (3, False)  # the batches ran out
+    assert Budget(seconds=10.0).progress(1000, 5.0) == 0.5 and Budget(steps=4, seconds=10.0).progress(3, 9.0) == 0.9

@@ -17,7 +17,7 @@ needs_display = pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs 
 
 
 def test_throttled_keeps_first_last_and_important_items_and_the_return_value():
-    from napari_lgms.widgets._workers import throttled
+    from napari_lgms._generators import throttled
 
     def engine():
         for index in range(500):
@@ -36,7 +36,7 @@ def test_throttled_keeps_first_last_and_important_items_and_the_return_value():
 
 
 def test_throttled_stop_closes_the_engine_before_it_goes_on():
-    from napari_lgms.widgets._workers import throttled
+    from napari_lgms._generators import throttled
 
     reached = []
 
@@ -211,7 +211,7 @@ def test_the_model_follows_the_image_unless_pinned(make_napari_viewer, saved_tin
     viewer.add_image(np.zeros((6, 32, 32), np.float32), name="scan")  # a volume: the user's 3D model
     widget.image_combo.setCurrentText("scan")
     assert widget.current_choice().name == "tiny-3d"
-    index = next(i for i, c in enumerate(widget._choices) if c.name == "tiny-2d")
+    index = next(i for i, c in enumerate(widget.choices) if c.name == "tiny-2d")
     widget.model_combo.setCurrentIndex(index)
     widget.model_combo.activated.emit(index)  # what a click in the list does
     widget.image_combo.setCurrentText("ultrasound")

@@ -55,7 +55,7 @@ def _segment(qtbot, widget):
 
 
 def _pick_by_hand(widget, name):
-    index = next(i for i, c in enumerate(widget._choices) if c.name == name)
+    index = next(i for i, c in enumerate(widget.choices) if c.name == name)
     widget.model_combo.setCurrentIndex(index)
     widget.model_combo.activated.emit(index)  # what a click in the list does
 
@@ -214,7 +214,7 @@ def test_roll_back_before_or_after_use_returns_segment_to_the_parent(
         assert finetune.rollback_button.isEnabled(), "roll back stays available after Use new model"
     finetune.rollback_button.click()
     assert not new_card.exists() and not new_card.with_suffix(".safetensors").exists()
-    assert all(c.source != str(new_card) for c in segment._choices)
+    assert all(c.source != str(new_card) for c in segment.choices)
     assert segment.current_choice().name == "tiny-2d", "back to the parent, not the first model of the list"
     assert "tiny-2d" in segment.status_label.text() and new_card.stem not in segment.status_label.text()
     assert "tiny-2d again" in finetune.status_label.text()

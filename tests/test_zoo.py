@@ -198,3 +198,14 @@ def test_validate_model_name_accepts_plain_names():
     for name in ("../x", "a/b", ".x", "", "x" * 101, None):
         with pytest.raises(InputError, match="letters, digits"):
             validate_model_name(name)
+
+
+def test_deleting_a_model_removes_its_card_and_weights_and_nothing_else(tiny_model, tmp_path):
+    from napari_lgms.zoo import delete_model
+
+    kept, doomed = (save_model(m.network, m.card, tmp_path) for m in (tiny_model(name="kept"), tiny_model(name="doomed")))
+    (tmp_path / ".doomed.abc123.safetensors").write_bytes(b"a staged save of it")
+    assert delete_model(doomed) == doomed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.json", "kept.safetensors"]
+    assert load_model(kept).card.name == "kept"
+    assert delete_model(doomed) == doomed  # already gone: nothing to do

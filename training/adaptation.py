@@ -175,11 +175,3 @@ def renormalise(network, images: Sequence, device, batch_size: int = 8) -> int:
         layer.momentum = momentum
     network.eval()
     return len(layers)
-
-
-def cosine_fraction(progress: float, warmup: float = 0.05) -> float:
-    """Learning-rate factor at ``progress`` in [0, 1] of a run: linear warm-up, then cosine to zero."""
-    progress = min(max(progress, 0.0), 1.0)
-    if progress < warmup:
-        return (progress + 1e-3) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * (progress - warmup) / (1.0 - warmup)))

@@ -34,7 +34,6 @@ import numpy as np
 
 from napari_lgms.errors import InputError
 
-MASK_SUFFIXES = ("", "_mask", "_seg", "_label", "_labels", "-mask", "_gt")
 MAX_FOCUS = 20000
 
 
@@ -127,28 +126,17 @@ class StoredCorrection:
         return RawExample(array, mask, region if region.any() else None, spacing)
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
-
-
 def pair_folders(images: Path, masks: Path) -> tuple[list[FilePair], list[str]]:
-    """Pair every image with the mask of the same stem; returns (pairs, unpaired image names)."""
+    """Pair every image with its mask (:func:`napari_lgms.evaluation.pair_files`); returns
+    (pairs, unpaired image names)."""
+    from napari_lgms.evaluation import pair_files
+    from napari_lgms.io.image import stem_of
+
     for folder, what in ((images, "image"), (masks, "mask")):
         if not folder.is_dir():
             raise InputError(f"{folder}: {what} folder not found")
-    by_stem: dict[str, Path] = {}
-    for mask in visible_files(masks):
-        by_stem.setdefault(_stem(mask), mask)
-    pairs, unpaired = [], []
-    for image in visible_files(images):
-        stem = _stem(image)
-        match = next((by_stem[stem + s] for s in MASK_SUFFIXES if stem + s in by_stem), None)
-        if match is None:
-            unpaired.append(image.name)
-        else:
-            pairs.append(FilePair(stem, image, match))
-    return pairs, unpaired
+    paired, unpaired, _ = pair_files(visible_files(images), visible_files(masks))
+    return [FilePair(stem_of(image), image, mask) for image, mask in paired], [p.name for p in unpaired]
 
 
 def dataset_folders(root: Path) -> tuple[Path, Path, str] | None:

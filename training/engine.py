@@ -43,7 +43,6 @@ LOG_NAME = "training_log.jsonl"
 PLOT_NAME = "training_curves.png"
 SPLIT_NAME = "split.json"
 CONFIG_NAME = "train_config.yaml"
-PROGRESS_INTERVAL = 0.05  # seconds between step reports: at most ~20 per second
 
 
 @dataclass
@@ -176,29 +175,21 @@ def largest_resize_factor(samples, patch_size) -> float | None:
     return max(ratios) if ratios else None
 
 
-def card_input(config: TrainConfig, network, spacing, resize_factor: float | None = None) -> dict[str, Any]:
+def card_input(config: TrainConfig, network, spacing, resize_factor: float | None = None):
     """The card's input contract. Resize mode records ``max_resize_factor``: images up to that many
     patches per axis are resized whole at inference, as in training; larger ones are tiled."""
     from napari_lgms.inference.engine import RESIZE_LIMIT
+    from napari_lgms.zoo.card import InputSpec
 
     arguments = network.arguments
     dims = int(arguments.get("spatial_dims", 2))
-    channels = int(arguments["in_channels"])
     if config.input_mode == "resize":
         mode = "resize"
     else:
         mode = "sliding_window" if dims == 3 else "tile"
-    return {
-        "spatial_dims": dims,
-        "channels": channels,
-        "axes": ("ZYX" if dims == 3 else "YX") + ("C" if channels > 1 else ""),
-        "patch_size": [int(s) for s in config.patch_size],
-        "size_divisor": int(getattr(network, "size_divisor", 1)),
-        "mode": mode,
-        "spacing": list(spacing) if spacing else None,
-        **({"max_resize_factor": round(max(RESIZE_LIMIT, RESIZE_MARGIN * resize_factor), 2)}
-           if mode == "resize" and resize_factor else {}),
-    }
+    factor = round(max(RESIZE_LIMIT, RESIZE_MARGIN * resize_factor), 2) if mode == "resize" and resize_factor else None
+    return InputSpec.for_network(dims, int(arguments["in_channels"]), config.patch_size,
+                                 int(getattr(network, "size_divisor", 1)), mode, spacing, factor)
 
 
 def command_line() -> str:
@@ -278,7 +269,9 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
     from napari_lgms.training import distributed
     from napari_lgms.training.augment import AugmentParams
     from napari_lgms.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+    from napari_lgms.models.layout import use_layout_for
     from napari_lgms.training.evaluate import evaluate_sums, means, metric_keys
+    from napari_lgms.training.loop import Budget, Stepper, optimise
     from napari_lgms.training.losses import distilled_loss
     from napari_lgms.training.teacher import load_teacher
 
@@ -315,12 +308,9 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
     total_examples = len(examples)
     yield report(0, 0, 0, None, 0.0, "loading", message=f"{total_examples} examples ({kind})"
                  + (f", {len(unpaired)} images without a mask skipped" if unpaired else ""))
-    last = time.monotonic()
     if config.cache or (config.group_duplicates and config.val_fraction > 0):
         for done in cache.preload():
-            if time.monotonic() - last >= PROGRESS_INTERVAL:
-                last = time.monotonic()
-                yield report(0, 0, 0, None, 0.0, "loading", message=f"loaded {done}/{total_examples}")
+            yield report(0, 0, 0, None, 0.0, "loading", message=f"loaded {done}/{total_examples}")
     if config.split_file:
         split = data_mod.split_from_file(data_mod.expand_path(config.split_file), [e.name for e in examples])
     else:
@@ -388,15 +378,14 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
 
     def build_card(metrics: dict, epoch_of_best: int):
         from napari_lgms.zoo import ModelCard, default_class_names
-        from napari_lgms.zoo.card import NOT_A_MEDICAL_DEVICE
+        from napari_lgms.zoo.card import NOT_A_MEDICAL_DEVICE, OutputSpec
 
         data_source = {"kind": kind, "data": config.data, "images": config.images, "masks": config.masks}
         return ModelCard(
             name=config.name, architecture=network.architecture, arguments=dict(arguments),
             input=card_input(config, network, spacing, resize_factor), normalization=dict(config.normalization),
             class_names=list(config.class_names) or inherited_class_names or default_class_names(num_classes),
-            output={"activation": "sigmoid" if num_classes == 1 else "softmax", "threshold": 0.5,
-                    "test_time_augmentation": config.test_time_augmentation},
+            output=OutputSpec("sigmoid" if num_classes == 1 else "softmax", 0.5, config.test_time_augmentation),
             version=str(config.version), description=config.description,
             training={
                 "data": config.data_description or (config.data or config.images),
@@ -439,7 +428,22 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
         atomic_write_text(output / SPLIT_NAME, json.dumps(split_record, indent=1))
         atomic_write_text(output / CONFIG_NAME, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
-    # -- epochs ----------------------------------------------------------------------------------
+    # -- epochs: the one optimisation loop (:mod:`.loop`), once per epoch -------------------------
+    stepper = Stepper(optimizer, scaler=scaler, grad_clip=config.grad_clip)
+
+    def loss_of(batch):
+        images, masks = (t.to(device, non_blocking=True) for t in batch)
+        with autocast():
+            logits = model(images)
+            teacher_logits = teacher(images) if teacher is not None else None
+        return distilled_loss(logits, masks, teacher_logits, config.distill_weight)
+
+    def stop_requested() -> bool:
+        stop = bool(should_stop and should_stop())
+        if info.enabled and should_stop is not None:
+            stop = distributed.broadcast_flag(stop, info, device)
+        return stop
+
     stopped, card_path = False, None
     session_start_step, session_start_time = step, time.monotonic()
     epoch = start_epoch
@@ -450,42 +454,22 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         model.train()
-        loss_sum, loss_count, last = 0.0, 0, 0.0
-        epoch_complete = True
-        for images, masks in loader:
-            stop = bool(should_stop and should_stop())
-            if info.enabled and should_stop is not None:
-                stop = distributed.broadcast_flag(stop, info, device)
-            if stop:
-                stopped, epoch_complete = True, False
-                break
-            images = images.to(device, non_blocking=True)
-            masks = masks.to(device, non_blocking=True)
-            with autocast():
-                logits = model(images)
-                teacher_logits = teacher(images) if teacher is not None else None
-            loss = distilled_loss(logits, masks, teacher_logits, config.distill_weight)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            loss_value = float(loss.detach())
-            loss_sum += loss_value
-            loss_count += 1
-            now = time.monotonic()
-            if now - last >= PROGRESS_INTERVAL or step == total_steps:
-                last = now
-                rate = (now - session_start_time) / max(step - session_start_step, 1)
-                yield report(step, total_steps, epoch + 1, loss_value, scheduler.get_last_lr()[0], "train",
-                             remaining=rate * (total_steps - step))
-            if step >= total_steps:
-                epoch_complete = loss_count == steps_per_epoch
-                break
+        use_layout_for(network, device, training=True)
+        losses: list[float] = []
+
+        def step_report(taken, loss, _progress, epoch=epoch, losses=losses):
+            losses.append(loss)
+            done = step + taken
+            rate = (time.monotonic() - session_start_time) / max(done - session_start_step, 1)
+            return report(done, total_steps, epoch + 1, loss, scheduler.get_last_lr()[0], "train",
+                          remaining=rate * (total_steps - done))
+
+        taken, stopped = yield from optimise(
+            stepper, loader, loss_of, budget=Budget(steps=min(steps_per_epoch, total_steps - step)),
+            report=step_report, should_stop=stop_requested, after_step=lambda _progress: scheduler.step())
+        step += taken
+        loss_sum, loss_count = float(sum(losses)), len(losses)
+        epoch_complete = not stopped and loss_count == steps_per_epoch
         if stopped:
             break
         # -- validation and bookkeeping (every rank validates its share) --------------------------
@@ -498,6 +482,7 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
         if validate:
             yield report(step, total_steps, epoch + 1, None, scheduler.get_last_lr()[0], "validate")
             keys = metric_keys(num_classes) + ["count"]
+            use_layout_for(network, device, training=False)
             sums = evaluate_sums(network, val_samples[info.rank::info.world_size], device, num_classes,
                                  batch_size=config.batch_size, autocast=autocast,
                                  window=tuple(config.patch_size) if config.input_mode == "patch" else None)

@@ -29,30 +29,13 @@ def metric_keys(num_classes: int) -> list[str]:
 
 
 def sliding_window_logits(network, image, window: tuple[int, ...], *, overlap: float = DEFAULT_OVERLAP,
-                          batch_size: int = 4, autocast=contextlib.nullcontext):
-    """(1, C, *S) tensor -> (1, K, *S) float32 logits, blended over windows of ``window`` (clipped to S)
-    as the inference engine blends them (its window layout, Gaussian weights and default overlap)."""
-    import torch
+                          batch_size: int = 4, autocast=contextlib.nullcontext, flips=((),)):
+    """(N, C, *S) tensor -> (N, K, *S) float32 logits, blended over windows of ``window`` (clipped to S)
+    as the inference engine blends them (:func:`napari_lgms.inference.sliding.sliding_window_inference`)."""
+    from napari_lgms.inference.sliding import network_predictor, sliding_window_inference
 
-    from napari_lgms.inference.windows import gaussian_weights, weight_map, window_shape, window_slices
-    from napari_lgms.models.padding import padded_forward
-
-    spatial = tuple(image.shape[2:])
-    windows = window_slices(spatial, window, overlap)
-    gaussian = gaussian_weights(window_shape(spatial, window))
-    weights = torch.from_numpy(gaussian).to(image.device)
-    total = None
-    for start in range(0, len(windows), batch_size):
-        chosen = windows[start:start + batch_size]
-        crops = torch.cat([image[(slice(None), slice(None), *w)] for w in chosen])
-        with autocast():
-            logits = padded_forward(network, crops)
-        logits = logits.float() * weights
-        if total is None:
-            total = torch.zeros((1, logits.shape[1], *spatial), device=image.device)
-        for w, piece in zip(chosen, logits):
-            total[(0, slice(None), *w)] += piece
-    return total / torch.from_numpy(weight_map(spatial, windows, gaussian)).to(image.device)
+    return sliding_window_inference(image, window, network_predictor(network, flips=flips, autocast=autocast),
+                                    overlap=overlap, batch_size=batch_size)
 
 
 def score_samples(network, samples: Sequence, device, num_classes: int, *, batch_size: int = 8,
@@ -65,16 +48,16 @@ def score_samples(network, samples: Sequence, device, num_classes: int, *, batch
     """
     import torch
 
-    from napari_lgms.inference.augment import average_over_flips
-    from napari_lgms.models.padding import padded_forward
+    from napari_lgms.inference.sliding import network_predictor
     from napari_lgms.training.losses import segmentation_loss
+
+    predict = network_predictor(network, flips=flips, autocast=autocast)
 
     def forward(images):
         if window is None:
-            with autocast():
-                return padded_forward(network, images).float()
-        return torch.cat([sliding_window_logits(network, images[i:i + 1], window, batch_size=batch_size,
-                                                autocast=autocast) for i in range(len(images))])
+            return predict(images)
+        return sliding_window_logits(network, images, window, batch_size=batch_size, autocast=autocast,
+                                     flips=flips)
 
     network.eval()
     by_shape: dict[tuple, list[int]] = {}
@@ -88,7 +71,7 @@ def score_samples(network, samples: Sequence, device, num_classes: int, *, batch
                 batch = [samples[i] for i in chosen]
                 images = torch.from_numpy(np.stack([s.image for s in batch])).to(device)
                 masks = torch.from_numpy(np.stack([s.mask.astype(np.int64) for s in batch])).to(device)
-                logits = average_over_flips(forward, images, list(flips))
+                logits = forward(images)
                 for i, (index, sample) in enumerate(zip(chosen, batch)):
                     row = {"loss": float(segmentation_loss(logits[i:i + 1], masks[i:i + 1]))}
                     if num_classes == 1:

@@ -17,7 +17,10 @@ What it does, in order:
    fold (a quarter of the budget each), scoring it on the other. Every correction is then scored
    once by the parent and once by a model that never saw it; :func:`adaptation.judge` turns those
    paired differences into "better", "no evidence" or "worse";
-4. adapts the parent on all corrections (the rest of the budget): that is the candidate;
+4. adapts the parent on all corrections (the rest of the budget): that is the candidate. It learns
+   from twice the corrections the checked models had, the same way, so the check is a cautious
+   estimate of it (averaging the two checked models instead was measured and rejected: see
+   ``benchmarks/README.md``);
 5. saves the candidate as a new version ``NAME-ft-YYYYmmdd-HHMMSS`` (lineage, the evidence) only
    when the verdict is "better". Otherwise nothing is written; the candidate stays in
    :attr:`FinetuneResult.candidate` for callers who want to look at it.
@@ -219,42 +222,41 @@ def adapt_steps(context: _Context, samples: Sequence, *, seconds: float | None, 
     step (numbered after ``steps_before``, the earlier runs' steps) and returns ``(network, steps taken)``."""
     import torch
 
-    from napari_lgms.training.adaptation import ParentAnchor, adaptation_loss, cosine_fraction
+    from napari_lgms.models.layout import use_layout_for
+    from napari_lgms.training.adaptation import ParentAnchor, adaptation_loss
+    from napari_lgms.training.loop import Budget, Stepper, cosine_fraction, optimise
 
     settings = context.settings
     network = copy.deepcopy(context.parent)
+    use_layout_for(network, context.device, training=True)
     if settings.freeze_encoder:
         freeze_first_half(network)
     trainable = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.0)
     anchor = ParentAnchor(network, settings.anchor * context.trust)
     rng = np.random.default_rng([context.seed, len(samples), sum(map(ord, label))])
-    started, step = time.monotonic(), 0
+    budget = Budget(steps=steps) if steps is not None else Budget(seconds=seconds)
     network.eval()  # batch-norm statistics stay as estimated; there is no dropout to switch on
-    while True:
-        elapsed = time.monotonic() - started
-        progress = step / steps if steps is not None else elapsed / max(seconds or 0.0, 1e-9)
-        if progress >= 1.0 or (should_stop is not None and should_stop()):
-            break
-        fraction = cosine_fraction(progress)
-        for group in optimizer.param_groups:
-            group["lr"] = settings.lr * fraction
-        images, masks, weights, unlabelled, targets = _batch(context, samples, rng)
+
+    def loss_of(batch):
+        images, masks, weights, unlabelled, targets = batch
         with context.autocast():
             logits = network(torch.cat([images, unlabelled]) if unlabelled is not None else images)
-        labelled_logits = logits[:len(images)]
         extra = logits[len(images):] if unlabelled is not None else None
-        loss = adaptation_loss(labelled_logits, masks, weights, extra, targets,
+        return adaptation_loss(logits[:len(images)], masks, weights, extra, targets,
                                distill_weight=settings.distill_weight * context.trust)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        anchor.pull(fraction)
-        step += 1
-        remaining = None if seconds is None else max(seconds - (time.monotonic() - started), 0.0)
-        yield TrainProgress(steps_before + step, 0, 0, 0, float(loss.detach()), settings.lr * fraction,
-                            time.monotonic() - context.started, remaining, None, "train", label)
+
+    def step_report(taken, loss, progress):
+        remaining = None if seconds is None else max(seconds * (1.0 - progress), 0.0)
+        return TrainProgress(steps_before + taken, 0, 0, 0, loss, optimizer.param_groups[0]["lr"],
+                             time.monotonic() - context.started, remaining, None, "train", label)
+
+    batches = iter(lambda: _batch(context, samples, rng), None)  # endless
+    step, _ = yield from optimise(Stepper(optimizer), batches, loss_of, budget=budget, report=step_report,
+                                  should_stop=should_stop, lr_at=lambda p: settings.lr * cosine_fraction(p),
+                                  after_step=lambda p: anchor.pull(cosine_fraction(p)))
     network.eval()
+    use_layout_for(network, context.device, training=False)
     return network, step
 
 
@@ -303,23 +305,18 @@ def _parent_logits(network, samples: Sequence, device, flips, window, autocast) 
     """The parent's logits (K, *S) float32 on each prepared sample, averaged over ``flips``."""
     import torch
 
-    from napari_lgms.inference.augment import average_over_flips
-    from napari_lgms.models.padding import padded_forward
+    from napari_lgms.inference.sliding import network_predictor
     from napari_lgms.training.evaluate import sliding_window_logits
 
-    def forward(batch):
-        with autocast():
-            if window is None:
-                return padded_forward(network, batch)
-            return torch.cat([sliding_window_logits(network, batch[i:i + 1], window) for i in range(len(batch))])
-
     network.eval()
+    predict = network_predictor(network, flips=flips, autocast=autocast)
     size = 8 if window is None else 1  # resized samples all have the card's patch shape
     logits = []
-    with torch.no_grad():
-        for start in range(0, len(samples), size):
-            batch = torch.from_numpy(np.stack([s.image for s in samples[start:start + size]])).to(device)
-            logits += list(average_over_flips(forward, batch, flips).float().cpu().numpy())
+    for start in range(0, len(samples), size):
+        batch = torch.from_numpy(np.stack([s.image for s in samples[start:start + size]])).to(device)
+        output = predict(batch) if window is None else sliding_window_logits(network, batch, window,
+                                                                             autocast=autocast, flips=flips)
+        logits += list(output.float().cpu().numpy())
     return logits
 
 
@@ -354,6 +351,7 @@ def finetune_steps(
     """
     from napari_lgms._device import select_device
     from napari_lgms.inference.augment import flip_sets, resolve
+    from napari_lgms.models.layout import use_layout_for
     from napari_lgms.training import data as data_mod
     from napari_lgms.training.adaptation import judge, renormalise
     from napari_lgms.training.engine import autocast_factory, resolve_precision
@@ -378,6 +376,7 @@ def finetune_steps(
     loaded = model if isinstance(model, LoadedModel) else load_model(model, torch_device, allow_untrained=True)
     parent_card = loaded.card
     parent_network = copy.deepcopy(loaded.network).to(torch_device).eval()
+    use_layout_for(parent_network, torch_device, training=False)
     for parameter in parent_network.parameters():
         parameter.requires_grad_(True)
     parent_sha = parent_card.weights.get("sha256")
@@ -397,8 +396,8 @@ def finetune_steps(
         data_record.update(images=str(images), masks=str(masks), names=[e.name for e in found])
         data_record.setdefault("kind", kind)
     dims = parent_card.spatial_dims
-    patch = tuple(int(s) for s in parent_card.input.get("patch_size") or [256] * dims)
-    mode = "resize" if parent_card.input.get("mode", "resize") == "resize" else "patch"
+    patch = tuple(int(s) for s in parent_card.input.patch_size or [256] * dims)
+    mode = "resize" if (parent_card.input.mode or "resize") == "resize" else "patch"
     spec = data_mod.PrepareSpec(parent_card.in_channels, parent_card.num_classes, dims, patch, mode,
                                 dict(parent_card.normalization))
     cache = data_mod.SampleCache(examples, spec)

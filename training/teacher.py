@@ -23,13 +23,9 @@ class Teacher:
 
     def __call__(self, images):
         """(B, C, *spatial) normalised batch -> (B, K, *spatial) float teacher logits (no gradient)."""
-        import torch
+        from napari_lgms.inference.sliding import network_predictor
 
-        from napari_lgms.inference.augment import average_over_flips
-        from napari_lgms.models.padding import padded_forward
-
-        with torch.no_grad():
-            return average_over_flips(lambda batch: padded_forward(self.network, batch), images, self.flips)
+        return network_predictor(self.network, flips=self.flips)(images)
 
     def describe(self, weight: float) -> dict[str, Any]:
         """What the model card records about the teacher."""
@@ -43,6 +39,7 @@ class Teacher:
 def load_teacher(config, arguments: dict, device) -> Teacher | None:
     """The config's teacher, checked against the student's ``arguments``; None when there is none."""
     from napari_lgms.inference.augment import flip_sets
+    from napari_lgms.models.layout import use_layout_for
     from napari_lgms.zoo import ModelLoadError, load_model
 
     if not config.teacher:
@@ -63,6 +60,7 @@ def load_teacher(config, arguments: dict, device) -> Teacher | None:
         raise InputError(f"teacher {card.name} expects normalization {card.normalization}; this run uses "
                          f"{config.normalization}: set the same normalization or pick another teacher")
     network = loaded.network.to(device).eval()
+    use_layout_for(network, device, training=False)
     for parameter in network.parameters():
         parameter.requires_grad_(False)
     choice = config.teacher_test_time_augmentation

@@ -29,7 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--output", metavar="DIR", help="where the new version goes (default: user model folder)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--time-budget", type=float, metavar="SECONDS", help="wall-clock budget for the whole run")
-    budget.add_argument("--steps", type=int, help="number of optimiser steps")
+    budget.add_argument("--steps", type=int, help="optimiser steps of the final model (each of the two checks takes half as many)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--preset", default="default", choices=("default", "fast"),
                         help="default: a two-minute budget; fast: one minute")

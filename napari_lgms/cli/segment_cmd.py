@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,7 +209,7 @@ def remove_if_empty(folders: list[Path]) -> None:
 
 
 def _segment_all(args, roi, output) -> int:
-    from napari_lgms._generators import run_to_end
+    from napari_lgms._generators import run_to_end, throttled
     from napari_lgms.inference import segment_steps
     from napari_lgms.io import read_image
 
@@ -234,7 +235,8 @@ def _segment_all(args, roi, output) -> int:
                 slice_axis=args.slice_axis, probabilities=args.probabilities, batch_size=args.batch_size,
                 device=device, overlap=args.overlap, test_time_augmentation=args.tta,
             )
-            result = run_to_end(steps, lambda step: bar.show(index + step.done / max(step.total, 1), job.source.name))
+            result = run_to_end(throttled(steps),
+                                lambda step: bar.show(index + step.done / max(step.total, 1), job.source.name))
             _warn_if_clipped(roi, result.roi, args.slice_axis, job.source)
             written = _write_outputs(job, result, image)
         except LgmsError as error:
@@ -294,16 +296,25 @@ def _report(name: str, error: LgmsError) -> None:
 
 
 class _ProgressBar:
-    """A one-line stderr bar, drawn only on a terminal (logs get the stdout lines only)."""
+    """A one-line stderr bar on a terminal; elsewhere (a log) a progress line every
+    :attr:`LOG_SECONDS` while one input takes that long."""
 
     WIDTH = 30
+    LOG_SECONDS = 10.0
 
     def __init__(self, total: int) -> None:
+        from napari_lgms._generators import every
+
         self.total = total
         self.interactive = sys.stderr.isatty()
+        self._log_due = every(self.LOG_SECONDS, time.monotonic)
+        self._log_due()  # the first line comes after LOG_SECONDS
 
     def show(self, position: float, name: str) -> None:
         if not self.interactive:
+            if self._log_due():
+                print(f"napari-lgms segment: {name}: {100 * (position % 1):.0f}% "
+                      f"(input {min(int(position) + 1, self.total)} of {self.total})", file=sys.stderr)
             return
         filled = int(self.WIDTH * position / self.total)
         sys.stderr.write(f"\r[{'#' * filled}{'.' * (self.WIDTH - filled)}] "

@@ -21,7 +21,7 @@ TEST_TIME_AUGMENTATIONS = ("none", "flips")
 def resolve(choice: str | None, card) -> str:
     """The augmentation to use: ``choice``, or the card's default when ``choice`` is None / "auto"."""
     if choice is None or choice == "auto":
-        choice = card.output.get("test_time_augmentation") or "none"
+        choice = card.output.test_time_augmentation or "none"
         source = f"model card {card.name} output.test_time_augmentation"
     else:
         source = "test_time_augmentation"

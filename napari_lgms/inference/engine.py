@@ -1,8 +1,8 @@
 """The segmentation engine: one generator serves the CLI, the Python API and napari workers.
 
 :func:`segment_steps` does the work in small steps (normalising one item,
-running one batch of windows) and yields :class:`Progress` between them, at
-most every :data:`PROGRESS_INTERVAL` seconds plus always the final one. It
+running one batch of windows) and yields :class:`Progress` after each of them
+(consumers throttle: :func:`napari_lgms._generators.throttled`). It
 returns the :class:`SegmentationResult` through ``StopIteration.value``, or
 ``None`` when ``should_stop()`` said to stop; ``gen.close()`` also stops it,
 since no work happens unless the generator is resumed. :func:`segment` runs it
@@ -16,11 +16,16 @@ Pipeline, for an image with spatial shape S (channel axis removed):
    a volume under a 2D model is one item per slice along ``slice_axis``;
 4. per-item normalisation as the model card says;
 5. resampling to the card's spacing (window modes, when both spacings are known);
-6. prediction: "resize" (whole item resized to the patch, logits resized back)
-   or windows of the patch size blended with Gaussian weights into one
-   (N, K, *grid) float32 logit sum ("tile" / "sliding_window"; "resize" falls
-   back to tiling when the item exceeds twice the patch in some axis); with
-   test-time augmentation each batch is run once per flip set and averaged;
+6. prediction through :mod:`napari_lgms.inference.sliding`: "resize" (whole item
+   resized to the patch, logits resized back) or windows of the patch size
+   blended with Gaussian weights into one (N, K, *grid) float32 logit sum
+   ("tile" / "sliding_window"; "resize" falls back to tiling when the item
+   exceeds twice the patch in some axis); with test-time augmentation each
+   batch is run once per flip set and averaged. Items whose float32 inputs and
+   logits would exceed :data:`STREAM_BYTES` (a 20000 x 20000 slide) are
+   streamed instead: each window is normalised as it is cut, and rows are
+   activated as soon as no later window overlaps them, so memory holds the
+   image, its labels and a band of logits;
 7. logits resampled back to the item grid, activation, labels, ROI paste.
 """
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Generator
 
@@ -38,7 +44,7 @@ from napari_lgms.inference import augment, geometry, windows
 from napari_lgms.inference.normalize import normalize
 
 MAX_GRID_BYTES = 8 * 2**30  # inputs plus logits on the model's grid, float32
-PROGRESS_INTERVAL = 0.05  # seconds: at most ~20 progress reports per second
+STREAM_BYTES = 2**30  # float32 inputs plus logits beyond which items are predicted window by window
 RESIZE_LIMIT = 2.0  # "resize" mode tiles instead when an axis exceeds this many patches
 # (unless the card's input.max_resize_factor, from the sizes the model was trained on, says more)
 # Voxels per forward batch, by device type: the batch holds about this many input voxels.
@@ -137,8 +143,6 @@ def segment_steps(
     or None / "auto" for the model card's default.
     Returns the result, or None when ``should_stop()`` returned True.
     """
-    import torch
-
     started = time.perf_counter()
     model = _loaded(model)
     card = model.card
@@ -191,61 +195,17 @@ def segment_steps(
         item_spacing = spacing
     plan = _plan(items, item_spacing, card, overlap, batch_size, torch_device)
 
-    work = [(n, window) for n in range(items.shape[0]) for window in plan.windows]
-    batches = [work[i:i + plan.batch_size] for i in range(0, len(work), plan.batch_size)]
-    resampling = plan.grid != tuple(items.shape[2:])
-    total = items.shape[0] + int(resampling) + len(batches)
-    done = 0
-    throttle = _Throttle()
-    yield Progress(0, total, "normalising")
-
-    normalized = np.empty(items.shape, dtype=np.float32)
-    for n in range(items.shape[0]):
-        if should_stop is not None and should_stop():
-            return None
-        normalized[n] = normalize(items[n], card.normalization)
-        done += 1
-        if throttle.due():
-            yield Progress(done, total, "normalising")
-    inputs = torch.from_numpy(normalized)
-    if resampling:
-        if should_stop is not None and should_stop():
-            return None
-        inputs = geometry.resize(inputs, plan.grid)
-        done += 1
-
-    num_outputs = card.num_classes
-    logit_sum = torch.zeros((items.shape[0], num_outputs) + plan.grid, dtype=torch.float32)
-    window_weights = None
-    if plan.resize_to is None:
-        gaussian = windows.gaussian_weights(windows.window_shape(plan.grid, plan.patch))
-        window_weights = torch.from_numpy(gaussian).to(torch_device)
-    divisor = _size_divisor(network, card)
     from napari_lgms.inference.fast import inference_network
 
-    forward = _BatchedForward(inference_network(network, torch_device), divisor, torch_device, flips)
-    for index, batch in enumerate(batches):
-        if should_stop is not None and should_stop():
-            return None
-        crops = torch.stack([inputs[n][(slice(None),) + window] for n, window in batch])
-        if plan.resize_to is not None:
-            logits = forward(geometry.resize(crops, plan.resize_to), resize_back=plan.grid)
-        else:
-            logits = forward(crops, weights=window_weights)
-        for (n, window), out in zip(batch, logits):
-            logit_sum[n][(slice(None),) + window] += out
-        done += 1
-        if throttle.due():
-            yield Progress(done, total, f"batch {index + 1} of {len(batches)}")
-    del inputs, normalized
-
-    if window_weights is not None:
-        coverage = windows.weight_map(plan.grid, plan.windows, gaussian)
-        logit_sum /= torch.from_numpy(coverage)
-    if resampling:
-        logit_sum = geometry.resize(logit_sum, tuple(items.shape[2:]))
-    labels, probs = _activate(logit_sum, card, probabilities)
-    del logit_sum
+    predictor = _BatchedForward(inference_network(network, torch_device), _size_divisor(network, card),
+                                torch_device, flips)
+    if _streams(items, plan, card):
+        outcome = yield from _streamed(items, plan, card, predictor, overlap, probabilities, should_stop)
+    else:
+        outcome = yield from _whole(items, plan, card, predictor, overlap, probabilities, should_stop)
+    if outcome is None:
+        return None
+    labels, probs, total = outcome
 
     if slicing:
         labels = np.moveaxis(labels, 0, slice_axis)
@@ -271,42 +231,134 @@ def segment_steps(
     )
 
 
-class _Throttle:
-    """True at most once per :data:`PROGRESS_INTERVAL`."""
+def _whole(items, plan: "_Plan", card, predictor, overlap: float, probabilities: bool, should_stop):
+    """Predict every item at once: normalise all, resample, blend the windows, activate.
 
-    def __init__(self) -> None:
-        self.last = time.perf_counter()
+    Returns (labels (N, *item shape), probabilities or None, the reports' total), or None when stopped."""
+    import torch
 
-    def due(self) -> bool:
-        now = time.perf_counter()
-        if now - self.last >= PROGRESS_INTERVAL:
-            self.last = now
-            return True
-        return False
+    from napari_lgms.inference.sliding import sliding_window_steps
+
+    batches = math.ceil(items.shape[0] * len(plan.windows) / plan.batch_size)
+    resampling = plan.grid != tuple(items.shape[2:])
+    total = items.shape[0] + int(resampling) + batches
+    done = 0
+    yield Progress(0, total, "normalising")
+    normalized = np.empty(items.shape, dtype=np.float32)
+    for n in range(items.shape[0]):
+        if should_stop is not None and should_stop():
+            return None
+        normalized[n] = normalize(items[n], card.normalization)
+        done += 1
+        yield Progress(done, total, "normalising")
+    inputs = torch.from_numpy(normalized)
+    if resampling:
+        if should_stop is not None and should_stop():
+            return None
+        inputs = geometry.resize(inputs, plan.grid)
+        done += 1
+    window = plan.grid
+    if plan.resize_to is not None:  # the whole item, resized to the patch and its logits back
+        predictor = _Resized(predictor, plan.resize_to, plan.grid)
+    else:
+        window = windows.window_shape(plan.grid, plan.patch)
+    steps = sliding_window_steps(inputs, window, predictor, overlap=overlap, batch_size=plan.batch_size,
+                                 window_device=_predictor_device(predictor), output_device=torch.device("cpu"),
+                                 should_stop=should_stop)
+    while True:
+        try:
+            batch, batches = next(steps)
+        except StopIteration as finished:
+            logit_sum = finished.value
+            break
+        yield Progress(done + batch, total, f"batch {batch} of {batches}")
+    if logit_sum is None:
+        return None
+    del inputs, normalized
+    if resampling:
+        logit_sum = geometry.resize(logit_sum, tuple(items.shape[2:]))
+    return (*_activate(logit_sum, card, probabilities), total)
+
+
+def _streams(items, plan: "_Plan", card) -> bool:
+    """Whether to predict item by item and window by window (:func:`_streamed`): windows, no
+    resampling, and float32 inputs plus logits of all items over :data:`STREAM_BYTES`."""
+    needed = 4 * items.shape[0] * (items.shape[1] + card.num_classes) * math.prod(items.shape[2:])
+    return plan.resize_to is None and plan.grid == tuple(items.shape[2:]) and needed > STREAM_BYTES
+
+
+def _streamed(items, plan: "_Plan", card, predictor, overlap: float, probabilities: bool, should_stop):
+    """Predict one item at a time, normalising each window as it is cut and activating rows as soon
+    as they are complete: memory holds the image, the labels, and a band of rows of logits.
+
+    Returns (labels (N, *item shape), probabilities or None, the reports' total), or None when stopped."""
+    from napari_lgms.inference.normalize import fit_normalizer
+    from napari_lgms.inference.sliding import streamed_window_steps
+
+    window = windows.window_shape(plan.grid, plan.patch)
+    rows = Counter(w[0].start for w in plan.windows)  # the windows are batched row by row
+    per_item = sum(math.ceil(count / plan.batch_size) for count in rows.values())
+    total = items.shape[0] * (per_item + 1)
+    outputs: dict[str, np.ndarray] = {}
+    yield Progress(0, total, "normalising")
+    for n in range(items.shape[0]):
+        if should_stop is not None and should_stop():
+            return None
+        prepare = fit_normalizer(items[n], card.normalization)
+        done = n * (per_item + 1) + 1
+
+        def finish(rows, logits, n=n):
+            labels, probs = _activate(logits[None], card, probabilities)
+            if not outputs:
+                outputs["labels"] = np.zeros(items.shape[:1] + items.shape[2:], dtype=labels.dtype)
+                if probs is not None:
+                    channels = probs.shape[1:2] if probs.ndim > labels.ndim else ()
+                    outputs["probs"] = np.zeros(items.shape[:1] + channels + items.shape[2:], np.float32)
+            outputs["labels"][n, rows] = labels[0]
+            if probs is not None and probs.ndim == labels.ndim:  # (1, rows, ...) foreground probability
+                outputs["probs"][n, rows] = probs[0]
+            elif probs is not None:  # (1, K, rows, ...)
+                outputs["probs"][n, :, rows] = probs[0]
+
+        steps = streamed_window_steps(items[n], window, predictor, prepare, finish, overlap=overlap,
+                                      batch_size=plan.batch_size, window_device=_predictor_device(predictor))
+        for batch, batches in steps:
+            if should_stop is not None and should_stop():
+                return None
+            yield Progress(done + batch, total, f"batch {batch} of {batches}" +
+                           (f", item {n + 1} of {items.shape[0]}" if items.shape[0] > 1 else ""))
+    return outputs["labels"], outputs.get("probs"), total
+
+
+def _predictor_device(predictor):
+    """The device a predictor's windows go to (the engine's predictors say so)."""
+    return getattr(predictor, "device", None)
 
 
 class _BatchedForward:
-    """Run the network on a batch (B, C, *w) -> logits (B, K, *w) on the CPU, float32.
+    """The engine's predictor: (B, C, *w) -> logits (B, K, *w) float32, on the device.
 
-    Averages the logits over ``flips`` (tuples of axes; () is the plain pass).
-    Pads to the size divisor, optionally multiplies by blending weights or
-    resizes the logits, all on the device; a CUDA out-of-memory error splits
-    the batch in halves (and keeps the smaller size) before giving up.
+    Averages the logits over ``flips`` (tuples of axes; () is the plain pass) and pads to the size
+    divisor; a CUDA out-of-memory error splits the batch in halves (and keeps the smaller size)
+    before giving up.
     """
 
     def __init__(self, network, divisor: int, device, flips=((),)) -> None:
-        self.network, self.divisor, self.device = network, divisor, device
-        self.flips = list(flips)
+        from napari_lgms.inference.sliding import network_predictor
+
+        self.device = device
+        self.predict = network_predictor(network, flips=flips, divisor=divisor)
         self.split = 1
 
-    def __call__(self, crops, *, weights=None, resize_back=None):
+    def __call__(self, crops):
         import torch
 
         chunks = torch.tensor_split(crops, min(self.split, crops.shape[0]))
         outputs = []
         for chunk in chunks:
             try:
-                outputs.append(self._run(chunk, weights, resize_back))
+                with torch.inference_mode():
+                    outputs.append(self.predict(chunk.to(self.device)).float())
             except torch.OutOfMemoryError:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -316,41 +368,37 @@ class _BatchedForward:
                         "use the CPU (device='cpu') or a smaller ROI"
                     ) from None
                 self.split *= 2
-                outputs.append(self(chunk, weights=weights, resize_back=resize_back))
+                outputs.append(self(chunk))
         return torch.cat(outputs)
 
-    def _run(self, chunk, weights, resize_back):
-        import torch
 
-        from napari_lgms.models.padding import padded_forward
+class _Resized:
+    """A predictor run on inputs resized to ``size``, its logits resized back to ``back``."""
 
-        with torch.inference_mode():
-            batch = chunk.to(self.device)
-            logits = augment.average_over_flips(
-                lambda flipped: padded_forward(self.network, flipped, self.divisor), batch, self.flips)
-            if resize_back is not None:
-                logits = geometry.resize(logits, resize_back)
-            if weights is not None:
-                logits = logits * weights
-            return logits.cpu()
+    def __init__(self, predictor, size: tuple[int, ...], back: tuple[int, ...]) -> None:
+        self.predictor, self.size, self.back = predictor, size, back
+        self.device = _predictor_device(predictor)
+
+    def __call__(self, crops):
+        return geometry.resize(self.predictor(geometry.resize(crops, self.size)), self.back)
 
 
 def _plan(items: np.ndarray, item_spacing, card, overlap: float, batch_size, device) -> "_Plan":
     item_shape = tuple(items.shape[2:])
     dims = len(item_shape)
-    patch = card.input.get("patch_size")
+    patch = card.input.patch_size
     patch = tuple(int(p) for p in patch) if patch else item_shape
     if len(patch) != dims:
         raise InputError(f"model card patch_size {patch} does not have {dims} axes")
-    mode = card.input.get("mode") or ("resize" if dims == 2 else "sliding_window")
-    limit = float(card.input.get("max_resize_factor") or RESIZE_LIMIT)
+    mode = card.input.mode or ("resize" if dims == 2 else "sliding_window")
+    limit = float(card.input.max_resize_factor or RESIZE_LIMIT)
     if mode == "resize" and any(s > limit * p for s, p in zip(item_shape, patch)):
         mode = "tile"
     if mode == "resize":
         grid, layout, resize_to = item_shape, [tuple(slice(0, s) for s in item_shape)], patch
         window = patch
     else:
-        grid = geometry.resampled_shape(item_shape, item_spacing, card.input.get("spacing")) or item_shape
+        grid = geometry.resampled_shape(item_shape, item_spacing, card.input.spacing) or item_shape
         layout, resize_to = windows.window_slices(grid, patch, overlap), None
         window = windows.window_shape(grid, patch)
     _check_memory(items.shape[0], items.shape[1] + card.num_classes, item_shape, grid)
@@ -383,8 +431,8 @@ def _activate(logits, card, want_probabilities: bool):
     import torch
 
     num_outputs = logits.shape[1]
-    activation = card.output.get("activation", "sigmoid" if num_outputs == 1 else "softmax")
-    threshold = float(card.output.get("threshold", 0.5))
+    activation = card.output.activation_for(num_outputs)
+    threshold = float(card.output.threshold)
     probs = None
     if num_outputs == 1:
         foreground = torch.sigmoid(logits[:, 0])
@@ -419,7 +467,7 @@ def _paste(labels, probs, roi, box, full_shape, card):
         full_probs[target] = probs[inner]
     else:
         full_probs = np.zeros((probs.shape[0],) + tuple(full_shape), dtype=np.float32)
-        if card.output.get("activation", "softmax") == "softmax":
+        if card.output.activation_for(probs.shape[0]) == "softmax":
             full_probs[0] = 1.0
         full_probs[(slice(None),) + target] = probs[(slice(None),) + inner]
     return full_labels, full_probs
@@ -473,5 +521,5 @@ def _resolve_device(device, network):
 
 
 def _size_divisor(network, card) -> int:
-    divisors = [int(getattr(network, "size_divisor", 1) or 1), int(card.input.get("size_divisor") or 1)]
+    divisors = [int(getattr(network, "size_divisor", 1) or 1), int(card.input.size_divisor or 1)]
     return math.lcm(*divisors)

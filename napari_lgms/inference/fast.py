@@ -4,12 +4,12 @@
 inference, cached per network until its weights change:
 
 * batch-norm folded into the preceding convolution (``conv -> BN`` inside an
-  ``nn.Sequential``, and modules whose forward is literally
-  ``self.norm(self.conv(x))``); GroupNorm, LayerNorm and InstanceNorm depend on
+  ``nn.Sequential``, and modules that declare ``norm_follows_conv``: their forward
+  applies ``self.norm`` to ``self.conv``'s output first); GroupNorm, LayerNorm and InstanceNorm depend on
   the input and stay as they are;
 * parameters without gradients, eval mode;
-* on the CPU, when ``onnxruntime`` is installed: the forward pass runs in
-  ONNX Runtime with all graph optimisations (one fixed-shape export per window
+* on the CPU, when ``onnxruntime`` is installed, for the architectures registered as
+  ``onnxruntime_faster``: the forward pass runs in ONNX Runtime with all graph optimisations (one fixed-shape export per window
   shape, made on first use: a few seconds once per model and shape);
 * otherwise channels-last memory format for 2D networks.
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import inspect
 import os
 import threading
 import weakref
@@ -37,6 +36,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from napari_lgms.models.layout import set_depthwise_layout, use_layout_for
+
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 CHECK_TOLERANCE = 1e-3  # max |difference| / (max |logit| + 1) accepted for the optimised copy
@@ -44,19 +45,25 @@ CHECK_TOLERANCE = 1e-3  # max |difference| / (max |logit| + 1) accepted for the 
 
 @dataclass
 class FastSettings:
-    """Which optimisations :func:`inference_network` applies (process-wide)."""
+    """Which optimisations :func:`inference_network` applies (process-wide).
 
-    enabled: bool = os.environ.get("NAPARI_LGMS_FAST", "1") != "0"
+    ``enabled`` and ``onnxruntime`` left at None follow ``NAPARI_LGMS_FAST`` and ``NAPARI_LGMS_ORT``
+    ("0" switches off), read when a network is prepared.
+    """
+
+    enabled: bool | None = None
     fold_batch_norm: bool = True
     channels_last: bool = True  # 2D torch path only
-    onnxruntime: bool = os.environ.get("NAPARI_LGMS_ORT", "1") != "0"  # CPU only, when installed
+    onnxruntime: bool | None = None  # CPU only, when installed
+
+    def is_enabled(self) -> bool:
+        return self.enabled if self.enabled is not None else os.environ.get("NAPARI_LGMS_FAST", "1") != "0"
+
+    def uses_onnxruntime(self) -> bool:
+        return self.onnxruntime if self.onnxruntime is not None else os.environ.get("NAPARI_LGMS_ORT", "1") != "0"
 
 
 SETTINGS = FastSettings()
-# Architectures whose ONNX Runtime forward beat torch in benchmarks/run.py (2-core CPU, see
-# benchmarks/README.md): 0.25-0.60 of eager. TinyU-Net is 1.6-4.6x slower in ONNX Runtime
-# (its bicubic Resize), so it stays on the torch path.
-ONNX_RUNTIME_WINS = frozenset({"lgmsnet", "cmunext", "esdmrnet", "unext"})
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
@@ -82,14 +89,6 @@ def _can_fold(conv: nn.Module, norm: nn.Module) -> bool:
     )
 
 
-def _forward_is_norm_of_conv(module: nn.Module) -> bool:
-    try:
-        source = inspect.getsource(type(module).forward)
-    except (OSError, TypeError):
-        return False
-    return "self.norm(self.conv(" in "".join(source.split())
-
-
 def fold_batch_norms(network: nn.Module) -> int:
     """Fold eval-mode BatchNorms into the convolution before them, in place; returns how many.
 
@@ -106,7 +105,7 @@ def fold_batch_norms(network: nn.Module) -> int:
                     module._modules[second] = nn.Identity()
                     folded += 1
         conv, norm = getattr(module, "conv", None), getattr(module, "norm", None)
-        if conv is not None and norm is not None and _can_fold(conv, norm) and _forward_is_norm_of_conv(module):
+        if conv is not None and norm is not None and _can_fold(conv, norm) and getattr(module, "norm_follows_conv", False):
             module.conv = fuse_conv_bn_eval(conv, norm)
             module.norm = nn.Identity()
             folded += 1
@@ -256,8 +255,17 @@ def onnxruntime_available() -> bool:
 
 def _fingerprint(network: nn.Module, device) -> tuple:
     tensors = list(network.parameters()) + list(network.buffers())
-    return (str(device), SETTINGS.fold_batch_norm, SETTINGS.channels_last, SETTINGS.onnxruntime,
+    return (str(device), SETTINGS.fold_batch_norm, SETTINGS.channels_last, SETTINGS.uses_onnxruntime(),
             tuple((t.data_ptr(), t._version, t.dtype) for t in tensors))
+
+
+def _onnxruntime_faster(network: nn.Module) -> bool:
+    from napari_lgms.models.registry import get_architecture
+
+    try:
+        return get_architecture(str(getattr(network, "architecture", ""))).onnxruntime_faster
+    except (KeyError, ValueError):
+        return False
 
 
 def _spatial_dims(network: nn.Module) -> int:
@@ -291,17 +299,21 @@ def _agrees(original: nn.Module, optimized: nn.Module, device) -> bool:
 def build_inference_network(network: nn.Module, device, *, backend: str = "auto") -> nn.Module:
     """An optimised copy of ``network`` for ``device``; ``backend``: "auto", "torch" or "onnxruntime".
 
-    "auto" takes ONNX Runtime on the CPU for the architectures in
-    :data:`ONNX_RUNTIME_WINS` when it is installed and enabled, else torch.
+    "auto" takes ONNX Runtime on the CPU for the architectures registered as ``onnxruntime_faster``
+    when it is installed and enabled, else torch.
     """
     device = torch.device(device)
     use_ort = backend == "onnxruntime" or (
-        backend == "auto" and SETTINGS.onnxruntime and device.type == "cpu"
-        and getattr(network, "architecture", None) in ONNX_RUNTIME_WINS and onnxruntime_available()
+        backend == "auto" and SETTINGS.uses_onnxruntime() and device.type == "cpu"
+        and _onnxruntime_faster(network) and onnxruntime_available()
     )
     channels_last = SETTINGS.channels_last and not use_ort and _spatial_dims(network) == 2
     optimized = optimize_for_inference(network, fold_batch_norm=SETTINGS.fold_batch_norm,
                                        channels_last=channels_last).to(device)
+    if use_ort:
+        set_depthwise_layout(optimized, False)  # the exporter needs the standard layout
+    else:
+        use_layout_for(optimized, device, training=False)
     if use_ort:
         optimized = OnnxRuntimeNetwork(optimized)
     return optimized
@@ -317,7 +329,7 @@ def inference_network(network: nn.Module, device=None) -> nn.Module:
     changes (in-place updates included), so fine-tuning in place never leaves
     a stale copy.
     """
-    if not SETTINGS.enabled or network.training:
+    if not SETTINGS.is_enabled() or network.training:
         return network
     if device is None:
         device = next((p.device for p in network.parameters()), torch.device("cpu"))

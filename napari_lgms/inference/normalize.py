@@ -22,6 +22,8 @@ Kinds (``spec["kind"]``):
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from napari_lgms.errors import InputError
@@ -29,6 +31,7 @@ from napari_lgms.errors import InputError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 KINDS = ("percentile_zscore", "zscore", "imagenet", "range", "window", "minmax")
+STATISTICS_SAMPLE = 1 << 24  # voxels per channel the statistics are computed from, at most
 
 
 def check_finite(array: np.ndarray) -> None:
@@ -42,36 +45,66 @@ def check_finite(array: np.ndarray) -> None:
 
 def normalize(image: np.ndarray, spec: dict | None) -> np.ndarray:
     """Normalise ``image`` (C, *spatial), any real dtype, to float32 per ``spec``."""
+    return fit_normalizer(image, spec)(image)
+
+
+def fit_normalizer(image: np.ndarray, spec: dict | None):
+    """The normalisation ``spec`` gives ``image`` (C, *spatial), as a function that applies it to any
+    block of ``image`` (C, *block) -> float32: a large image is normalised window by window.
+
+    Statistics (percentiles, mean, spread, range) come from the whole image, or from an even grid of
+    at most :data:`STATISTICS_SAMPLE` voxels per channel when it is larger.
+    """
     spec = dict(spec or {"kind": "percentile_zscore"})
     kind = spec.get("kind", "percentile_zscore")
     if kind not in KINDS:
         raise InputError(f"unknown normalisation {kind!r}; accepted: {', '.join(KINDS)}")
     check_finite(image)
-    data = np.asarray(image, dtype=np.float32)
-    if data.ndim < 2:
-        raise InputError(f"expected a (C, *spatial) array, got shape {data.shape}")
+    if np.ndim(image) < 2:
+        raise InputError(f"expected a (C, *spatial) array, got shape {np.shape(image)}")
     if kind == "range":
-        return data / np.float32(spec.get("max_value", 255.0))
+        scale = np.float32(spec.get("max_value", 255.0))
+        return lambda block: np.asarray(block, dtype=np.float32) / scale
     if kind == "window":
         low, high = float(spec["low"]), float(spec["high"])
-        return (np.clip(data, low, high) - low) / np.float32(high - low)
+        return lambda block: (np.clip(np.asarray(block, dtype=np.float32), low, high) - low) / np.float32(high - low)
     if kind == "imagenet":
         mean = np.asarray(spec.get("mean", IMAGENET_MEAN), np.float32)
         std = np.asarray(spec.get("std", IMAGENET_STD), np.float32)
-        if data.shape[0] != mean.size:
-            raise InputError(f"imagenet normalisation needs {mean.size} channels, got {data.shape[0]}")
-        scaled = data / np.float32(spec.get("max_value", 255.0))
-        shape = (-1,) + (1,) * (data.ndim - 1)
-        return (scaled - mean.reshape(shape)) / std.reshape(shape)
-    out = np.empty_like(data)
-    for c, channel in enumerate(data):
-        if kind == "minmax":
-            low, high = float(channel.min()), float(channel.max())
-            out[c] = (channel - low) / max(high - low, 1e-8)
-            continue
-        if kind == "percentile_zscore":
-            low, high = np.percentile(channel, [spec.get("lower", 0.5), spec.get("upper", 99.5)])
-            channel = np.clip(channel, low, high)
+        if image.shape[0] != mean.size:
+            raise InputError(f"imagenet normalisation needs {mean.size} channels, got {image.shape[0]}")
+        scale = np.float32(spec.get("max_value", 255.0))
+        shape = (-1,) + (1,) * (image.ndim - 1)
+        return lambda block: (np.asarray(block, dtype=np.float32) / scale - mean.reshape(shape)) / std.reshape(shape)
+    channels = [_channel_transform(_sample(channel), kind, spec) for channel in image]
+
+    def apply(block: np.ndarray) -> np.ndarray:
+        data = np.asarray(block, dtype=np.float32)
+        out = np.empty_like(data)
+        for c, (channel, transform) in enumerate(zip(data, channels)):
+            out[c] = transform(channel)
+        return out
+
+    return apply
+
+
+def _sample(channel: np.ndarray) -> np.ndarray:
+    """``channel`` as float32, or an even grid of about :data:`STATISTICS_SAMPLE` of its voxels."""
+    stride = math.ceil((channel.size / STATISTICS_SAMPLE) ** (1.0 / channel.ndim)) if channel.size else 1
+    if stride > 1:
+        channel = channel[(slice(None, None, stride),) * channel.ndim]
+    return np.asarray(channel, dtype=np.float32)
+
+
+def _channel_transform(channel: np.ndarray, kind: str, spec: dict):
+    """The per-channel transform of ``kind`` with statistics from ``channel`` (float32)."""
+    if kind == "minmax":
+        low, high = float(channel.min()), float(channel.max())
+        return lambda values: (values - low) / max(high - low, 1e-8)
+    if kind == "percentile_zscore":
+        low, high = np.percentile(channel, [spec.get("lower", 0.5), spec.get("upper", 99.5)])
+        channel = np.clip(channel, low, high)
         mean, std = float(channel.mean()), float(channel.std())
-        out[c] = (channel - mean) / max(std, 1e-8)
-    return out
+        return lambda values: (np.clip(values, low, high) - mean) / max(std, 1e-8)
+    mean, std = float(channel.mean()), float(channel.std())
+    return lambda values: (values - mean) / max(std, 1e-8)

@@ -52,7 +52,7 @@ class CMUNeXtBlock(nn.Sequential):
 
 
 @register_architecture(
-    "cmunext", spatial_dims=(2,), size_divisor=16,
+    "cmunext", spatial_dims=(2,), size_divisor=16, onnxruntime_faster=True,
     description="CMUNeXt: large-kernel depthwise convolutional U-Net with skip fusion (2D)",
 )
 class CMUNeXt(nn.Module):

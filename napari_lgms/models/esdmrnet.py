@@ -71,37 +71,29 @@ import torch.nn as nn
 
 from napari_lgms.errors import InputError
 from napari_lgms.models import layers
+from napari_lgms.models.layout import channels_last_input
 from napari_lgms.models.registry import register_architecture, register_model
 
 SIZE_DIVISOR = 16
 DEFAULT_WIDTHS = (12, 24, 48, 80, 128)
 
 
-_CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
-
-
 class DepthwiseConv(nn.Module):
     """Depthwise k x k convolution without bias: (N, C, *S) -> (N, C, *S).
 
-    On CPU, when training (any dimension) or in 3D, it runs on a channels-last
-    copy of its input and returns a standard-layout tensor: PyTorch's CPU
-    backward pass for depthwise 5 and 7 kernels is about 5x (2D) to 20x (3D)
-    slower on the standard layout, and the 3D forward pass is faster too, while
-    2D inference and the rest of the network (BatchNorm, 1x1 convolutions) are
-    faster on the standard layout. Never while tracing (ONNX export has no
-    memory-format support).
+    With ``channels_last`` set (by :mod:`napari_lgms.models.layout`, which says when it pays), it
+    runs on a channels-last copy of its input and returns a standard-layout tensor.
     """
 
     def __init__(self, spatial_dims: int, channels: int, kernel_size: int):
         super().__init__()
-        self.memory_format = _CHANNELS_LAST[spatial_dims]
+        self.channels_last = False
         self.conv = layers.conv(spatial_dims, channels, channels, kernel_size, groups=channels, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type != "cpu" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-                or (x.ndim == 4 and not torch.is_grad_enabled())):
+        if not self.channels_last:
             return self.conv(x)
-        return self.conv(x.contiguous(memory_format=self.memory_format)).contiguous()
+        return self.conv(channels_last_input(x)).contiguous()
 
 
 class SeparableConvBN(nn.Sequential):
@@ -234,7 +226,7 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-@register_architecture("esdmrnet", spatial_dims=(2, 3), size_divisor=SIZE_DIVISOR,
+@register_architecture("esdmrnet", spatial_dims=(2, 3), size_divisor=SIZE_DIVISOR, onnxruntime_faster=True,
                        description="ESDMR-Net (approximate reconstruction): ES blocks + DMR skips, ~0.7 M parameters")
 class ESDMRNet(nn.Module):
     """ESDMR-Net approximation: (N, in_channels, *S) -> logits (N, num_classes, *S).

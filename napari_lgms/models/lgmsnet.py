@@ -200,7 +200,7 @@ def _pairs(value: Sequence[Sequence[int]], name: str) -> list[tuple[int, int]]:
 
 
 @register_architecture(
-    "lgmsnet", spatial_dims=(2, 3), size_divisor=32,
+    "lgmsnet", spatial_dims=(2, 3), size_divisor=32, onnxruntime_faster=True,
     description="LGMSNet: local (LMS) and global (GMS) multiscale blocks, 2D or 3D",
 )
 class LGMSNet(nn.Module):

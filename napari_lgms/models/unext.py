@@ -167,6 +167,8 @@ class TokenEncoderStage(nn.Module):
 class ConvEncoderStage(nn.Module):
     """3x3 conv with bias, BN, 2x2 max-pool, ReLU: (N, c_in, H, W) -> (N, c_out, H/2, W/2)."""
 
+    norm_follows_conv = True  # forward applies self.norm to self.conv's output first (BN can be folded)
+
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
         self.conv = layers.conv(2, c_in, c_out, 3, bias=True)
@@ -183,6 +185,8 @@ class UpStage(nn.Module):
     (N, c_in, H, W) -> (N, c_out, 2H, 2W); the caller adds the skip.
     """
 
+    norm_follows_conv = True  # forward applies self.norm to self.conv's output first (BN can be folded)
+
     def __init__(self, c_in: int, c_out: int, batch_norm: bool = True):
         super().__init__()
         self.conv = layers.conv(2, c_in, c_out, 3, bias=True)
@@ -193,7 +197,7 @@ class UpStage(nn.Module):
         return F.relu(self.upsample(self.norm(self.conv(x))))
 
 
-@register_architecture("unext", spatial_dims=(2,), size_divisor=SIZE_DIVISOR,
+@register_architecture("unext", spatial_dims=(2,), size_divisor=SIZE_DIVISOR, onnxruntime_faster=True,
                        description="UNeXt (MICCAI'22): conv encoder + shifted-MLP tokens, 1.47 M parameters")
 class UNeXt(nn.Module):
     """UNeXt: (N, in_channels, H, W) -> logits (N, num_classes, H, W); H, W multiples of 32."""

@@ -16,47 +16,11 @@ napari ``GeneratorWorker`` so that:
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, Callable, Generator
 
-MIN_SECONDS_BETWEEN_YIELDS = 0.05  # at most 20 progress updates per second
+from napari_lgms._generators import MIN_SECONDS_BETWEEN_YIELDS, throttled
 
-
-def throttled(steps: Generator, min_interval: float = MIN_SECONDS_BETWEEN_YIELDS,
-              should_stop: Callable[[], bool] = lambda: False,
-              always: Callable[[Any], bool] = lambda item: False) -> Generator:
-    """Re-yield ``steps``'s items, at most one per ``min_interval`` seconds; return its return value.
-
-    The first item and the last item before the end are always passed on, so a
-    progress bar starts and ends at the right place, and so is every item for
-    which ``always(item)`` is true (e.g. a validation score for the plot).
-    When ``should_stop()`` becomes true, ``steps`` is closed (it never resumes:
-    nothing after its current yield runs) and None is returned.
-    """
-    last_sent = 0.0
-    pending = None
-    while True:
-        if should_stop():
-            steps.close()
-            return None
-        try:
-            item = next(steps)
-        except StopIteration as stop:
-            if pending is not None:
-                yield pending
-            return stop.value
-        now = time.monotonic()
-        if always(item):
-            if pending is not None:
-                yield pending
-            last_sent, pending = now, None
-            yield item
-        elif now - last_sent >= min_interval:
-            last_sent = now
-            pending = None
-            yield item
-        else:
-            pending = item
+__all__ = ["EngineTask", "MIN_SECONDS_BETWEEN_YIELDS", "progress_fields", "start_engine_task", "throttled"]
 
 
 class EngineTask:

@@ -99,12 +99,9 @@ def _always_shown(record) -> bool:
 
 def _delete_version(card_path) -> Path | None:
     """Delete a model version (card and weights); returns the card's path."""
-    if not card_path:
-        return None
-    card = Path(card_path)
-    for path in (card.with_suffix(".safetensors"), card):
-        path.unlink(missing_ok=True)
-    return card
+    from napari_lgms.zoo import delete_model
+
+    return delete_model(card_path) if card_path else None
 
 
 class TimeEstimate:

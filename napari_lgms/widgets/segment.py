@@ -233,6 +233,11 @@ class SegmentWidget(SegmentLayout):
         self.layers.refresh()
 
     # -- the model list ------------------------------------------------------------------------
+    @property
+    def choices(self) -> tuple[ModelChoice, ...]:
+        """The models offered, in the order of the model list."""
+        return tuple(self._choices)
+
     def refresh_models(self) -> None:
         """Re-read the model folders (a fine-tuned version appears at once; the first time, in a worker)."""
         list_models_then(self, self._set_choices)

@@ -6,15 +6,10 @@ normalisation, the voxel spacing (3D), the class names, where the training
 data came from and under which terms, the validation metrics with their split,
 the licence, the sha256 of the weights and the lineage of fine-tuned models.
 
-``input`` keys:
-    spatial_dims (2|3), channels (int), axes (e.g. "YXC", "ZYX"),
-    patch_size (list[int], the training size), size_divisor (int),
-    mode ("resize" | "tile" | "sliding_window"), spacing (list[float] | None,
-    in the order of the spatial axes, millimetres).
-``normalization`` keys: ``kind`` plus its parameters, see
-    :mod:`napari_lgms.inference.normalize`.
-``output`` keys: activation ("sigmoid" | "softmax"), threshold (float),
-    optionally test_time_augmentation ("none" | "flips", the engine's default).
+``input`` (:class:`InputSpec`) and ``output`` (:class:`OutputSpec`) are typed; in JSON they are
+objects with the same keys. ``normalization`` keys: ``kind`` plus its parameters, see
+:mod:`napari_lgms.inference.normalize`. :mod:`napari_lgms.zoo.schema` checks a card's JSON when
+it is read.
 """
 from __future__ import annotations
 
@@ -31,14 +26,67 @@ NOT_A_MEDICAL_DEVICE = (
 
 
 @dataclass
+class InputSpec:
+    """What the network takes.
+
+    ``patch_size``: the training size per spatial axis; ``size_divisor``: every size fed to the
+    network is padded to a multiple of it; ``mode``: "resize" (the whole image resized to the
+    patch), "tile" or "sliding_window" (windows of the patch size), None for the dimension's
+    default; ``spacing``: millimetres per spatial axis, None when unknown; ``max_resize_factor``:
+    in "resize" mode, images up to this many patches per axis are resized whole (larger are tiled).
+    """
+
+    spatial_dims: int | None = None
+    channels: int | None = None
+    axes: str = ""
+    patch_size: list[int] | None = None
+    size_divisor: int = 1
+    mode: str | None = None
+    spacing: list[float] | None = None
+    max_resize_factor: float | None = None
+
+    @classmethod
+    def for_network(cls, spatial_dims: int, channels: int, patch_size, size_divisor: int, mode: str,
+                    spacing=None, max_resize_factor: float | None = None) -> "InputSpec":
+        """The input contract of a network with these properties (the axes follow from them)."""
+        return cls(int(spatial_dims), int(channels), ("ZYX" if spatial_dims == 3 else "YX") + ("C" if channels > 1 else ""),
+                   [int(p) for p in patch_size], int(size_divisor), mode, list(spacing) if spacing else None,
+                   max_resize_factor)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "InputSpec":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known and v is not None})
+
+
+@dataclass
+class OutputSpec:
+    """What the network's logits mean: ``activation`` "sigmoid" or "softmax" (None: sigmoid for one
+    output, else softmax), the foreground ``threshold``, and the engine's default
+    ``test_time_augmentation`` ("none" | "flips"; None: "none")."""
+
+    activation: str | None = None
+    threshold: float = 0.5
+    test_time_augmentation: str | None = None
+
+    def activation_for(self, outputs: int) -> str:
+        return self.activation or ("sigmoid" if outputs == 1 else "softmax")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "OutputSpec":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known and v is not None})
+
+
+@dataclass
 class ModelCard:
     name: str
     architecture: str
     arguments: dict[str, Any]
-    input: dict[str, Any]
+    input: InputSpec
     normalization: dict[str, Any]
     class_names: list[str]
-    output: dict[str, Any] = field(default_factory=lambda: {"activation": "sigmoid", "threshold": 0.5})
+    output: OutputSpec = field(default_factory=OutputSpec)
     version: str = "1"
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
@@ -51,9 +99,15 @@ class ModelCard:
     created: str = ""
     format_version: int = FORMAT_VERSION
 
+    def __post_init__(self) -> None:
+        if isinstance(self.input, dict):  # a card built from JSON-like data
+            self.input = InputSpec.from_dict(self.input)
+        if isinstance(self.output, dict):
+            self.output = OutputSpec.from_dict(self.output)
+
     @property
     def spatial_dims(self) -> int:
-        return int(self.input.get("spatial_dims", self.arguments.get("spatial_dims", 2)))
+        return int(self.input.spatial_dims or self.arguments.get("spatial_dims", 2))
 
     @property
     def in_channels(self) -> int:

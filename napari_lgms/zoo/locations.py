@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from napari_lgms.zoo.card import ModelCard, default_class_names
+from napari_lgms.zoo.card import InputSpec, ModelCard, OutputSpec, default_class_names
 from napari_lgms.zoo.store import (
     LoadedModel,
     ModelLoadError,
@@ -142,18 +142,12 @@ def untrained_card(name: str, **overrides) -> ModelCard:
         architecture=config.architecture,
         arguments=arguments,
         description=f"untrained {config.architecture} ({config.description})",
-        input={
-            "spatial_dims": dims,
-            "channels": channels,
-            "axes": ("ZYX" if dims == 3 else "YX") + ("C" if channels > 1 else ""),
-            "patch_size": [96, 96, 96] if dims == 3 else [256, 256],
-            "size_divisor": get_architecture(config.architecture).size_divisor,
-            "mode": "sliding_window" if dims == 3 else "resize",
-            "spacing": None,
-        },
+        input=InputSpec.for_network(dims, channels, [96, 96, 96] if dims == 3 else [256, 256],
+                                    get_architecture(config.architecture).size_divisor,
+                                    "sliding_window" if dims == 3 else "resize"),
         normalization={"kind": "percentile_zscore", "lower": 0.5, "upper": 99.5},
         class_names=default_class_names(int(arguments["num_classes"])),
-        output={"activation": "sigmoid" if int(arguments["num_classes"]) == 1 else "softmax", "threshold": 0.5},
+        output=OutputSpec("sigmoid" if int(arguments["num_classes"]) == 1 else "softmax", 0.5),
         licence="n/a (random weights)",
     )
 

@@ -121,6 +121,19 @@ def _write_card(card_file: Path, card: ModelCard, weights: dict) -> None:
     atomic_write_text(card_file, replace(card, weights=weights).to_json())
 
 
+def delete_model(card_file: str | Path) -> Path:
+    """Delete the model version whose card is ``card_file``: the card first (it is no longer listed),
+    then the weights it names and any staged ones; returns the card's path. Missing files are fine."""
+    card_file = Path(card_file)
+    weights = _named_weights(card_file) if card_file.is_file() else None
+    card_file.unlink(missing_ok=True)
+    names = {weights, f"{card_file.stem}.safetensors"} - {None}
+    for path in [card_file.parent / name for name in names] + staged_weights(card_file.parent, card_file.stem):
+        if path.parent == card_file.parent:
+            path.unlink(missing_ok=True)
+    return card_file
+
+
 def remove_orphans(directory: str | Path) -> list[Path]:
     """Delete stale staged weights no card names and stale ``.*.tmp`` files; returns those deleted."""
     directory = Path(directory)
