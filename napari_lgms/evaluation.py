@@ -31,6 +31,7 @@ NNUNET_CHANNEL = re.compile(r"_\d{4}$")
 
 
 def strip_mask_suffix(stem: str) -> str | None:
+    """``stem`` without its mask suffix (``case1_mask`` -> ``case1``), or None when it has none."""
     lower = stem.lower()
     for suffix in MASK_NAME_SUFFIXES:
         if lower.endswith(suffix) and len(stem) > len(suffix):
@@ -99,6 +100,7 @@ def score_pair(image_path: Path, mask_path: Path, model, device, slice_axis: int
 
 
 def summarize(rows: list[dict]) -> dict:
+    """Mean IoU and Dice over the rows of :func:`score_pair` (and mean Dice per class)."""
     from napari_lgms.metrics import mean_scores
 
     means = mean_scores([{"iou": row["iou"], "dice": row["dice"]} for row in rows])

@@ -3,8 +3,9 @@
 >>> gen = train_steps(config)                      # doctest: +SKIP
 >>> for progress in gen: print(progress.step)      # doctest: +SKIP
 
-``train_steps`` yields :class:`TrainProgress` (at most ~20 per second, plus one
-per phase change and per epoch) and returns a :class:`TrainResult` as
+``train_steps`` yields :class:`TrainProgress` (one per optimiser step, through the
+one optimisation loop :func:`napari_lgms.training.loop.optimise`, plus one per
+phase change and per epoch) and returns a :class:`TrainResult` as
 ``StopIteration.value``; :func:`train` runs it to the end. It stops cleanly
 when ``should_stop()`` turns true (the best model so far is still saved) or
 when the generator is closed (nothing more is written).
@@ -265,11 +266,11 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
 
+    from napari_lgms.models.layout import use_layout_for
     from napari_lgms.training import data as data_mod
     from napari_lgms.training import distributed
     from napari_lgms.training.augment import AugmentParams
     from napari_lgms.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-    from napari_lgms.models.layout import use_layout_for
     from napari_lgms.training.evaluate import evaluate_sums, means, metric_keys
     from napari_lgms.training.loop import Budget, Stepper, optimise
     from napari_lgms.training.losses import distilled_loss

@@ -5,12 +5,14 @@ inference, cached per network until its weights change:
 
 * batch-norm folded into the preceding convolution (``conv -> BN`` inside an
   ``nn.Sequential``, and modules that declare ``norm_follows_conv``: their forward
-  applies ``self.norm`` to ``self.conv``'s output first); GroupNorm, LayerNorm and InstanceNorm depend on
-  the input and stay as they are;
+  applies ``self.norm`` to ``self.conv``'s output first); GroupNorm, LayerNorm and
+  InstanceNorm depend on the input and stay as they are;
 * parameters without gradients, eval mode;
-* on the CPU, when ``onnxruntime`` is installed, for the architectures registered as
-  ``onnxruntime_faster``: the forward pass runs in ONNX Runtime with all graph optimisations (one fixed-shape export per window
-  shape, made on first use: a few seconds once per model and shape);
+* on the CPU, when ``onnxruntime`` is installed, for the architectures registered
+  as ``onnxruntime_faster`` (0.25-0.60 of eager torch in ``benchmarks/run.py``):
+  the forward pass runs in ONNX Runtime with all graph optimisations (one
+  fixed-shape export per window shape, made on first use: a few seconds once per
+  model and shape);
 * otherwise channels-last memory format for 2D networks.
 
 The benchmark (``benchmarks/run.py``) measured each of these against the

@@ -107,6 +107,7 @@ class TinyDecoder(nn.Module):
         return self.block(torch.cat([self.upsample(deep), skip], dim=1))
 
 
+# Not onnxruntime_faster: its bicubic Resize runs 1.6-4.6x slower in ONNX Runtime (benchmarks/README.md).
 @register_architecture("tinyunet", spatial_dims=(2,), size_divisor=SIZE_DIVISOR,
                        description="TinyU-Net (MICCAI'24): CMRF blocks, 0.48 M parameters")
 class TinyUNet(nn.Module):

@@ -49,14 +49,9 @@ class InputSpec:
     def for_network(cls, spatial_dims: int, channels: int, patch_size, size_divisor: int, mode: str,
                     spacing=None, max_resize_factor: float | None = None) -> "InputSpec":
         """The input contract of a network with these properties (the axes follow from them)."""
-        return cls(int(spatial_dims), int(channels), ("ZYX" if spatial_dims == 3 else "YX") + ("C" if channels > 1 else ""),
-                   [int(p) for p in patch_size], int(size_divisor), mode, list(spacing) if spacing else None,
-                   max_resize_factor)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "InputSpec":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known and v is not None})
+        axes = ("ZYX" if spatial_dims == 3 else "YX") + ("C" if channels > 1 else "")
+        return cls(int(spatial_dims), int(channels), axes, [int(p) for p in patch_size], int(size_divisor), mode,
+                   list(spacing) if spacing else None, max_resize_factor)
 
 
 @dataclass
@@ -71,11 +66,6 @@ class OutputSpec:
 
     def activation_for(self, outputs: int) -> str:
         return self.activation or ("sigmoid" if outputs == 1 else "softmax")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "OutputSpec":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known and v is not None})
 
 
 @dataclass
@@ -101,9 +91,9 @@ class ModelCard:
 
     def __post_init__(self) -> None:
         if isinstance(self.input, dict):  # a card built from JSON-like data
-            self.input = InputSpec.from_dict(self.input)
+            self.input = _from_known_fields(InputSpec, self.input)
         if isinstance(self.output, dict):
-            self.output = OutputSpec.from_dict(self.output)
+            self.output = _from_known_fields(OutputSpec, self.output)
 
     @property
     def spatial_dims(self) -> int:
@@ -162,6 +152,12 @@ class ModelCard:
         if self.lineage.get("parent"):
             lines.append(f"fine-tuned from: {self.lineage['parent']}")
         return "\n".join(lines)
+
+
+def _from_known_fields(cls, data: dict[str, Any]):
+    """``cls`` from the keys of ``data`` it knows (others, and nulls, are ignored: its defaults apply)."""
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known and v is not None})
 
 
 def default_class_names(num_classes: int) -> list[str]:
