@@ -503,6 +503,8 @@ class FinetuneSession:
         """Main thread: the verdict in words; a new model is offered only when one was saved."""
         ui = self.widget
         self.result = result
+        if self.estimate is not None:
+            self.estimate.update(result.steps)  # the last step's report may have been throttled away
         ui.status_label.setText(verdict_text(result))
         ui.status_label.setToolTip(result.message)  # the engine's evidence, on demand
         ui.use_button.setEnabled(offered(result))
