@@ -30,10 +30,14 @@ def onnx_bytes(network, input_shape: tuple[int, ...]) -> bytes:
     """
     import torch
 
+    from napari_lgms.models.layout import set_depthwise_layout
+
     sample = torch.zeros(tuple(int(s) for s in input_shape))
     buffer = io.BytesIO()
     was_training = network.training
+    layouts = {m: m.channels_last for m in network.modules() if hasattr(m, "channels_last")}
     network.eval()
+    set_depthwise_layout(network, False)  # the exporter has no memory formats
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -43,6 +47,8 @@ def onnx_bytes(network, input_shape: tuple[int, ...]) -> bytes:
         raise ExportError(f"ONNX export failed for input shape {tuple(input_shape)}: {type(error).__name__}: {error}") from None
     finally:
         network.train(was_training)
+        for module, channels_last in layouts.items():
+            module.channels_last = channels_last
     return buffer.getvalue()
 
 

@@ -242,6 +242,17 @@ def test_layout_policy_is_channels_last_for_cpu_training_and_3d_inference():
     assert all(m.channels_last for m in network.modules() if isinstance(m, DepthwiseConv))
 
 
+def test_onnx_export_of_a_channels_last_network_uses_the_standard_layout_and_restores_it():
+    pytest.importorskip("onnx")
+    from napari_lgms.export import onnx_bytes
+    from napari_lgms.models.layout import set_depthwise_layout
+
+    network = ESDMRNet(in_channels=1, num_classes=1, widths=(8, 8, 16, 16, 24)).eval()
+    set_depthwise_layout(network, True)
+    assert len(onnx_bytes(network, (1, 1, 32, 32))) > 0
+    assert all(m.channels_last for m in network.modules() if isinstance(m, DepthwiseConv))
+
+
 def test_esdmrnet_counts():
     assert count(ESDMRNet()) == 721_821
     assert count(ESDMRNet(in_channels=1)) == 721_821 - 216  # stem 3x3 conv, 12 channels

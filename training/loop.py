@@ -38,21 +38,23 @@ class Stepper:
     def __call__(self, loss) -> float:
         import torch
 
-        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()
             if self.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip)
+                torch.nn.utils.clip_grad_norm_(self._parameters(), self.grad_clip)
             self.optimizer.step()
         else:
             self.scaler.scale(loss).backward()
             if self.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip)
+                torch.nn.utils.clip_grad_norm_(self._parameters(), self.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         return float(loss.detach())
+
+    def _parameters(self) -> list:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
 
 
 def optimise(stepper: Stepper, batches: Iterable, loss_of: Callable[[Any], Any], *, budget: Budget,

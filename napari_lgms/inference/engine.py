@@ -263,7 +263,7 @@ def _whole(items, plan: "_Plan", card, predictor, overlap: float, probabilities:
     else:
         window = windows.window_shape(plan.grid, plan.patch)
     steps = sliding_window_steps(inputs, window, predictor, overlap=overlap, batch_size=plan.batch_size,
-                                 window_device=_predictor_device(predictor), output_device=torch.device("cpu"),
+                                 window_device=predictor.device, output_device=torch.device("cpu"),
                                  should_stop=should_stop)
     while True:
         try:
@@ -321,18 +321,13 @@ def _streamed(items, plan: "_Plan", card, predictor, overlap: float, probabiliti
                 outputs["probs"][n, :, rows] = probs[0]
 
         steps = streamed_window_steps(items[n], window, predictor, prepare, finish, overlap=overlap,
-                                      batch_size=plan.batch_size, window_device=_predictor_device(predictor))
+                                      batch_size=plan.batch_size, window_device=predictor.device)
         for batch, batches in steps:
             if should_stop is not None and should_stop():
                 return None
             yield Progress(done + batch, total, f"batch {batch} of {batches}" +
                            (f", item {n + 1} of {items.shape[0]}" if items.shape[0] > 1 else ""))
     return outputs["labels"], outputs.get("probs"), total
-
-
-def _predictor_device(predictor):
-    """The device a predictor's windows go to (the engine's predictors say so)."""
-    return getattr(predictor, "device", None)
 
 
 class _BatchedForward:
@@ -377,7 +372,7 @@ class _Resized:
 
     def __init__(self, predictor, size: tuple[int, ...], back: tuple[int, ...]) -> None:
         self.predictor, self.size, self.back = predictor, size, back
-        self.device = _predictor_device(predictor)
+        self.device = predictor.device
 
     def __call__(self, crops):
         return geometry.resize(self.predictor(geometry.resize(crops, self.size)), self.back)

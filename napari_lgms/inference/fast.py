@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from napari_lgms.models.layout import set_depthwise_layout, use_layout_for
+from napari_lgms.models.layout import use_layout_for
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -313,11 +313,8 @@ def build_inference_network(network: nn.Module, device, *, backend: str = "auto"
     optimized = optimize_for_inference(network, fold_batch_norm=SETTINGS.fold_batch_norm,
                                        channels_last=channels_last).to(device)
     if use_ort:
-        set_depthwise_layout(optimized, False)  # the exporter needs the standard layout
-    else:
-        use_layout_for(optimized, device, training=False)
-    if use_ort:
-        optimized = OnnxRuntimeNetwork(optimized)
+        return OnnxRuntimeNetwork(optimized)
+    use_layout_for(optimized, device, training=False)
     return optimized
 
 

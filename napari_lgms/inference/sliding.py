@@ -11,6 +11,7 @@ its windows there.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from typing import Callable, Generator, Sequence
 
@@ -111,8 +112,9 @@ def streamed_window_steps(item, window: Sequence[int], predictor: Callable, prep
     layout = window_slices(spatial, tuple(window), overlap)
     gaussian = torch.from_numpy(gaussian_weights(shape))
     device_weights = gaussian.to(window_device) if window_device is not None else gaussian
-    starts = sorted({w[0].start for w in layout})
-    groups = [[w for w in layout if w[0].start == start] for start in starts]
+    # The layout is in C order: consecutive windows share their first-axis start, row by row.
+    groups = [list(row) for _, row in itertools.groupby(layout, key=lambda w: w[0].start)]
+    starts = [group[0][0].start for group in groups]
     size = max(1, int(batch_size))
     total = sum(math.ceil(len(group) / size) for group in groups)
     done, low, logits_sum, weight_sum = 0, 0, None, None  # the sums cover rows low, low + 1, ...

@@ -20,8 +20,6 @@ from typing import Any, Callable, Generator
 
 from napari_lgms._generators import MIN_SECONDS_BETWEEN_YIELDS, throttled
 
-__all__ = ["EngineTask", "MIN_SECONDS_BETWEEN_YIELDS", "progress_fields", "start_engine_task", "throttled"]
-
 
 class EngineTask:
     """A started worker with its stop flag; ``cancel()`` is safe to call any time, from the main thread."""

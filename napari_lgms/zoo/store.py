@@ -127,10 +127,9 @@ def delete_model(card_file: str | Path) -> Path:
     card_file = Path(card_file)
     weights = _named_weights(card_file) if card_file.is_file() else None
     card_file.unlink(missing_ok=True)
-    names = {weights, f"{card_file.stem}.safetensors"} - {None}
+    names = {weights, f"{card_file.stem}.safetensors"} - {None}  # a card names a plain file name (schema)
     for path in [card_file.parent / name for name in names] + staged_weights(card_file.parent, card_file.stem):
-        if path.parent == card_file.parent:
-            path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
     return card_file
 
 
