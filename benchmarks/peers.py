@@ -61,6 +61,23 @@ def sam_encoder(size: str):
     return module.eval(), _version("segment-anything"), what
 
 
+def sam_click_decoder():
+    """SAM's prompt encoder and mask decoder as ``sam_model_registry`` builds them (256 wide, a
+    two-way transformer of depth 2, 64x64 embeddings of a 1024x1024 image): what runs per click."""
+    _sam_encoder_class()
+    from segment_anything.modeling.mask_decoder import MaskDecoder
+    from segment_anything.modeling.prompt_encoder import PromptEncoder
+    from segment_anything.modeling.transformer import TwoWayTransformer
+
+    embedding = SAM_INPUT // 16
+    prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(embedding, embedding),
+                                   input_image_size=(SAM_INPUT, SAM_INPUT), mask_in_chans=16)
+    decoder = MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(depth=2, embedding_dim=256,
+                                                                                  mlp_dim=2048, num_heads=8),
+                          transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256)
+    return prompt_encoder.eval(), decoder.eval()
+
+
 def monai_basic_unet(spatial_dims: int, in_channels: int = 1, out_channels: int = 2):
     from monai.networks.nets import BasicUNet
 

@@ -157,7 +157,7 @@ def segment_steps(
     network.eval()
 
     array = geometry.check_image(image)
-    axis = geometry.find_channel_axis(array.shape, channel_axis, card.spatial_dims, card.in_channels)
+    axis = geometry.find_channel_axis(array.shape, channel_axis, card.spatial_dims, card.image_channels)
     data = geometry.channels_first(array, axis)
     spatial_shape = tuple(data.shape[1:])
     spacing = _check_spacing(spacing, spatial_shape)
@@ -185,7 +185,7 @@ def segment_steps(
     if used_roi is not None:
         box = geometry.crop_box(used_roi, spatial_shape, (slice_axis,) if slicing else ())
         data = data[(slice(None),) + box]
-    data = geometry.match_channels(data, card.in_channels)
+    data = geometry.match_channels(data, card.image_channels)
 
     if slicing:
         items = np.moveaxis(data, 1 + slice_axis, 0)
@@ -197,8 +197,12 @@ def segment_steps(
 
     from napari_lgms.inference.fast import inference_network
 
-    predictor = _BatchedForward(inference_network(network, torch_device), _size_divisor(network, card),
-                                torch_device, flips)
+    fast = inference_network(network, torch_device)
+    if card.prompt is not None:  # a click model without clicks: its parent's prediction
+        from napari_lgms.clicks.network import WithoutPrompts
+
+        fast = WithoutPrompts(fast, len(card.prompt.channels))
+    predictor = _BatchedForward(fast, _size_divisor(network, card), torch_device, flips)
     if _streams(items, plan, card):
         outcome = yield from _streamed(items, plan, card, predictor, overlap, probabilities, should_stop)
     else:

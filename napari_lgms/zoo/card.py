@@ -68,6 +68,24 @@ class OutputSpec:
         return self.activation or ("sigmoid" if outputs == 1 else "softmax")
 
 
+PROMPT_CHANNELS = ("positive", "negative", "previous")
+
+
+@dataclass
+class PromptSpec:
+    """How clicks reach a promptable network: extra input channels after the image's, in the order
+    of ``channels``: "positive" and "negative" are disks (balls in 3D) of ``radius`` network pixels
+    around each click, "previous" is the current mask (0/1). The first click is predicted on the
+    whole image; later ones on a crop around the current object and all clicks (its bounding box
+    ``expansion`` times larger, at least ``min_crop`` of the image per axis), resized to the patch.
+    Without clicks and without a mask every prompt channel is zero."""
+
+    channels: list[str] = field(default_factory=lambda: list(PROMPT_CHANNELS))
+    radius: float = 5.0
+    expansion: float = 1.4
+    min_crop: float = 0.25
+
+
 @dataclass
 class ModelCard:
     name: str
@@ -88,12 +106,15 @@ class ModelCard:
     weights: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION
+    prompt: PromptSpec | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.input, dict):  # a card built from JSON-like data
             self.input = _from_known_fields(InputSpec, self.input)
         if isinstance(self.output, dict):
             self.output = _from_known_fields(OutputSpec, self.output)
+        if isinstance(self.prompt, dict):
+            self.prompt = _from_known_fields(PromptSpec, self.prompt)
 
     @property
     def spatial_dims(self) -> int:
@@ -107,8 +128,16 @@ class ModelCard:
     def num_classes(self) -> int:
         return int(self.arguments["num_classes"])
 
+    @property
+    def image_channels(self) -> int:
+        """Channels of the image the network takes (its input channels less the prompt channels)."""
+        return self.in_channels - (len(self.prompt.channels) if self.prompt is not None else 0)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["prompt"] is None:
+            del data["prompt"]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
@@ -131,7 +160,7 @@ class ModelCard:
         dims = f"{self.spatial_dims}D"
         lines = [
             f"{self.name} v{self.version}: {self.architecture} {dims}, "
-            f"{self.in_channels} input channel(s), classes: {', '.join(self.class_names)}"
+            f"{self.image_channels} input channel(s), classes: {', '.join(self.class_names)}"
         ]
         data = self.training.get("data")
         if data:

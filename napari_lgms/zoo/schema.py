@@ -44,6 +44,14 @@ def check_card_data(data: Any) -> None:
     for key, check in _SECTIONS.items():
         if data.get(key) is not None:
             check(data[key])
+    if data.get("prompt") is not None:
+        from napari_lgms.zoo.card import PROMPT_CHANNELS
+
+        prompts = len(data["prompt"].get("channels", PROMPT_CHANNELS))
+    else:
+        prompts = 0
+    _expect(data["arguments"]["in_channels"] > prompts, "arguments.in_channels",
+            "must exceed the number of prompt channels (the image needs at least one)")
     for key in _TEXT_FIELDS:
         _expect(isinstance(data.get(key, ""), str), key, "must be text")
     for key in _DICT_FIELDS:
@@ -146,13 +154,26 @@ def _check_output(section: Any) -> None:
     from napari_lgms.inference.augment import TEST_TIME_AUGMENTATIONS
 
     _expect(isinstance(section, dict), "output", "must be an object")
-    _expect(section.get("activation", "sigmoid") in ACTIVATIONS, "output.activation",
+    _expect(section.get("activation") in (None, *ACTIVATIONS), "output.activation",
             f"must be one of {', '.join(ACTIVATIONS)}")
     threshold = section.get("threshold", 0.5)
     _expect(_is_number(threshold) and 0 <= threshold <= 1, "output.threshold", "must be a number from 0 to 1")
     tta = section.get("test_time_augmentation")
     _expect(tta is None or tta in TEST_TIME_AUGMENTATIONS, "output.test_time_augmentation",
             f"must be one of {', '.join(TEST_TIME_AUGMENTATIONS)}")
+
+
+def _check_prompt(section: Any) -> None:
+    from napari_lgms.zoo.card import PROMPT_CHANNELS
+
+    _expect(isinstance(section, dict), "prompt", "must be an object")
+    channels = section.get("channels", list(PROMPT_CHANNELS))
+    _expect(isinstance(channels, list) and len(channels) == len(set(channels)) >= 1
+            and set(channels) <= set(PROMPT_CHANNELS), "prompt.channels",
+            f"must list some of {', '.join(PROMPT_CHANNELS)}, each once")
+    for key, high in (("radius", MAX_PATCH), ("expansion", 100), ("min_crop", 1)):
+        value = section.get(key, 1)
+        _expect(_is_number(value) and 0 < value <= high, f"prompt.{key}", f"must be a number in (0, {high}]")
 
 
 def _check_weights(section: Any) -> None:
@@ -174,4 +195,5 @@ _SECTIONS: dict[str, Callable[[Any], None]] = {
     "output": _check_output,
     "weights": _check_weights,
     "class_names": _check_class_names,
+    "prompt": _check_prompt,
 }

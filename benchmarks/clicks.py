@@ -1,0 +1,189 @@
+"""How many clicks does a click model need, and how fast is one click? (issue #20)
+
+    NAPARI_LGMS_DATA=../shared/datasets python benchmarks/clicks.py --threads 2 --output clicks.json
+    python benchmarks/clicks.py --data ../shared/datasets --cases breast busbra --images 40
+
+For each case (a click model, its parent and a set of images: the parent's validation split, or a
+seeded sample of one image per patient of an unseen domain), every image at its own resolution
+through the public API:
+
+* automatic: :func:`napari_lgms.segment` with the parent (the card's test-time augmentation);
+* box: the same inside the true bounding box grown by 10 % (the Segment widget's box);
+* clicks: a simulated user (:mod:`napari_lgms.clicks.simulate`) on a :class:`ClickSession`,
+  from nothing, and from the automatic mask (the user corrects what "Segment" showed).
+
+It prints IoU for each, NoC@85 and NoC@90 (at most 20 clicks), IoU after 1, 3 and 5 clicks, and
+the time per click (median and 90th percentile, end to end through ``add_click``), beside SAM
+ViT-B's image encoder and its per-click prompt encoder + mask decoder (random weights, timing
+only; needs the ``benchmark`` extra) in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adaptation import Case, cpu_description, load_domain
+
+
+@dataclass(frozen=True)
+class ClickCase:
+    model: str
+    parent: str
+    domain: Case
+    split: str | None  # the parent's recorded split: its validation images; None: one per patient
+
+
+CASES = {
+    "polyp": ClickCase("lgmsnet-polyp-clicks", "lgmsnet-polyp", Case("lgmsnet-polyp", "kvasir-seg", "names"),
+                       "kvasir-seg.json"),
+    "breast": ClickCase("lgmsnet-breast-us-clicks", "lgmsnet-breast-us",
+                        Case("lgmsnet-breast-us", "busi", "names"), "busi.json"),
+    "busbra": ClickCase("lgmsnet-breast-us-clicks", "lgmsnet-breast-us",
+                        Case("lgmsnet-breast-us", "busbra-logiq5", "cases.csv"), None),
+}
+SPLITS = Path(__file__).resolve().parents[1] / "training" / "splits"
+
+
+def chosen_items(case: ClickCase, data: Path, limit: int, seed: int):
+    from napari_lgms.training.data import read_split
+
+    items = load_domain(case.domain, data)
+    if case.split is not None:
+        wanted = set(read_split(SPLITS / case.split)["val"])
+        items = [item for item in items if item.name in wanted]
+    else:
+        rng = np.random.default_rng(seed)
+        by_group: dict[str, list] = {}
+        for item in items:
+            by_group.setdefault(item.group, []).append(item)
+        items = [group[int(rng.integers(len(group)))] for group in by_group.values()]
+    rng = np.random.default_rng(seed)
+    return [items[i] for i in sorted(rng.permutation(len(items))[:limit])]
+
+
+def box_around(mask: np.ndarray, margin: float = 0.1):
+    rows = [np.flatnonzero(mask.any(axis=1 - axis)) for axis in range(2)]
+    return tuple((max(0, int(r[0] - margin * (r[-1] - r[0] + 1))),
+                  min(size, int(r[-1] + 1 + margin * (r[-1] - r[0] + 1)))) for r, size in zip(rows, mask.shape))
+
+
+def run_case(name: str, case: ClickCase, data: Path, limit: int, seed: int) -> dict:
+    from napari_lgms import load_model, segment
+    from napari_lgms.clicks import ClickSession
+    from napari_lgms.clicks.simulate import iou, simulate, summarize_traces
+
+    model, parent = load_model(case.model, "cpu"), load_model(case.parent, "cpu")
+    automatic, boxed, fresh, corrected, seconds = [], [], [], [], []
+    for item in chosen_items(case, data, limit, seed):
+        truth = item.mask > 0
+        if not truth.any():
+            continue
+        auto = segment(item.image, parent, channel_axis=item.channel_axis).labels > 0
+        automatic.append(iou(truth, auto))
+        boxed.append(iou(truth, segment(item.image, parent, channel_axis=item.channel_axis,
+                                        roi=box_around(truth)).labels > 0))
+        for start, traces in ((None, fresh), (auto, corrected)):
+            session = ClickSession(item.image, model, channel_axis=item.channel_axis, mask=start)
+
+            def click(chosen, session=session):
+                began = time.perf_counter()
+                mask = session.add_click(chosen.position, chosen.positive)
+                seconds.append(time.perf_counter() - began)
+                return mask
+
+            traces.append(simulate(truth, click, start=start))
+        print(f"  {name} {item.name}: auto {automatic[-1]:.3f} box {boxed[-1]:.3f} "
+              f"clicks {fresh[-1].ious[:5]}", flush=True)
+    ms = 1000 * np.asarray(seconds)
+    return {"case": name, "model": case.model, "images": len(automatic), "automatic": float(np.mean(automatic)),
+            "box": float(np.mean(boxed)), "clicks": summarize_traces(fresh),
+            "clicks_from_automatic": summarize_traces(corrected),
+            "ms_per_click": {"median": float(np.median(ms)), "p90": float(np.percentile(ms, 90))}}
+
+
+def sam_timings(repeats: int = 3) -> dict | None:
+    """Seconds for SAM ViT-B's image encoder (once per image) and for one click (prompt encoder and
+    mask decoder on a stored embedding), with random weights; None without segment-anything."""
+    import torch
+
+    from peers import sam_click_decoder, sam_encoder
+
+    try:
+        encoder, version, what = sam_encoder("vit_b")
+        prompt_encoder, decoder = sam_click_decoder()
+    except ImportError:
+        return None
+    with torch.inference_mode():
+        image = torch.randn(1, 3, 1024, 1024)
+        encode = []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            embedding = encoder(image)
+            encode.append(time.perf_counter() - began)
+        click = []
+        for n in range(1, 21):
+            points = (torch.rand(1, n, 2) * 1024, torch.ones(1, n, dtype=torch.int))
+            began = time.perf_counter()
+            sparse, dense = prompt_encoder(points=points, boxes=None, masks=None)
+            decoder(image_embeddings=embedding, image_pe=prompt_encoder.get_dense_pe(),
+                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+            click.append(time.perf_counter() - began)
+    return {"version": version, "encoder": what, "encoder_s": float(np.median(encode)),
+            "ms_per_click": {"median": 1000 * float(np.median(click)), "p90": 1000 * float(np.percentile(click, 90))}}
+
+
+def print_table(rows: list[dict], sam: dict | None) -> None:
+    print(f"{'case':<8} {'images':>6} {'auto':>6} {'box':>6} {'IoU@1':>6} {'IoU@3':>6} {'IoU@5':>6} "
+          f"{'NoC85':>6} {'NoC90':>6} | from auto: {'IoU@1':>6} {'IoU@3':>6} {'NoC85':>6} | ms/click med p90")
+    for row in rows:
+        c, a = row["clicks"], row["clicks_from_automatic"]
+        print(f"{row['case']:<8} {row['images']:>6} {row['automatic']:>6.3f} {row['box']:>6.3f} {c['iou@1']:>6.3f} "
+              f"{c['iou@3']:>6.3f} {c['iou@5']:>6.3f} {c['noc85']:>6.2f} {c['noc90']:>6.2f} |            "
+              f"{a['iou@1']:>6.3f} {a['iou@3']:>6.3f} {a['noc85']:>6.2f} | "
+              f"{row['ms_per_click']['median']:>5.0f} {row['ms_per_click']['p90']:>5.0f}")
+    if sam is not None:
+        print(f"SAM ViT-B ({sam['version']}): image encoder {sam['encoder_s']:.1f} s once per image, then "
+              f"{sam['ms_per_click']['median']:.0f} ms per click (p90 {sam['ms_per_click']['p90']:.0f})")
+    else:
+        print("SAM ViT-B: not timed (pip install the 'benchmark' extra)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=os.environ.get("NAPARI_LGMS_DATA"),
+                        help="the datasets folder (default: $NAPARI_LGMS_DATA)")
+    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
+    parser.add_argument("--images", type=int, default=60, help="images per case at most (seeded sample)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-sam", action="store_true")
+    parser.add_argument("--output", type=Path, help="write the rows as JSON")
+    options = parser.parse_args(argv)
+    if options.data is None or not Path(options.data).is_dir():
+        parser.error("give --data DIR or set NAPARI_LGMS_DATA to the datasets folder")
+
+    import torch
+
+    torch.set_num_threads(options.threads)
+    print(f"CPU: {cpu_description()}", flush=True)
+    rows = [run_case(name, CASES[name], Path(options.data), options.images, options.seed) for name in options.cases]
+    sam = None if options.no_sam else sam_timings()
+    print()
+    print_table(rows, sam)
+    if options.output:
+        from napari_lgms._atomic import atomic_write_text
+
+        payload = {"cpu": cpu_description(), "command": " ".join(sys.argv), "rows": rows, "sam_vit_b": sam}
+        atomic_write_text(options.output, json.dumps(payload, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""Click to segment, click to correct: one object in one image with a promptable model.
+
+>>> session = ClickSession(image, "lgmsnet-breast-us-clicks")    # doctest: +SKIP
+>>> mask = session.add_click((120, 200))                          # doctest: +SKIP
+>>> mask = session.add_click((90, 140), positive=False)           # doctest: +SKIP
+>>> mask = session.undo()                                         # doctest: +SKIP
+
+Each click predicts on a view of the image (the whole image for a first click on an empty mask,
+else a crop around the current object and the clicks, see :func:`.encoding.zoom_box`) resized to
+the card's patch, with the prompt channels of :func:`.encoding.prompt_maps`; the prediction
+replaces the mask inside that view. No Qt: the napari widget runs this in a worker.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from napari_lgms.clicks.encoding import Box, Click, prompt_maps, whole_box, zoom_box
+from napari_lgms.errors import InputError
+
+
+def network_input(view: np.ndarray, box: Box, grid: Sequence[int], clicks: Sequence[Click],
+                  previous: np.ndarray | None, prompt) -> np.ndarray:
+    """What a promptable network takes for one view: the normalised image crop ``view`` (C, *box
+    size) resized to ``grid``, followed by the prompt channels -> (C + P, *grid) float32."""
+    import torch
+
+    from napari_lgms.inference.geometry import resize
+
+    image = resize(torch.from_numpy(np.ascontiguousarray(view, np.float32))[None], tuple(grid))[0].numpy()
+    prompts = prompt_maps(box, grid, clicks, previous, prompt.channels, prompt.radius)
+    return np.concatenate([image, prompts])
+
+
+class ClickSession:
+    """Segment one object of ``image`` click by click with ``model`` (a promptable model's name,
+    card path or LoadedModel). ``image``: 2D (optionally with channels) for a 2D model, 3D for a 3D
+    one; ``mask``: a mask to start from (e.g. the automatic one), else empty. ``mask`` (bool, the
+    image's spatial shape) is always the current result."""
+
+    def __init__(self, image, model, *, channel_axis="auto", mask: np.ndarray | None = None, device="cpu"):
+        from napari_lgms.inference import geometry
+        from napari_lgms.inference.engine import _loaded as load_for_inference
+        from napari_lgms.inference.normalize import fit_normalizer
+
+        loaded = load_for_inference(model)
+        card = loaded.card
+        if card.prompt is None:
+            raise InputError(f"{card.name} does not take clicks; choose a model whose name ends in -clicks")
+        array = geometry.check_image(image)
+        axis = geometry.find_channel_axis(array.shape, channel_axis, card.spatial_dims, card.image_channels)
+        data = geometry.match_channels(geometry.channels_first(array, axis), card.image_channels)
+        if data.ndim - 1 != card.spatial_dims:
+            raise InputError(f"{card.name} is a {card.spatial_dims}D model; the image has spatial shape "
+                             f"{data.shape[1:]} (give one slice of a volume to a 2D model)")
+        self.card, self.shape = card, tuple(data.shape[1:])
+        self._data, self._normalize = data, fit_normalizer(data, card.normalization)
+        self._predict, self.device = _click_predictor(loaded.network, card, device)
+        if mask is not None and tuple(np.shape(mask)) != self.shape:
+            raise InputError(f"mask has shape {np.shape(mask)}, the image {self.shape}")
+        self.mask = np.zeros(self.shape, bool) if mask is None else np.asarray(mask, bool).copy()
+        self.clicks: list[Click] = []
+        self._before: list[np.ndarray] = []
+
+    def add_click(self, position: Sequence[float], positive: bool = True) -> np.ndarray:
+        """Add a click at ``position`` (index coordinates per spatial axis) and return the new mask."""
+        position = tuple(float(p) for p in position)
+        if len(position) != len(self.shape) or not all(0 <= p < s for p, s in zip(position, self.shape)):
+            raise InputError(f"click {position} is outside the image (spatial shape {self.shape})")
+        self._before.append(self.mask)
+        self.clicks.append(Click(position, bool(positive)))
+        self.mask = self._predicted()
+        return self.mask
+
+    def undo(self) -> np.ndarray:
+        """Remove the last click and return the mask as it was before it."""
+        if self.clicks:
+            self.clicks.pop()
+            self.mask = self._before.pop()
+        return self.mask
+
+    def view(self) -> Box:
+        """The image region the next prediction covers."""
+        prompt = self.card.prompt
+        if len(self.clicks) == 1 and not self._before[0].any():
+            return whole_box(self.shape)
+        return zoom_box(self.shape, self.mask, self.clicks, prompt.expansion, prompt.min_crop)
+
+    def _predicted(self) -> np.ndarray:
+        import torch
+
+        from napari_lgms.inference.geometry import resize
+
+        box = self.view()
+        region = tuple(slice(a, b) for a, b in box)
+        view = self._normalize(self._data[(slice(None),) + region])
+        grid = tuple(int(p) for p in self.card.input.patch_size)
+        inputs = network_input(view, box, grid, self.clicks, self.mask, self.card.prompt)
+        logits = self._predict(torch.from_numpy(inputs)[None].to(self.device))
+        logits = resize(logits.float().cpu(), tuple(b - a for a, b in box))[0, 0]
+        mask = self.mask.copy()
+        mask[region] = (torch.sigmoid(logits) > self.card.output.threshold).numpy()
+        return mask
+
+
+def _click_predictor(network, card, device):
+    """(predictor (1, C + P, *patch) -> logits, torch device) for one click, no test-time flips."""
+    import torch
+
+    from napari_lgms.inference.fast import inference_network
+    from napari_lgms.inference.sliding import network_predictor
+
+    device = torch.device(device)
+    network.to(device).eval()
+    divisor = int(card.input.size_divisor or getattr(network, "size_divisor", 1))
+    return network_predictor(inference_network(network, device), divisor=divisor), device

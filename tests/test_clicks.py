@@ -1,0 +1,215 @@
+"""Click models: promptable networks, the prompt encoding, the click session and simulated users."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from napari_lgms.clicks import Click, ClickSession
+from napari_lgms.clicks.encoding import prompt_maps, whole_box, zoom_box
+from napari_lgms.clicks.network import promptable_from
+from napari_lgms.clicks.simulate import next_click, simulate, summarize_traces
+from napari_lgms.errors import InputError
+from napari_lgms.zoo.card import PromptSpec
+
+
+def _card_for(name: str, in_channels: int, spatial_dims: int = 2):
+    from napari_lgms.models.registry import get_model_config
+    from napari_lgms.zoo import ModelCard
+    from napari_lgms.zoo.card import InputSpec
+
+    arguments = dict(get_model_config(name).arguments, in_channels=in_channels, num_classes=1)
+    patch = [32] * spatial_dims
+    return ModelCard(name=f"{name}-test", architecture=get_model_config(name).architecture, arguments=arguments,
+                     input=InputSpec.for_network(spatial_dims, in_channels, patch, 32, "resize"),
+                     normalization={"kind": "zscore"}, class_names=["background", "object"])
+
+
+@pytest.mark.parametrize("name, channels, dims", [("lgmsnet", 3, 2), ("esdmrnet", 1, 2), ("lgmsnet3d", 1, 3)])
+def test_a_promptable_network_without_clicks_is_its_parent(name, channels, dims):
+    from napari_lgms.models.registry import create_model
+
+    torch.manual_seed(0)
+    parent_card = _card_for(name, channels, dims)
+    parent = create_model(name, in_channels=channels, num_classes=1).eval()
+    network, card = promptable_from(parent, parent_card)
+    network.eval()
+    assert card.in_channels == channels + 3 and card.image_channels == channels
+    image = torch.randn(1, channels, *[32] * dims)
+    prompts = (torch.rand(1, 3, *[32] * dims) > 0.5).float()
+    with torch.no_grad():
+        expected = parent(image)
+        assert torch.equal(network(torch.cat([image, torch.zeros_like(prompts)], 1)), expected)
+        # the prompt weights start at zero: even clicks change nothing before training
+        assert torch.equal(network(torch.cat([image, prompts], 1)), expected)
+
+
+def test_a_click_model_is_not_made_twice():
+    from napari_lgms.models.registry import create_model
+
+    parent_card = _card_for("esdmrnet", 1)
+    network, card = promptable_from(create_model("esdmrnet", in_channels=1, num_classes=1), parent_card)
+    with pytest.raises(InputError, match="already takes clicks"):
+        promptable_from(network, card)
+
+
+def test_click_model_cards_round_trip_and_bad_prompts_are_refused(tmp_path):
+    from napari_lgms.models.registry import create_model
+    from napari_lgms.zoo import ModelCard, load_model, save_model
+    from napari_lgms.zoo.schema import CardError
+
+    parent_card = _card_for("esdmrnet", 1)
+    network, card = promptable_from(create_model("esdmrnet", in_channels=1, num_classes=1), parent_card)
+    card.name = "esdmrnet-test-clicks"
+    loaded = load_model(save_model(network, card, tmp_path))
+    assert loaded.card.prompt == PromptSpec() and loaded.card.image_channels == 1
+    assert "prompt" not in parent_card.to_dict()  # cards without clicks keep their JSON
+    data = card.to_dict()
+    for bad, match in (({"channels": ["positive", "elsewhere"]}, "prompt.channels"),
+                       ({"radius": -1}, "prompt.radius"), ({"expansion": "big"}, "prompt.expansion")):
+        with pytest.raises(CardError, match=match):
+            ModelCard.from_dict({**data, "prompt": {**data["prompt"], **bad}})
+    with pytest.raises(CardError, match="in_channels"):
+        ModelCard.from_dict({**data, "arguments": {**data["arguments"], "in_channels": 3}})
+
+
+def test_segment_with_a_click_model_and_no_clicks_gives_its_parents_mask(tiny_model):
+    from napari_lgms.inference.engine import segment
+
+    parent = tiny_model(in_channels=1)
+    network, card = promptable_from(parent.network, parent.card)
+    image = np.random.default_rng(0).random((40, 52)).astype(np.float32)
+    clicks_model = SimpleNamespace(card=card, network=network.eval())
+    assert np.array_equal(segment(image, clicks_model).labels, segment(image, parent).labels)
+
+
+# ----------------------------------------------------------------------------- encoding
+def test_the_zoomed_view_holds_the_mask_and_the_clicks_inside_the_image():
+    mask = np.zeros((200, 300), bool)
+    mask[50:70, 100:140] = True
+    box = zoom_box(mask.shape, mask, [Click((90.0, 150.0))], expansion=1.4, min_crop=0.1)
+    (y0, y1), (x0, x1) = box
+    assert y0 <= 50 and y1 >= 91 and x0 <= 100 and x1 >= 151
+    assert (y1 - y0) == pytest.approx(1.4 * 41, abs=2) and (x1 - x0) == pytest.approx(1.4 * 52, abs=2)
+    corner = zoom_box(mask.shape, None, [Click((1.0, 298.0))], expansion=1.4, min_crop=0.25)
+    assert corner == ((0, 50), (225, 300))  # the minimum crop, moved inside the image
+    assert zoom_box(mask.shape, None, [], 1.4, 0.25) == whole_box(mask.shape)
+
+
+def test_prompt_maps_draw_clicks_where_they_are_and_the_previous_mask():
+    previous = np.zeros((100, 100), bool)
+    previous[:50] = True
+    box = ((0, 100), (0, 100))
+    maps = prompt_maps(box, (50, 50), [Click((20.0, 80.0)), Click((70.0, 10.0), False)], previous,
+                       ["positive", "negative", "previous"], radius=3)
+    positive, negative, shown = maps
+    assert positive[10, 40] == 1 and positive.sum() == pytest.approx(np.pi * 9, rel=0.3)
+    assert negative[35, 5] == 1 and negative[10, 40] == 0
+    assert shown[:25].all() and not shown[25:].any()
+    # a click outside the view is not drawn
+    outside = prompt_maps(((0, 40), (0, 40)), (20, 20), [Click((80.0, 80.0))], None, ["positive"], 2)
+    assert not outside.any()
+
+
+# ----------------------------------------------------------------------------- simulated users
+def test_the_simulated_user_clicks_the_middle_then_the_largest_error():
+    truth = np.zeros((60, 60), bool)
+    truth[10:50, 10:30] = True
+    first = next_click(truth, None)
+    assert first.positive and 25 <= first.position[0] <= 34 and 18 <= first.position[1] <= 21
+    shown = truth.copy()
+    shown[10:50, 30:56] = True  # a large false positive
+    assert not next_click(truth, shown).positive
+    shown = truth.copy()
+    shown[10:50, 10:16] = False  # a miss
+    assert next_click(truth, shown).positive
+    assert next_click(truth, truth) is None
+
+
+def test_noc_and_iou_after_clicks_from_a_scripted_session():
+    truth = np.zeros((40, 40), bool)
+    truth[5:35, 5:35] = True
+    left = truth.copy()
+    left[:, 20:] = False
+    steps = iter([left, truth & ~np.eye(40, dtype=bool), truth])
+
+    trace = simulate(truth, lambda click: next(steps, truth), limit=20, min_clicks=3)
+    assert trace.ious[0] == pytest.approx(0.5, abs=0.02) and trace.ious[-1] == 1.0
+    assert trace.clicks_to(0.85) == 2 and trace.clicks_to(0.99) == 3
+    summary = summarize_traces([trace])
+    assert summary["noc85"] == 2 and summary["iou@1"] == pytest.approx(0.5, abs=0.02)
+    assert summary["iou@5"] == 1.0  # the session had stopped: the last IoU holds
+    never = simulate(truth, lambda click: np.zeros_like(truth), limit=4)
+    assert never.clicks_to(0.85, limit=4) == 4 and len(never.ious) == 4
+
+
+# ----------------------------------------------------------------------------- the session
+class _EchoNetwork(torch.nn.Module):
+    """Foreground where a positive click or the previous mask is, unless a negative click is there."""
+
+    size_divisor = 1
+
+    def forward(self, x):
+        positive, negative, previous = x[:, -3], x[:, -2], x[:, -1]
+        return 8 * (positive + previous - 2 * negative - 0.5)[:, None]
+
+
+def _echo_session(image_shape=(100, 120), **options):
+    from napari_lgms.zoo import ModelCard
+    from napari_lgms.zoo.card import InputSpec
+
+    card = ModelCard(name="echo", architecture="echo", arguments={"in_channels": 4, "num_classes": 1},
+                     input=InputSpec.for_network(2, 1, [32, 32], 1, "resize"), normalization={"kind": "zscore"},
+                     class_names=["background", "object"], prompt=PromptSpec(radius=3, min_crop=0.3))
+    image = np.random.default_rng(1).random(image_shape).astype(np.float32)
+    return ClickSession(image, SimpleNamespace(card=card, network=_EchoNetwork()), **options)
+
+
+def test_a_positive_click_grows_a_region_and_a_negative_click_removes_it():
+    session = _echo_session()
+    first = session.add_click((30, 40))
+    assert first[30, 40] and not first[80, 100] and first.sum() < 2000
+    second = session.add_click((70, 90))
+    assert second[70, 90] and second[30, 40]  # the first region is kept
+    third = session.add_click((30, 40), positive=False)
+    assert not third[30, 40] and third[70, 90]
+    assert [c.positive for c in session.clicks] == [True, True, False]
+
+
+def test_undo_restores_the_mask_before_the_last_click():
+    session = _echo_session()
+    masks = [session.add_click((30, 40)).copy(), session.add_click((60, 60)).copy()]
+    assert np.array_equal(session.undo(), masks[0])
+    assert np.array_equal(session.undo(), np.zeros((100, 120), bool))
+    assert np.array_equal(session.undo(), np.zeros((100, 120), bool)) and session.clicks == []
+
+
+def test_the_first_click_sees_the_whole_image_and_later_ones_a_zoomed_view():
+    session = _echo_session()
+    session.add_click((30, 40))
+    assert session.view() == whole_box((100, 120))
+    session.add_click((35, 45))
+    (y0, y1), (x0, x1) = session.view()
+    assert 0 <= y0 < 30 < 35 < y1 < 100 and 0 <= x0 < 40 < 45 < x1 < 120
+
+
+def test_a_session_can_start_from_a_mask():
+    start = np.zeros((100, 120), bool)
+    start[10:20, 10:20] = True
+    session = _echo_session(mask=start)
+    mask = session.add_click((15, 15), positive=False)
+    assert not mask[15, 15] and mask[10, 10]
+
+
+def test_bad_clicks_and_models_without_prompts_get_one_line_errors(tiny_model):
+    session = _echo_session()
+    with pytest.raises(InputError, match="outside the image"):
+        session.add_click((100, 5))
+    with pytest.raises(InputError, match="outside the image"):
+        session.add_click((5,))
+    with pytest.raises(InputError, match="does not take clicks"):
+        ClickSession(np.zeros((20, 20)), tiny_model())
+    with pytest.raises(InputError, match="mask has shape"):
+        _echo_session(mask=np.zeros((5, 5), bool))

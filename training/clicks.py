@@ -1,0 +1,357 @@
+"""Training click models from a shipped model, with simulated users (as RITM trains).
+
+>>> result = train_clicks(ClickTraining("lgmsnet-breast-us", "${NAPARI_LGMS_DATA}/busi",
+...                                     "training/splits/busi.json", "runs/busi-clicks"))  # doctest: +SKIP
+
+Each step: a batch of views (the whole image, or a crop around the object as the click session
+zooms in), resized to the card's patch; a state to correct (nothing, the network's own mask
+without clicks, or a distorted true mask) with first clicks; 0 to ``max_iterations`` rounds in
+which the network predicts without gradients and the simulated user clicks on its largest error;
+then one step on the last prediction. The loop stops at the time or step budget.
+
+A run is a *stage*: it starts from the parent (first stage) or from the output folder's model
+(``resume``), saves a checkpoint every ``checkpoint_seconds`` and at the end, scores the
+validation split through :class:`napari_lgms.clicks.ClickSession` (NoC@85/90, IoU after 1/3/5
+clicks), and writes the model with its card when NoC@85 improved on the stage it started from.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Generator
+
+import numpy as np
+
+from napari_lgms.errors import InputError
+
+CHECKPOINT = "click_checkpoint.pt"
+LOG = "click_stages.jsonl"
+
+
+@dataclass
+class ClickTraining:
+    """A click-training stage. ``data``: a dataset folder; ``split_file``: the parent's recorded
+    split (its validation examples never train); ``seconds`` / ``steps``: the stage's budget."""
+
+    parent: str
+    data: str
+    split_file: str
+    output: str
+    name: str = ""
+    seconds: float | None = 1800.0
+    steps: int | None = None
+    batch_size: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    seed: int = 0
+    max_side: int = 512  # images are kept at most this large per axis in memory
+    whole_view: float = 0.35  # share of views showing the whole image (the first click's view)
+    max_iterations: int = 3
+    validation_images: int = 60
+    checkpoint_seconds: float = 300.0
+    resume: bool = True
+    command: str = ""
+
+
+@dataclass
+class Example:
+    """An image in memory, at most ``max_side`` per axis: ``image`` (C, *S) in the card's channels
+    and file intensities, ``truth`` (*S) bool, ``normalize`` the card's normalisation with this
+    image's statistics (as the click session fits it)."""
+
+    name: str
+    image: np.ndarray
+    truth: np.ndarray
+    normalize: Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class ClickProgress:
+    phase: str  # "loading", "train", "validate", "done"
+    step: int
+    loss: float | None = None
+    message: str = ""
+    scores: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- data
+def load_examples(pairs, card, max_side: int) -> Generator[int, None, list[Example]]:
+    """Every pair as an :class:`Example` (yields the count loaded so far)."""
+    import torch
+
+    from napari_lgms.clicks.encoding import resize_nearest
+    from napari_lgms.inference.geometry import match_channels, resize
+    from napari_lgms.inference.normalize import fit_normalizer
+
+    examples = []
+    for count, pair in enumerate(pairs, start=1):
+        raw = pair.load()
+        image = match_channels(raw.image, card.image_channels).astype(np.float32)
+        truth = np.asarray(raw.mask) > 0
+        scale = max_side / max(truth.shape)
+        if scale < 1:
+            shape = tuple(max(1, round(s * scale)) for s in truth.shape)
+            image = resize(torch.from_numpy(image)[None], shape)[0].numpy()
+            truth = resize_nearest(truth, shape) > 0.5
+        examples.append(Example(pair.name, image, truth, fit_normalizer(image, card.normalization)))
+        yield count
+    return examples
+
+
+def resized(view: np.ndarray, grid) -> np.ndarray:
+    """(C, *v) -> (C, *grid) float32 with the engine's resampling."""
+    import torch
+
+    from napari_lgms.inference.geometry import resize
+
+    return resize(torch.from_numpy(np.ascontiguousarray(view, np.float32))[None], tuple(grid))[0].numpy()
+
+
+def training_view(example: Example, rng: np.random.Generator, whole_view: float, prompt):
+    """A random view of ``example`` (flipped per axis with probability 1/2): the whole image, or a
+    crop around the object like the session's zoom (expansion 1.2-2.2, centre jittered).
+    Returns (normalised image view (C, *v) float32, truth view (*v) bool)."""
+    from napari_lgms.clicks.encoding import whole_box, zoom_box
+
+    truth = example.truth
+    if rng.random() < whole_view or not truth.any():
+        box = whole_box(truth.shape)
+    else:
+        box = zoom_box(truth.shape, truth, [], rng.uniform(1.2, 2.2), prompt.min_crop)
+        shift = [int(rng.uniform(-0.15, 0.15) * (b - a)) for a, b in box]
+        box = tuple((min(max(a + s, 0), n - (b - a)), min(max(a + s, 0), n - (b - a)) + b - a)
+                    for (a, b), s, n in zip(box, shift, truth.shape))
+    region = tuple(slice(a, b) for a, b in box)
+    image, truth = example.normalize(example.image[(slice(None),) + region]), truth[region]
+    flips = [axis for axis in range(truth.ndim) if rng.random() < 0.5]
+    if flips:
+        image, truth = np.flip(image, [a + 1 for a in flips]), np.flip(truth, flips)
+    return np.ascontiguousarray(image), np.ascontiguousarray(truth)
+
+
+def first_clicks(truth: np.ndarray, rng: np.random.Generator) -> list:
+    """One or two positive clicks a user might start with: the most interior point or a random
+    point well inside the object, sometimes a second one."""
+    from scipy.ndimage import distance_transform_edt
+
+    from napari_lgms.clicks.encoding import Click
+
+    if not truth.any():
+        return []
+    depth = distance_transform_edt(np.pad(truth, 1))[(slice(1, -1),) * truth.ndim]
+    inside = np.argwhere(depth >= 0.5 * depth.max())
+    count = 1 + int(rng.random() < 0.3)
+    chosen = [np.unravel_index(int(np.argmax(depth)), truth.shape)] if rng.random() < 0.5 else []
+    while len(chosen) < count:
+        chosen.append(tuple(inside[rng.integers(len(inside))]))
+    return [Click(tuple(float(v) for v in point), True) for point in chosen]
+
+
+def distorted(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``truth`` grown or shrunk by a few pixels: a mask that is roughly right."""
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    steps = int(rng.integers(2, 8))
+    change = binary_dilation if rng.random() < 0.5 else binary_erosion
+    return change(truth, iterations=steps)
+
+
+# ----------------------------------------------------------------------------- the stage
+def click_training_steps(settings: ClickTraining, should_stop: Callable[[], bool] | None = None,
+                         ) -> Generator[ClickProgress, None, dict]:
+    """Run one stage (see the module docstring), yielding progress; returns its record."""
+    import torch
+
+    from napari_lgms.clicks.network import promptable_from
+    from napari_lgms.models.layout import use_layout_for
+    from napari_lgms.training import data as data_mod
+    from napari_lgms.training.checkpoint import load_checkpoint, save_checkpoint
+    from napari_lgms.training.loop import Budget, Stepper, cosine_fraction, optimise
+    from napari_lgms.training.losses import bce_dice_loss
+    from napari_lgms.zoo import load_model
+
+    output = data_mod.expand_path(settings.output)
+    output.mkdir(parents=True, exist_ok=True)
+    name = settings.name or f"{settings.parent}-clicks"
+    previous_stage = output / f"{name}.json"
+    if settings.resume and previous_stage.is_file():
+        loaded = load_model(previous_stage)
+        network, card = loaded.network, loaded.card
+        start_scores = dict(card.metrics.get("clicks", {}))
+    else:
+        parent = load_model(settings.parent)
+        network, card = promptable_from(parent.network, parent.card)
+        card.name, start_scores = name, {}
+    if card.num_classes != 1:
+        raise InputError(f"{settings.parent}: click training needs a one-output (sigmoid) model")
+
+    pairs, _, _ = data_mod.discover_examples(settings.data)
+    split = data_mod.split_from_file(data_mod.expand_path(settings.split_file), [p.name for p in pairs])
+    loading = load_examples(pairs, card, settings.max_side)
+    while True:
+        try:
+            done = next(loading)
+        except StopIteration as finished:
+            examples = finished.value
+            break
+        if done % 50 == 0:
+            yield ClickProgress("loading", 0, message=f"loaded {done}/{len(pairs)}")
+    train = [examples[i] for i in split.train]
+    rng = np.random.default_rng(settings.seed)
+    validation = [examples[i] for i in rng.permutation(split.val)[:settings.validation_images]]
+
+    torch.manual_seed(settings.seed)
+    grid = tuple(int(p) for p in card.input.patch_size)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    checkpoint_path, spent, step = output / CHECKPOINT, 0.0, 0
+    if settings.resume and checkpoint_path.is_file():
+        state = load_checkpoint(checkpoint_path)
+        network.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        spent, step = float(state["spent"]), int(state["step"])
+        rng = np.random.default_rng([settings.seed, step])
+        yield ClickProgress("loading", step, message=f"resumed at step {step} ({spent:.0f} s spent)")
+    if not start_scores:
+        yield ClickProgress("validate", step, message="scoring the start")
+        start_scores = click_scores(network, card, validation)
+        yield ClickProgress("validate", step, scores=start_scores, message="start")
+
+    network.train()
+    use_layout_for(network, torch.device("cpu"), training=True)
+    batches = (simulated_batch(network, card, train, rng, settings, grid) for _ in iter(int, 1))
+    budget = Budget(steps=None if settings.steps is None else settings.steps - step,
+                    seconds=None if settings.seconds is None else settings.seconds - spent)
+    started, last_save = time.monotonic(), time.monotonic()
+
+    def save_state():
+        save_checkpoint(checkpoint_path, {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                                          "spent": spent + time.monotonic() - started, "step": step})
+
+    def loss_of(batch):
+        inputs, truth = batch
+        return bce_dice_loss(network(inputs), truth)
+
+    loop = optimise(Stepper(optimizer, grad_clip=1.0), batches, loss_of, budget=budget, should_stop=should_stop,
+                    lr_at=lambda progress: settings.lr * cosine_fraction(progress),
+                    report=lambda taken, loss, progress: (taken, loss))
+    for taken, loss in loop:
+        step += 1
+        yield ClickProgress("train", step, loss)
+        if time.monotonic() - last_save > settings.checkpoint_seconds:
+            save_state()
+            last_save = time.monotonic()
+    save_state()
+    network.eval()
+    yield ClickProgress("validate", step, message="scoring the stage")
+    scores = click_scores(network, card, validation)
+    record = {"name": name, "steps": step, "seconds": round(spent + time.monotonic() - started, 1),
+              "start": start_scores, "end": scores, "settings": asdict(settings),
+              "validation": f"{len(validation)} images of {split.describe()}"}
+    improved = scores["noc85"] < start_scores.get("noc85", float("inf"))
+    record["saved"] = improved
+    if improved:
+        _save(network, card, scores, record, output)
+    checkpoint_path.unlink(missing_ok=True)  # the next stage starts from the saved model
+    with open(output / LOG, "a") as log:
+        log.write(json.dumps(record) + "\n")
+    yield ClickProgress("done", step, scores=scores, message="saved" if improved else "not better: not saved")
+    return record
+
+
+def simulated_batch(network, card, examples, rng, settings: ClickTraining, grid):
+    """One training batch after simulated clicking: (inputs (B, C + P, *grid), truth (B, *grid))."""
+    import torch
+
+    from napari_lgms.clicks.encoding import prompt_maps, resize_nearest, whole_box
+    from napari_lgms.clicks.simulate import next_click
+
+    prompt, box = card.prompt, whole_box(grid)
+    views, truths, clicks, shown = [], [], [], []
+    for index in rng.integers(len(examples), size=settings.batch_size):
+        image, truth = training_view(examples[index], rng, settings.whole_view, prompt)
+        truth = resize_nearest(truth, grid) > 0.5
+        views.append(resized(image, grid))
+        truths.append(truth)
+        start = rng.random()
+        if start < 0.4:  # nothing shown yet: the user's first clicks
+            clicks.append(first_clicks(truth, rng))
+            shown.append(np.zeros(grid, bool))
+        else:  # a roughly right mask, or the network's own mask without clicks (None until predicted)
+            clicks.append([])
+            shown.append(distorted(truth, rng) if start < 0.7 else None)
+
+    def inputs_now():
+        return torch.from_numpy(np.stack([
+            np.concatenate([view, prompt_maps(box, grid, c, s, prompt.channels, prompt.radius)])
+            for view, c, s in zip(views, clicks, shown)]))
+
+    def predict():
+        network.eval()
+        with torch.no_grad():
+            predicted = (network(inputs_now())[:, 0] > 0).numpy()
+        network.train()
+        return predicted
+
+    def click_on_errors():
+        for i, truth in enumerate(truths):
+            click = next_click(truth, shown[i])
+            if click is not None:
+                clicks[i].append(click)
+
+    if any(s is None for s in shown):
+        predicted = predict()
+        shown = [predicted[i] if s is None else s for i, s in enumerate(shown)]
+    for i, truth in enumerate(truths):
+        if not clicks[i] and (click := next_click(truth, shown[i])) is not None:
+            clicks[i].append(click)
+    for _ in range(int(rng.integers(0, settings.max_iterations + 1))):
+        shown = list(predict())
+        click_on_errors()
+    return inputs_now(), torch.from_numpy(np.stack(truths).astype(np.float32))
+
+
+def click_scores(network, card, examples) -> dict:
+    """NoC@85/90 and IoU after 1/3/5 clicks of simulated users on ``examples``, through the session."""
+    from napari_lgms.clicks.session import ClickSession
+    from napari_lgms.clicks.simulate import simulate, summarize_traces
+
+    model = SimpleNamespace(card=card, network=network)
+    traces = []
+    for example in examples:
+        image = example.image[0] if example.image.shape[0] == 1 else example.image
+        session = ClickSession(image, model, channel_axis=None if image.ndim == truth_dims(example) else 0)
+        traces.append(simulate(example.truth, lambda c, s=session: s.add_click(c.position, c.positive)))
+    return {k: round(v, 4) for k, v in summarize_traces(traces).items()}
+
+
+def truth_dims(example: Example) -> int:
+    return example.truth.ndim
+
+
+def _save(network, card, scores: dict, record: dict, output: Path) -> Path:
+    from napari_lgms.zoo import save_model
+
+    card.metrics = {**card.metrics, "clicks": scores}
+    training = dict(card.training)
+    training["click_stages"] = [*training.get("click_stages", []),
+                                {k: record[k] for k in ("steps", "seconds", "start", "end", "validation")}
+                                | {"command": record["settings"]["command"]}]
+    card.training = training
+    return save_model(network, card, output)
+
+
+def train_clicks(settings: ClickTraining, on_progress: Callable[[ClickProgress], None] | None = None) -> dict:
+    """Run :func:`click_training_steps` to the end."""
+    from napari_lgms._generators import run_to_end
+
+    steps = click_training_steps(settings)
+    if on_progress is None:
+        return run_to_end(steps)
+    while True:
+        try:
+            on_progress(next(steps))
+        except StopIteration as finished:
+            return finished.value
