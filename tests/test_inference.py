@@ -228,14 +228,31 @@ def test_spacing_resamples_to_model_grid_and_back(tiny_model):
     assert seen == [(1, 1, 12, 16, 16)]
 
 
+class ColumnLogits(nn.Module):
+    """Logits that depend only on the column, whatever the image: the columns of ``table`` (K, W)
+    repeat along x."""
+
+    size_divisor = 1
+
+    def __init__(self, table):
+        super().__init__()
+        self.register_buffer("table", torch.tensor(table))
+
+    def forward(self, x):
+        columns = self.table[:, torch.arange(x.shape[-1], device=x.device) % self.table.shape[1]]
+        return columns[None, :, None, :].expand(x.shape[0], -1, x.shape[-2], -1)
+
+
 def test_multilabel_sigmoid_labels():
-    logits = torch.tensor([[[-5.0], [-5.0]], [[3.0], [4.0]], [[2.0], [-1.0]]]).reshape(3, 2, 1)
+    outputs = [[-5.0, 3.0, 2.0], [-5.0, 4.0, -1.0]]  # per column: neither, both, only the first above 0.5
     card = ModelCard(name="m", architecture="x", arguments={"in_channels": 1, "num_classes": 2},
-                     input={}, normalization={}, class_names=["background", "a", "b"],
+                     input={"spatial_dims": 2, "channels": 1, "patch_size": [16, 16], "mode": "tile"},
+                     normalization={"kind": "zscore"}, class_names=["background", "a", "b"],
                      output={"activation": "sigmoid", "threshold": 0.5})
-    labels, probs = engine._activate(logits, card, True)
-    assert labels[:, 0].tolist() == [0, 2, 1]
-    assert probs.shape == (3, 2, 1)
+    model = LoadedModel(ColumnLogits(outputs).eval(), card, None, "untrained")
+    result = segment(random_image(4, 6), model, probabilities=True)
+    assert result.labels.tolist() == [[0, 2, 1, 0, 2, 1]] * 4  # the most probable output above the threshold
+    assert result.probabilities.shape == (2, 4, 6)
 
 
 # ----------------------------------------------------------------------------- channels and dtypes

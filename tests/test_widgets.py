@@ -331,21 +331,17 @@ def test_cancel_leaves_the_viewer_unchanged(make_napari_viewer, qtbot, saved_tin
 
 @pytest.mark.gui
 @needs_display
-def test_errors_become_one_line_notifications(make_napari_viewer, qtbot, saved_tiny, monkeypatch,
-                                               corrections_dir):
-    from napari_lgms.widgets import _workers
+def test_errors_become_one_line_notifications(make_napari_viewer, qtbot, saved_tiny, corrections_dir):
+    from napari.utils.notifications import notification_manager
 
-    shown = []
-    monkeypatch.setattr(_workers, "notify_error", lambda error: shown.append(_workers.one_line(error)))
-    import napari_lgms.widgets.segment as segment
-
-    monkeypatch.setattr(segment, "notify_error", lambda error: shown.append(_workers.one_line(error)))
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32), np.float32), name="flat")
     widget = _dock(viewer, "Segment")
     widget.select_model(saved_tiny[3])  # a 3D model on a 2D image
+    earlier = len(notification_manager.records)
     widget.run()
-    assert shown and "3D model" in shown[-1]
+    shown = [notification.message for notification in notification_manager.records[earlier:]]
+    assert shown and "3D model" in shown[-1] and "\n" not in shown[-1]
     assert widget.status_label.text().startswith("Error:")
 
 
@@ -423,7 +419,7 @@ def test_finetune_cancel_during_save_removes_the_new_version(make_napari_viewer,
     before = sorted(p.name for p in user_model_dir().iterdir())
     # the user presses Cancel while the file is being written
     monkeypatch.setattr(finetuning, "finetune_steps",
-                        fake_engine(tiny_model, during_save=lambda: finetune.task._stop.set()))
+                        fake_engine(tiny_model, during_save=finetune.cancel))
     finetune.start()
     qtbot.waitUntil(lambda: finetune.task.finished, timeout=60000)
     assert finetune.result is None

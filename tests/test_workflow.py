@@ -369,7 +369,7 @@ def _visible_in_dock(widget, dock) -> bool:
 def test_both_widgets_are_usable_on_a_1366x768_screen(make_napari_viewer, qtbot, saved_tiny, tiny_model,
                                                       corrections_dir, monkeypatch, tmp_path):
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1366, 768)
+    viewer.window.resize(1366, 768)
     viewer.add_image(_grey((64, 64)), name="scan")
     segment_dock, segment = viewer.window.add_plugin_dock_widget("napari-lgms", "Segment")
     finetune_dock, finetune = viewer.window.add_plugin_dock_widget("napari-lgms", "Fine-tune")
@@ -381,8 +381,8 @@ def test_both_widgets_are_usable_on_a_1366x768_screen(make_napari_viewer, qtbot,
     finetune.start()
     qtbot.waitUntil(lambda: finetune.task.finished, timeout=30000)
     qtbot.wait(300)
-    window = viewer.window._qt_window
-    assert window.height() <= 768 and window.width() <= 1366
+    _, _, width, height = viewer.window.geometry()
+    assert height <= 768 and width <= 1366
     path = Path(os.environ.get("NAPARI_LGMS_SCREENSHOT_DIR", tmp_path)) / "screenshot-1366x768.png"
     viewer.screenshot(str(path), canvas_only=False)
     assert path.stat().st_size > 0

@@ -377,16 +377,20 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
     inherited_class_names = (list(parent_card.class_names) if parent_card is not None
                              and parent_card.num_classes == num_classes else [])
 
-    def build_card(metrics: dict, epoch_of_best: int):
-        from napari_lgms.zoo import ModelCard, default_class_names
+    def card_of_best(metrics: dict, epoch_of_best: int):
+        """The card of the best weights so far, with this run's record."""
+        from napari_lgms.training.cards import card_metrics, model_card
+        from napari_lgms.zoo import default_class_names
         from napari_lgms.zoo.card import NOT_A_MEDICAL_DEVICE, OutputSpec
 
         data_source = {"kind": kind, "data": config.data, "images": config.images, "masks": config.masks}
-        return ModelCard(
-            name=config.name, architecture=network.architecture, arguments=dict(arguments),
-            input=card_input(config, network, spacing, resize_factor), normalization=dict(config.normalization),
-            class_names=list(config.class_names) or inherited_class_names or default_class_names(num_classes),
-            output=OutputSpec("sigmoid" if num_classes == 1 else "softmax", 0.5, config.test_time_augmentation),
+        return model_card(
+            name=config.name, architecture=network.architecture, arguments=arguments,
+            input_spec=card_input(config, network, spacing, resize_factor),
+            normalization=config.normalization,
+            class_names=config.class_names or inherited_class_names or default_class_names(num_classes),
+            output_spec=OutputSpec("sigmoid" if num_classes == 1 else "softmax", 0.5,
+                                   config.test_time_augmentation),
             version=str(config.version), description=config.description,
             training={
                 "data": config.data_description or (config.data or config.images),
@@ -402,9 +406,8 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
                 **({"teacher": teacher.describe(config.distill_weight)} if teacher is not None else {}),
                 "config": config.to_dict(),
             },
-            metrics={"split": f"validation: {split.describe()}", "selected_by": selection,
-                     "epoch": epoch_of_best, **{k: round(v, 6) for k, v in metrics.items()}},
-            licence=config.licence, citation=list(config.citation),
+            metrics=card_metrics(f"validation: {split.describe()}", selection, metrics, epoch=epoch_of_best),
+            licence=config.licence, citation=config.citation,
             intended_use=config.intended_use or NOT_A_MEDICAL_DEVICE,
         )
 
@@ -416,7 +419,7 @@ def _run(config: TrainConfig, should_stop, command: str, info, device):
         current = copy.deepcopy(network.state_dict())
         network.load_state_dict(best_state)
         try:
-            return save_model(network, build_card(best_metrics, best_epoch), output, half=config.save_half)
+            return save_model(network, card_of_best(best_metrics, best_epoch), output, half=config.save_half)
         finally:
             network.load_state_dict(current)
 

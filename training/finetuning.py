@@ -485,8 +485,9 @@ def finetune_steps(
                     for i in checked]}
     decision = "no evidence" if stopped else verdict.decision
     new_name = name or new_version_name(parent_card.name)
-    card = _card(parent_card, new_name, loaded, parent_sha, data_record, settings, evidence, decision,
-                 before, after, total_steps, time.monotonic() - started, time_budget, seed, torch_device, preset)
+    card = _finetuned_card(parent_card, new_name, loaded, parent_sha, data_record, settings, evidence, decision,
+                           before, after, total_steps, time.monotonic() - started, time_budget, seed,
+                           torch_device, preset)
     candidate = None if candidate_network is None else LoadedModel(candidate_network.eval(), card, None, "user")
     message = _message(decision, verdict, metric, len(samples), stopped)
     card_path, saved = None, False
@@ -529,24 +530,28 @@ def _message(decision: str, verdict, metric: str, count: int, stopped: bool) -> 
     return f"no evidence either way ({evidence}): nothing saved; more corrections make the check surer"
 
 
-def _card(parent, new_name, loaded, parent_sha, data_record, settings, evidence, decision, before, after,
-          steps, elapsed, time_budget, seed, device, preset):
-    rounded = lambda metrics: {k: round(v, 6) for k, v in metrics.items()}  # noqa: E731
-    return replace(
-        parent, name=new_name, version=next_version(parent.version),
+def _finetuned_card(parent, new_name, loaded, parent_sha, data_record, settings, evidence, decision, before,
+                    after, steps, elapsed, time_budget, seed, device, preset):
+    """The new version's card: the parent's network, input, normalisation, classes, output, prompt
+    and terms; this run's record, its cross-fitted scores and its lineage."""
+    from napari_lgms.training.cards import card_metrics, model_card, rounded
+
+    return model_card(
+        name=new_name, architecture=parent.architecture, arguments=parent.arguments, input_spec=parent.input,
+        normalization=parent.normalization, class_names=parent.class_names, output_spec=parent.output,
+        prompt=parent.prompt, version=next_version(parent.version),
         description=f"{parent.description} Fine-tuned from {parent.name} on {len(data_record.get('keys', []))} "
                     "user correction(s).".strip(),
         training={**{k: v for k, v in parent.training.items() if k in ("data", "terms")},
                   "finetune": {"preset": preset, "steps": steps, "seconds": round(elapsed, 1),
                                "time_budget": time_budget, "settings": settings.__dict__, "seed": seed,
                                "device": device.type, "data": data_record}},
-        metrics={"split": "two-fold cross-fitting over the corrections", "selected_by": "verdict",
-                 **rounded(after)},
+        metrics=card_metrics("two-fold cross-fitting over the corrections", "verdict", after),
         lineage={"parent": parent.name, "parent_version": parent.version, "parent_path": str(loaded.path or ""),
                  "parent_sha256": parent_sha, "data": data_record, "metrics_before": rounded(before),
                  "metrics_after": rounded(after), "verdict": decision, "evidence": evidence,
                  "improved": decision == "better", "parent_lineage": parent.lineage or None},
-        weights={}, created="",
+        licence=parent.licence, citation=parent.citation, intended_use=parent.intended_use,
     )
 
 

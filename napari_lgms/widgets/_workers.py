@@ -22,16 +22,13 @@ from napari_lgms._generators import MIN_SECONDS_BETWEEN_YIELDS, throttled
 
 
 class EngineTask:
-    """A started worker with its stop flag; ``cancel()`` is safe to call any time, from the main thread."""
+    """A started worker with its stop flag; ``cancel()`` is safe to call any time, from any thread
+    (it only raises flags: the engine's ``should_stop`` and the worker's quit request)."""
 
     def __init__(self, worker, stop_event: threading.Event):
         self.worker = worker
         self._stop = stop_event
         self.finished = False
-
-    @property
-    def cancelled(self) -> bool:
-        return self._stop.is_set()
 
     def cancel(self) -> None:
         self._stop.set()
