@@ -41,11 +41,18 @@ def input_cell(card: dict) -> str:
         how = f"{patch} windows"
     if contract.get("spacing"):
         how += " at " + "x".join(f"{s:g}" for s in contract["spacing"]) + " mm"
+    if card.get("prompt"):
+        channels += " + clicks"
     return f"{channels}, {how} → {', '.join(card['class_names'][1:])}"
 
 
 def validation_cell(card: dict) -> str:
     metrics = card["metrics"]
+    if "clicks" in metrics:
+        clicks = metrics["clicks"]
+        split = metrics["split"].removeprefix("validation: ")
+        return (f"NoC@85 {clicks['noc85']:.1f}, IoU {clicks['iou@3']:.3f} after 3 clicks (simulated user) "
+                f"on {split}")
     engine = metrics.get("engine")
     scores = engine or metrics
     if card["arguments"]["num_classes"] == 1:

@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True)
     parser.add_argument("--minutes", type=float, default=None, help="the stage's time budget")
     parser.add_argument("--steps", type=int, default=None, help="the stage's step budget")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--validation-images", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
@@ -55,7 +55,8 @@ def main(argv=None) -> int:
                   f"{progress.scores or ''}", flush=True)
 
     record = train_clicks(settings, on_progress=show)
-    print(f"stage: {record['start']} -> {record['end']} ({'saved' if record['saved'] else 'not saved'})")
+    if not record["stopped"]:
+        print(f"stage: {record['start']} -> {record['end']} ({'saved' if record['saved'] else 'not saved'})")
     return 0
 
 

@@ -213,3 +213,57 @@ def test_bad_clicks_and_models_without_prompts_get_one_line_errors(tiny_model):
         ClickSession(np.zeros((20, 20)), tiny_model())
     with pytest.raises(InputError, match="mask has shape"):
         _echo_session(mask=np.zeros((5, 5), bool))
+
+
+def test_clicks_that_arrive_together_are_predicted_once():
+    session = _echo_session()
+    mask = session.add_clicks([Click((30, 40)), Click((70, 90)), Click((30, 40), False)])
+    assert mask[70, 90] and not mask[30, 40] and len(session.clicks) == 3
+    assert not session.undo().any() and len(session.clicks) == 2  # back to before the three
+
+
+# ----------------------------------------------------------------------------- training
+def _generated_folder(root, count=6):
+    from napari_lgms.io import write_mask
+    from napari_lgms.samples import make_ultrasound
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for index in range(count):
+        image, truth = make_ultrasound((96, 96), seed=index)
+        write_mask(image, root / "images" / f"case{index}.png")
+        write_mask((truth > 0).astype(np.uint8) * 255, root / "masks" / f"case{index}.png")
+    (root / "split.json").write_text('{"val": ["case0", "case1"]}')
+
+
+def test_a_click_training_stage_resumes_after_a_stop_and_saves_only_an_improvement(tmp_path):
+    from napari_lgms._generators import run_to_end
+    from napari_lgms.training.clicks import CHECKPOINT, ClickTraining, click_training_steps
+
+    _generated_folder(tmp_path / "data")
+    output = tmp_path / "run"
+    settings = ClickTraining("lgmsnet-synthetic-us", str(tmp_path / "data"), str(tmp_path / "data" / "split.json"),
+                             str(output), seconds=None, steps=3, batch_size=2, validation_images=2)
+    taken = []
+    stopped = run_to_end(click_training_steps(settings, should_stop=lambda: len(taken) >= 1),
+                         on_progress=lambda p: taken.append(p) if p.phase == "train" else None)
+    assert stopped["stopped"] and stopped["steps"] == 1 and (output / CHECKPOINT).is_file()
+    assert not (output / "lgmsnet-synthetic-us-clicks.json").exists()
+
+    record = run_to_end(click_training_steps(settings))
+    assert record["steps"] == 3 and not record["stopped"] and not (output / CHECKPOINT).exists()
+    assert record["start"]["images"] == 2 and set(record["end"]) >= {"noc85", "noc90", "iou@1", "iou@3", "iou@5"}
+    assert record["saved"] == (record["end"]["noc85"] < record["start"]["noc85"])
+    assert (output / "lgmsnet-synthetic-us-clicks.json").exists() == record["saved"]
+
+
+def test_a_new_click_model_card_says_where_it_comes_from():
+    from napari_lgms.training.clicks import describe_click_model
+    from napari_lgms.zoo import load_model
+
+    parent = load_model("lgmsnet-synthetic-us")
+    _, card = promptable_from(parent.network, parent.card)
+    card = describe_click_model(card, parent.card, "lgmsnet-synthetic-us-clicks")
+    assert card.lineage["parent"] == "lgmsnet-synthetic-us" and card.prompt == PromptSpec()
+    assert card.training["initialised_from"] == "lgmsnet-synthetic-us" and card.training["earlier_stages"]
+    assert card.metrics == {} and "Takes clicks" in card.description

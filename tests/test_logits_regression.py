@@ -2,7 +2,7 @@
 
 ``tests/data/logits/NAME.npz`` holds, per model in ``resources/models``, a small
 generated input (a sample from :mod:`napari_lgms.samples` at 64x64, or 32x32x32
-for 3D, normalised as the card says, float16) and the network's logits for it
+for 3D, normalised as the card says, with one click in the middle for click models, float16) and the network's logits for it
 (eager forward, fp32, eval mode, stored as float16; 3D logits averaged over 2x2x2
 blocks to keep the folder small). Any change to a network, its layers or the
 weight loading that moves a shipped model's output fails here.
@@ -35,12 +35,23 @@ def generated_input(card: dict) -> np.ndarray:
     arguments = card["arguments"]
     if arguments.get("spatial_dims", 2) == 3:
         image = samples.make_volume((SIZE_3D,) * 3, spacing=(1.0, 1.0, 1.0), seed=1)[0][None]
-    elif arguments["in_channels"] == 3:
+    elif arguments["in_channels"] - len((card.get("prompt") or {}).get("channels", [])) == 3:
         image = np.moveaxis(samples.make_endoscopy((SIZE_2D, SIZE_2D), seed=1)[0], -1, 0)
     else:
         image = samples.make_ultrasound((SIZE_2D, SIZE_2D), seed=1)[0][None]
+    image = normalize(image, card["normalization"])
+    if card.get("prompt"):  # a click model: one positive click in the middle, no previous mask
+        image = np.concatenate([image, click_prompts(card["prompt"], image.shape[1:])])
     assert image.shape[0] == arguments["in_channels"]
-    return normalize(image, card["normalization"])[None].astype(np.float16).astype(np.float32)
+    return image[None].astype(np.float16).astype(np.float32)
+
+
+def click_prompts(prompt: dict, shape: tuple[int, ...]) -> np.ndarray:
+    from napari_lgms.clicks import Click
+    from napari_lgms.clicks.encoding import prompt_maps, whole_box
+
+    middle = Click(tuple(s / 2 for s in shape))
+    return prompt_maps(whole_box(shape), shape, [middle], None, prompt["channels"], prompt["radius"])
 
 
 def logits_summary(logits: np.ndarray) -> np.ndarray:

@@ -39,7 +39,8 @@ class TestShippedModel:
                     "description", "licence", "citation", "intended_use", "weights", "metrics", "training"):
             assert card.get(key), f"{card_path.name}: {key} is missing or empty"
         assert "not a medical device" in card["intended_use"].lower()
-        assert card["input"]["channels"] == card["arguments"]["in_channels"]
+        prompts = len((card.get("prompt") or {}).get("channels", []))
+        assert card["input"]["channels"] + prompts == card["arguments"]["in_channels"]
         assert len(card["class_names"]) == max(2, card["arguments"]["num_classes"])
         assert card["training"]["data"] and card["training"]["terms"]
         assert "split" in card["metrics"] and card["training"]["split"]["description"]
@@ -60,8 +61,9 @@ class TestShippedModel:
         model = load_model(card_path)
         card = model.card
         shape = (24, 40, 36) if card.spatial_dims == 3 else (120, 150)
-        image = np.random.default_rng(0).integers(0, 255, shape + ((3,) if card.in_channels == 3 else ()))
-        labels = segment(image.astype(np.uint8), model, channel_axis=-1 if card.in_channels == 3 else None).labels
+        rgb = card.image_channels == 3
+        image = np.random.default_rng(0).integers(0, 255, shape + ((3,) if rgb else ()))
+        labels = segment(image.astype(np.uint8), model, channel_axis=-1 if rgb else None).labels
         assert labels.shape == shape
         assert labels.max() < len(card.class_names)
 

@@ -25,7 +25,8 @@ from typing import Callable, Generator
 
 import numpy as np
 
-from napari_lgms.errors import InputError
+from napari_lgms.training.loop import Stepper
+
 
 CHECKPOINT = "click_checkpoint.pt"
 LOG = "click_stages.jsonl"
@@ -43,13 +44,14 @@ class ClickTraining:
     name: str = ""
     seconds: float | None = 1800.0
     steps: int | None = None
-    batch_size: int = 8
+    batch_size: int = 4
     lr: float = 3e-4
     weight_decay: float = 1e-4
     seed: int = 0
     max_side: int = 512  # images are kept at most this large per axis in memory
     whole_view: float = 0.35  # share of views showing the whole image (the first click's view)
-    max_iterations: int = 3
+    max_iterations: int = 2
+    prompt_lr_scale: float = 10.0  # the weights reading the prompt channels move this much faster
     validation_images: int = 60
     checkpoint_seconds: float = 300.0
     resume: bool = True
@@ -59,13 +61,18 @@ class ClickTraining:
 @dataclass
 class Example:
     """An image in memory, at most ``max_side`` per axis: ``image`` (C, *S) in the card's channels
-    and file intensities, ``truth`` (*S) bool, ``normalize`` the card's normalisation with this
-    image's statistics (as the click session fits it)."""
+    and file intensities, ``labels`` (*S) its objects (each foreground label is one object to
+    click), ``normalize`` the card's normalisation with this image's statistics (as the click
+    session fits it)."""
 
     name: str
     image: np.ndarray
-    truth: np.ndarray
+    labels: np.ndarray
     normalize: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def objects(self) -> list[int]:
+        return [int(v) for v in np.unique(self.labels) if v > 0]
 
 
 @dataclass
@@ -90,13 +97,15 @@ def load_examples(pairs, card, max_side: int) -> Generator[int, None, list[Examp
     for count, pair in enumerate(pairs, start=1):
         raw = pair.load()
         image = match_channels(raw.image, card.image_channels).astype(np.float32)
-        truth = np.asarray(raw.mask) > 0
-        scale = max_side / max(truth.shape)
+        labels = np.asarray(raw.mask).astype(np.int32)
+        if labels.max(initial=0) == 255:  # 0/255 masks: one object
+            labels = (labels > 0).astype(np.int32)
+        scale = max_side / max(labels.shape)
         if scale < 1:
-            shape = tuple(max(1, round(s * scale)) for s in truth.shape)
+            shape = tuple(max(1, round(s * scale)) for s in labels.shape)
             image = resize(torch.from_numpy(image)[None], shape)[0].numpy()
-            truth = resize_nearest(truth, shape) > 0.5
-        examples.append(Example(pair.name, image, truth, fit_normalizer(image, card.normalization)))
+            labels = resize_nearest(labels, shape).astype(np.int32)
+        examples.append(Example(pair.name, image, labels, fit_normalizer(image, card.normalization)))
         yield count
     return examples
 
@@ -111,12 +120,13 @@ def resized(view: np.ndarray, grid) -> np.ndarray:
 
 
 def training_view(example: Example, rng: np.random.Generator, whole_view: float, prompt):
-    """A random view of ``example`` (flipped per axis with probability 1/2): the whole image, or a
-    crop around the object like the session's zoom (expansion 1.2-2.2, centre jittered).
-    Returns (normalised image view (C, *v) float32, truth view (*v) bool)."""
+    """A random view of one random object of ``example`` (flipped per axis with probability 1/2):
+    the whole image, or a crop around the object like the session's zoom (expansion 1.2-2.2,
+    centre jittered). Returns (normalised image view (C, *v) float32, truth view (*v) bool)."""
     from napari_lgms.clicks.encoding import whole_box, zoom_box
 
-    truth = example.truth
+    objects = example.objects
+    truth = example.labels == (objects[int(rng.integers(len(objects)))] if objects else 1)
     if rng.random() < whole_view or not truth.any():
         box = whole_box(truth.shape)
     else:
@@ -169,7 +179,7 @@ def click_training_steps(settings: ClickTraining, should_stop: Callable[[], bool
     from napari_lgms.models.layout import use_layout_for
     from napari_lgms.training import data as data_mod
     from napari_lgms.training.checkpoint import load_checkpoint, save_checkpoint
-    from napari_lgms.training.loop import Budget, Stepper, cosine_fraction, optimise
+    from napari_lgms.training.loop import Budget, cosine_fraction, optimise
     from napari_lgms.training.losses import bce_dice_loss
     from napari_lgms.zoo import load_model
 
@@ -184,9 +194,7 @@ def click_training_steps(settings: ClickTraining, should_stop: Callable[[], bool
     else:
         parent = load_model(settings.parent)
         network, card = promptable_from(parent.network, parent.card)
-        card.name, start_scores = name, {}
-    if card.num_classes != 1:
-        raise InputError(f"{settings.parent}: click training needs a one-output (sigmoid) model")
+        card, start_scores = describe_click_model(card, parent.card, name), {}
 
     pairs, _, _ = data_mod.discover_examples(settings.data)
     split = data_mod.split_from_file(data_mod.expand_path(settings.split_file), [p.name for p in pairs])
@@ -234,16 +242,25 @@ def click_training_steps(settings: ClickTraining, should_stop: Callable[[], bool
         inputs, truth = batch
         return bce_dice_loss(network(inputs), truth)
 
-    loop = optimise(Stepper(optimizer, grad_clip=1.0), batches, loss_of, budget=budget, should_stop=should_stop,
+    stepper = PromptScaledStepper(optimizer, prompt_weights(network, card), settings.prompt_lr_scale)
+    loop = optimise(stepper, batches, loss_of, budget=budget, should_stop=should_stop,
                     lr_at=lambda progress: settings.lr * cosine_fraction(progress),
                     report=lambda taken, loss, progress: (taken, loss))
-    for taken, loss in loop:
+    while True:
+        try:
+            _, loss = next(loop)
+        except StopIteration as finished:
+            stopped = finished.value[1]
+            break
         step += 1
         yield ClickProgress("train", step, loss)
         if time.monotonic() - last_save > settings.checkpoint_seconds:
             save_state()
             last_save = time.monotonic()
     save_state()
+    if stopped:
+        yield ClickProgress("done", step, message="stopped: the same command resumes the stage")
+        return {"name": name, "steps": step, "stopped": True}
     network.eval()
     yield ClickProgress("validate", step, message="scoring the stage")
     scores = click_scores(network, card, validation)
@@ -251,7 +268,7 @@ def click_training_steps(settings: ClickTraining, should_stop: Callable[[], bool
               "start": start_scores, "end": scores, "settings": asdict(settings),
               "validation": f"{len(validation)} images of {split.describe()}"}
     improved = scores["noc85"] < start_scores.get("noc85", float("inf"))
-    record["saved"] = improved
+    record["saved"], record["stopped"] = improved, False
     if improved:
         _save(network, card, scores, record, output)
     checkpoint_path.unlink(missing_ok=True)  # the next stage starts from the saved model
@@ -259,6 +276,35 @@ def click_training_steps(settings: ClickTraining, should_stop: Callable[[], bool
         log.write(json.dumps(record) + "\n")
     yield ClickProgress("done", step, scores=scores, message="saved" if improved else "not better: not saved")
     return record
+
+
+def prompt_weights(network, card) -> list[tuple]:
+    """(parameter, index of its first prompt channel) for each weight that reads the prompt channels."""
+    from napari_lgms.models.registry import create_model
+
+    plain = create_model(card.architecture, **dict(card.arguments, in_channels=card.image_channels)).state_dict()
+    return [(parameter, plain[key].shape[1]) for key, parameter in network.named_parameters()
+            if key in plain and plain[key].shape != parameter.shape]
+
+
+class PromptScaledStepper(Stepper):
+    """A :class:`Stepper` whose update of the prompt channels' weights is ``scale`` times larger:
+    they start at zero, and at the rate of the pretrained weights clicks would barely count."""
+
+    def __init__(self, optimizer, weights: list[tuple], scale: float, grad_clip: float = 1.0):
+        super().__init__(optimizer, grad_clip=grad_clip)
+        self.weights, self.scale = weights, float(scale)
+
+    def __call__(self, loss) -> float:
+        import torch
+
+        before = [parameter.detach()[:, start:].clone() for parameter, start in self.weights]
+        value = super().__call__(loss)
+        with torch.no_grad():
+            for (parameter, start), old in zip(self.weights, before):
+                part = parameter[:, start:]
+                part.copy_(old + self.scale * (part - old))
+        return value
 
 
 def simulated_batch(network, card, examples, rng, settings: ClickTraining, grid):
@@ -321,37 +367,50 @@ def click_scores(network, card, examples) -> dict:
     model = SimpleNamespace(card=card, network=network)
     traces = []
     for example in examples:
-        image = example.image[0] if example.image.shape[0] == 1 else example.image
-        session = ClickSession(image, model, channel_axis=None if image.ndim == truth_dims(example) else 0)
-        traces.append(simulate(example.truth, lambda c, s=session: s.add_click(c.position, c.positive)))
+        one_channel = example.image.shape[0] == 1
+        image = example.image[0] if one_channel else example.image
+        for label in example.objects:
+            session = ClickSession(image, model, channel_axis=None if one_channel else 0)
+            traces.append(simulate(example.labels == label, lambda c, s=session: s.add_click(c.position, c.positive)))
     return {k: round(v, 4) for k, v in summarize_traces(traces).items()}
 
 
-def truth_dims(example: Example) -> int:
-    return example.truth.ndim
+def describe_click_model(card, parent_card, name: str):
+    """The card of a new click model (``card``: its parent's, widened by ``promptable_from``): its
+    own name, description, lineage and training record (the parent's data and split, the stages
+    that made the parent); no metrics until a stage has scored it."""
+    from napari_lgms.training.cards import model_card
+    from napari_lgms.training.engine import earlier_stages
+
+    keep = ("data", "data_source", "terms", "examples", "split")
+    return model_card(
+        name=name, architecture=card.architecture, arguments=card.arguments, input_spec=card.input,
+        normalization=card.normalization, class_names=card.class_names, output_spec=card.output,
+        version="1", description=(f"{parent_card.description} Takes clicks: positive and negative points and "
+                                  "the current mask are extra inputs (napari_lgms.clicks.ClickSession).").strip(),
+        training={**{k: parent_card.training[k] for k in keep if k in parent_card.training},
+                  "initialised_from": parent_card.name, "earlier_stages": earlier_stages(parent_card)},
+        metrics={}, licence=parent_card.licence, citation=parent_card.citation,
+        intended_use=parent_card.intended_use,
+        lineage={"parent": parent_card.name, "parent_sha256": parent_card.weights.get("sha256")},
+        prompt=card.prompt)
 
 
 def _save(network, card, scores: dict, record: dict, output: Path) -> Path:
     from napari_lgms.zoo import save_model
 
-    card.metrics = {**card.metrics, "clicks": scores}
+    card.metrics = {"split": f"validation: {record['validation']}", "selected_by": "noc85", "clicks": scores}
     training = dict(card.training)
     training["click_stages"] = [*training.get("click_stages", []),
                                 {k: record[k] for k in ("steps", "seconds", "start", "end", "validation")}
-                                | {"command": record["settings"]["command"]}]
+                                | {k: record["settings"][k] for k in ("command", "batch_size", "lr", "prompt_lr_scale",
+                                                                      "whole_view", "max_iterations", "seed")}]
     card.training = training
     return save_model(network, card, output)
 
 
 def train_clicks(settings: ClickTraining, on_progress: Callable[[ClickProgress], None] | None = None) -> dict:
-    """Run :func:`click_training_steps` to the end."""
+    """Run :func:`click_training_steps` to the end; returns the stage's record."""
     from napari_lgms._generators import run_to_end
 
-    steps = click_training_steps(settings)
-    if on_progress is None:
-        return run_to_end(steps)
-    while True:
-        try:
-            on_progress(next(steps))
-        except StopIteration as finished:
-            return finished.value
+    return run_to_end(click_training_steps(settings), on_progress)

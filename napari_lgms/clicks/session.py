@@ -62,15 +62,26 @@ class ClickSession:
         self.mask = np.zeros(self.shape, bool) if mask is None else np.asarray(mask, bool).copy()
         self.clicks: list[Click] = []
         self._before: list[np.ndarray] = []
+        self._first_clicks = 0  # clicks predicted on the whole image
 
     def add_click(self, position: Sequence[float], positive: bool = True) -> np.ndarray:
         """Add a click at ``position`` (index coordinates per spatial axis) and return the new mask."""
-        position = tuple(float(p) for p in position)
-        if len(position) != len(self.shape) or not all(0 <= p < s for p, s in zip(position, self.shape)):
-            raise InputError(f"click {position} is outside the image (spatial shape {self.shape})")
-        self._before.append(self.mask)
-        self.clicks.append(Click(position, bool(positive)))
-        self.mask = self._predicted()
+        return self.add_clicks([Click(tuple(position), bool(positive))])
+
+    def add_clicks(self, clicks: Sequence[Click]) -> np.ndarray:
+        """Add several clicks and predict once (clicks that arrived while the last prediction ran);
+        undoing any of them returns to the mask before all of them."""
+        clicks = [Click(tuple(float(p) for p in c.position), bool(c.positive)) for c in clicks]
+        for click in clicks:
+            if len(click.position) != len(self.shape) or not all(
+                    0 <= p < s for p, s in zip(click.position, self.shape)):
+                raise InputError(f"click {click.position} is outside the image (spatial shape {self.shape})")
+        if not clicks:
+            return self.mask
+        first_of_session = not self.clicks
+        self._before.extend([self.mask] * len(clicks))
+        self.clicks.extend(clicks)
+        self.mask = self._predicted(first_of_session and not self.mask.any(), clicks)
         return self.mask
 
     def undo(self) -> np.ndarray:
@@ -81,17 +92,21 @@ class ClickSession:
         return self.mask
 
     def view(self) -> Box:
-        """The image region the next prediction covers."""
+        """The image region the last prediction covered: the whole image for the session's first
+        clicks on an empty mask, else the zoomed view around the mask and every click."""
         prompt = self.card.prompt
-        if len(self.clicks) == 1 and not self._before[0].any():
+        if self.clicks and len(self.clicks) == self._first_clicks and not self._before[0].any():
             return whole_box(self.shape)
-        return zoom_box(self.shape, self.mask, self.clicks, prompt.expansion, prompt.min_crop)
+        return zoom_box(self.shape, self._before[-1] if self._before else self.mask, self.clicks,
+                        prompt.expansion, prompt.min_crop)
 
-    def _predicted(self) -> np.ndarray:
+    def _predicted(self, whole: bool, new_clicks: Sequence[Click]) -> np.ndarray:
         import torch
 
         from napari_lgms.inference.geometry import resize
 
+        if whole:
+            self._first_clicks = len(self.clicks)
         box = self.view()
         region = tuple(slice(a, b) for a, b in box)
         view = self._normalize(self._data[(slice(None),) + region])
@@ -101,7 +116,20 @@ class ClickSession:
         logits = resize(logits.float().cpu(), tuple(b - a for a, b in box))[0, 0]
         mask = self.mask.copy()
         mask[region] = (torch.sigmoid(logits) > self.card.output.threshold).numpy()
-        return mask
+        return mask if whole else merged(self.mask, mask, new_clicks)
+
+
+def merged(before: np.ndarray, predicted: np.ndarray, clicks: Sequence[Click]) -> np.ndarray:
+    """``before`` with only those changes of ``predicted`` that are connected to a new click
+    (FocalClick's progressive merge): a click corrects the error it was made on and leaves the rest
+    of the mask as the user last saw it."""
+    from scipy.ndimage import label
+
+    changed, count = label(before != predicted)
+    if count == 0:
+        return predicted
+    at_clicks = {int(changed[tuple(int(p) for p in click.position)]) for click in clicks} - {0}
+    return np.where(np.isin(changed, list(at_clicks)), predicted, before)
 
 
 def _click_predictor(network, card, device):
