@@ -171,13 +171,19 @@ def merge_into(existing: np.ndarray, new_full: np.ndarray, region: tuple[slice, 
                fill_only_empty: bool) -> np.ndarray:
     """``existing`` with ``region`` replaced by ``new_full`` (or only its empty pixels filled)."""
     merged = np.array(existing, copy=True)
-    new_part = new_full[region].astype(merged.dtype, copy=False)
-    if fill_only_empty:
-        old_part = merged[region]
-        merged[region] = np.where(old_part == 0, new_part, old_part)
-    else:
-        merged[region] = new_part
+    merge_in_place(merged, new_full, region, fill_only_empty)
     return merged
+
+
+def merge_in_place(target: np.ndarray, new_full: np.ndarray, region: tuple[slice, ...],
+                   fill_only_empty: bool) -> None:
+    """:func:`merge_into` writing into ``target`` itself (one copy for many regions)."""
+    new_part = new_full[region].astype(target.dtype, copy=False)
+    if fill_only_empty:
+        old_part = target[region]
+        target[region] = np.where(old_part == 0, new_part, old_part)
+    else:
+        target[region] = new_part
 
 
 def view_coverage(viewer, layer) -> tuple[float, float]:

@@ -8,8 +8,14 @@
   image's shape (a mask is never written onto a layer of another image).
 * A warning, in the status, when the chosen model's card names another modality than the
   model the image suggests.
+* :func:`first_run_setup`, around the run's model loading in its worker, does off the GUI thread
+  what napari does the first time a Labels layer is made.
 """
 from __future__ import annotations
+
+import gc
+import threading
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -18,6 +24,49 @@ from napari_lgms.widgets import _layer_geometry as geo
 from napari_lgms.widgets._shared import connect_while_alive, default_index, image_kind, suggested_index
 
 NEW_LAYER = "New Labels layer"
+
+
+_first_setup = threading.Lock()
+_labels_ready = False
+
+
+@contextmanager
+def first_run_setup():
+    """Worker thread, around a run's setup (model loading): napari's first-Labels-layer work
+    before it and, once per session, a full garbage collection after it.
+
+    The first ``viewer.add_labels`` of a session held napari's GUI thread 0.65-0.8 s, later ones
+    0.1 s (a 1000x1200 image or a 40x60x40 volume, 2 busy cores): its layer model imports pandas (the feature table)
+    and scikit-image's colour conversions (the label colormap), vispy fills its cached dash
+    patterns for the outline overlays, and those allocations (with the model's) make a full
+    garbage collection due, 0.2-0.3 s that then ran inside the layer's creation. A 1x1 Labels
+    layer model (never added to a viewer: no Qt, no OpenGL) and a dash atlas do the first-time
+    work here; the collection runs here too, unless one ran during the setup. It holds the GIL,
+    so it still pauses the GUI, but no longer on top of the layer's own time. What stays on the
+    GUI thread is each layer's own visuals, controls and first texture upload.
+    """
+    global _labels_ready
+    with _first_setup:
+        first = not _labels_ready
+        full_collections = gc.get_stats()[2]["collections"]
+        if first:
+            _make_a_labels_layer_model()
+        yield
+        if first:
+            if gc.get_stats()[2]["collections"] == full_collections:
+                gc.collect()
+            _labels_ready = True
+
+
+def _make_a_labels_layer_model() -> None:
+    from napari.layers import Labels
+
+    Labels(np.zeros((1, 1), np.uint8), name="prepared")
+    try:
+        from vispy.visuals.line.dash_atlas import DashAtlas  # a vispy internal: skipped if it moves
+    except ImportError:
+        return
+    DashAtlas()
 
 
 def _layers_of(viewer, kind: str) -> list[str]:

@@ -4,13 +4,18 @@ Three parts: :class:`SegmentLayout` (the controls; fields scroll, the Segment
 button and the status stay in view), :class:`~napari_lgms.widgets._segment_layers.LayerControls`
 (which image, which model for it, which output layer) and :class:`SegmentSession`
 (the runs). Listing the models the first time, importing the engine, loading
-the model and running it happen in napari thread workers; the result lands in
-the viewer in the worker's ``returned`` handler, on the main thread, and the
-view moves to the image when it is out of view. The labels layer remembers the
-model's original prediction in ``layer.metadata["napari_lgms"]`` so a later
-"Save correction" can store the pair (prediction, corrected mask) for
-fine-tuning. The status says which model ran, one pass or averaged over flips,
-and how long it took; every run is a line in the session log.
+the model and running it happen in napari thread workers; so does everything
+about the result that does not touch the viewer (the labels in the image's
+shape, the copy kept as the prediction, the count for the log and, on the
+first run, napari's first-Labels-layer work). The result lands in the viewer
+in the worker's ``returned`` handler, on the main thread: a new Labels layer,
+or the chosen one's ``data`` replaced; the view moves to the image when it is
+out of view.
+The labels layer remembers the model's original prediction in
+``layer.metadata["napari_lgms"]`` so a later "Save correction" can store the
+pair (prediction, corrected mask) for fine-tuning. The status says which model
+ran, one pass or averaged over flips, and how long it took; every run is a line
+in the session log.
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ from napari_lgms.widgets._layout import (
     scrolling_dock,
     wrapping_label,
 )
-from napari_lgms.widgets._segment_layers import NEW_LAYER, LayerControls
+from napari_lgms.widgets._segment_layers import NEW_LAYER, LayerControls, first_run_setup
 from napari_lgms.widgets._session_log import append_record
 from napari_lgms.widgets._shared import (
     DEVICE_CHOICES,
@@ -107,6 +112,8 @@ class RunOutcome:
     untrained: bool
     combined: np.ndarray | None = None  # every job's labels in the image's spatial shape
     regions: list = field(default_factory=list)  # where each job applies
+    prediction: np.ndarray | None = None  # for a new layer: a copy of ``combined`` (never painted)
+    labelled: int = 0  # labelled pixels or voxels in ``combined``
 
 
 def _scaled_progress(steps, part: int, parts: int):
@@ -483,11 +490,13 @@ class SegmentSession:
         return self._models[key]
 
     def _steps(self, plan: RunPlan, should_stop):
-        """Worker thread: import the engine, load the model and run the engine once per job."""
+        """Worker thread: import the engine, load the model (with the first run's setup, see
+        :func:`first_run_setup`) and run the engine once per job."""
         from napari_lgms.inference import Progress, segment_steps
 
         yield Progress(0, 1, "loading the model")
-        model = self._model_for(plan.choice, plan.device)
+        with first_run_setup():
+            model = self._model_for(plan.choice, plan.device)
         results = []
         for part, job in enumerate(plan.jobs):
             steps = segment_steps(plan.image, model, channel_axis=plan.channel_axis, roi=job.roi,
@@ -498,16 +507,19 @@ class SegmentSession:
                 return None
             results.append(result)
         combined, regions = _combined_labels(plan, results)  # the array work, off the GUI thread
-        return RunOutcome(plan, results, model.card.name, not plan.choice.trained, combined, regions)
+        return RunOutcome(plan, results, model.card.name, not plan.choice.trained, combined, regions,
+                          prediction=combined.copy() if plan.target_name is None else None,
+                          labelled=int(np.count_nonzero(combined)))
 
     def _output_layer(self, plan: RunPlan, combined, regions):
         """The labels layer to write: the chosen one when it still has the image's shape, else a new one."""
         layers = self.viewer.layers
         target = layers[plan.target_name] if plan.target_name in layers else None
         if target is not None and tuple(np.shape(target.data)) == plan.spatial_shape:
-            data = np.asarray(target.data)
+            # merged here, not in the worker: what the user painted during the run counts
+            data = np.array(target.data, copy=True)
             for region in regions:
-                data = geo.merge_into(data, combined, region, plan.fill_only_empty)
+                geo.merge_in_place(data, combined, region, plan.fill_only_empty)
             target.data = data
             return target
         return self.viewer.add_labels(combined, name=f"{plan.image_name} segmentation", **plan.geometry)
@@ -529,7 +541,7 @@ class SegmentSession:
         self._log(outcome.model_name, {"outcome": "done", "labels_layer": layer.name,
                                        "engine_seconds": round(seconds, 3),
                                        "test_time_augmentation": _prediction_note(outcome.results),
-                                       "labelled_voxels": int(np.count_nonzero(outcome.combined))})
+                                       "labelled_voxels": outcome.labelled})
 
     def _log(self, model: str, result: dict) -> None:
         """One session-log line for the run under way (done, cancelled or failed)."""
@@ -561,12 +573,12 @@ class SegmentSession:
 def _metadata(layer, outcome: RunOutcome) -> dict:
     """What a later "Save correction" needs: the prediction over the whole image, the model, the geometry."""
     plan = outcome.plan
-    previous = layer.metadata.get(METADATA_KEY, {})
-    prediction = previous.get("prediction")
-    if prediction is None or np.shape(prediction) != plan.spatial_shape:
-        prediction = np.zeros(plan.spatial_shape, dtype=outcome.combined.dtype)
-    for region in outcome.regions:
-        prediction[region] = outcome.combined[region]
+    prediction = layer.metadata.get(METADATA_KEY, {}).get("prediction")
+    if prediction is not None and np.shape(prediction) == plan.spatial_shape:
+        for region in outcome.regions:
+            prediction[region] = outcome.combined[region]
+    else:  # combined is zero outside the regions: a copy of it is the whole prediction
+        prediction = outcome.prediction if outcome.prediction is not None else outcome.combined.copy()
     last = plan.jobs[-1]
     return {
         "prediction": prediction,
