@@ -32,8 +32,11 @@ def network_cell(card: dict) -> str:
 
 
 def input_cell(card: dict) -> str:
+    from napari_lgms.zoo import ModelCard
+
     contract = card["input"]
-    channels = CHANNELS.get(contract["channels"], f"{contract['channels']} channels")
+    image_channels = ModelCard.from_dict(card).image_channels  # the arguments' channels less the prompt's
+    channels = CHANNELS.get(image_channels, f"{image_channels} channels")
     patch = "x".join(str(size) for size in contract["patch_size"])
     if contract["mode"] == "resize":
         how = f"resized to {patch}"

@@ -4,13 +4,14 @@ from __future__ import annotations
 import pytest
 
 
-def _register_tiny_network() -> None:
+def register_tiny_network() -> None:
+    """Register ``tiny_test_net`` (once); also imported by processes a test starts (test_ddp)."""
     import torch.nn as nn
 
     from napari_lgms.models import layers
-    from napari_lgms.models.registry import _ARCHITECTURES, register_architecture
+    from napari_lgms.models.registry import list_architectures, register_architecture
 
-    if "tiny_test_net" in _ARCHITECTURES:
+    if any(architecture.name == "tiny_test_net" for architecture in list_architectures()):
         return
 
     @register_architecture("tiny_test_net", spatial_dims=(2, 3), size_divisor=4,
@@ -39,7 +40,7 @@ def tiny_model():
     from napari_lgms.models.registry import build_network
     from napari_lgms.zoo import LoadedModel, ModelCard, default_class_names
 
-    _register_tiny_network()
+    register_tiny_network()
 
     def make(spatial_dims=2, in_channels=1, num_classes=1, seed=0, **card_fields):
         torch.manual_seed(seed)
@@ -50,9 +51,6 @@ def tiny_model():
             architecture="tiny_test_net",
             arguments=arguments,
             input={
-                "spatial_dims": spatial_dims,
-                "channels": in_channels,
-                "axes": ("ZYX" if spatial_dims == 3 else "YX") + ("C" if in_channels > 1 else ""),
                 "patch_size": [16] * spatial_dims,
                 "size_divisor": 4,
                 "mode": "sliding_window" if spatial_dims == 3 else "resize",

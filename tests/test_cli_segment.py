@@ -452,7 +452,7 @@ def test_a_long_input_reports_progress_lines_in_a_log(model_2d, tmp_path, capsys
     source = tmp_path / "big.png"
     Image.fromarray(blob_image((96, 80))).save(source)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
-    monkeypatch.setattr(segment_cmd._ProgressBar, "LOG_SECONDS", 0.0)  # every report is "long"
+    monkeypatch.setattr(segment_cmd, "PROGRESS_LOG_SECONDS", 0.0)  # every report is "long"
     code, out, err = run_cli(capsys, "segment", source, "--model", card, "--output", tmp_path / "out")
     assert code == 0, err
     lines = err.strip().splitlines()

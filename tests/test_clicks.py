@@ -23,7 +23,7 @@ def _card_for(name: str, in_channels: int, spatial_dims: int = 2):
     arguments = dict(get_model_config(name).arguments, in_channels=in_channels, num_classes=1)
     patch = [32] * spatial_dims
     return ModelCard(name=f"{name}-test", architecture=get_model_config(name).architecture, arguments=arguments,
-                     input=InputSpec.for_network(spatial_dims, in_channels, patch, 32, "resize"),
+                     input=InputSpec.for_network(patch, 32, "resize"),
                      normalization={"kind": "zscore"}, class_names=["background", "object"])
 
 
@@ -161,7 +161,7 @@ def _echo_session(image_shape=(100, 120), **options):
     from napari_lgms.zoo.card import InputSpec
 
     card = ModelCard(name="echo", architecture="echo", arguments={"in_channels": 4, "num_classes": 1},
-                     input=InputSpec.for_network(2, 1, [32, 32], 1, "resize"), normalization={"kind": "zscore"},
+                     input=InputSpec.for_network([32, 32], 1, "resize"), normalization={"kind": "zscore"},
                      class_names=["background", "object"], prompt=PromptSpec(radius=3, min_crop=0.3))
     image = np.random.default_rng(1).random(image_shape).astype(np.float32)
     return ClickSession(image, SimpleNamespace(card=card, network=_EchoNetwork()), **options)

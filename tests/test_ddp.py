@@ -21,7 +21,7 @@ PLUGIN = """
 import sys
 sys.path.insert(0, {tests!r})
 import conftest
-conftest._register_tiny_network()
+conftest.register_tiny_network()
 """
 
 

@@ -436,7 +436,9 @@ def test_layer_kwargs_geometry_matches_affine(tmp_path):
 
     layers = pytest.importorskip("napari.layers")
     layer = layers.Image(image.array, **kwargs)
-    assert np.allclose(layer._data_to_world.affine_matrix, image.affine)
+    corners = np.vstack([np.zeros(3), np.eye(3)])  # the origin and one step along each axis fix an affine
+    world = [layer.data_to_world(point) for point in corners]
+    assert np.allclose(world, corners @ image.affine[:3, :3].T + image.affine[:3, 3])
 
 
 def test_layer_kwargs_for_plain_images(tmp_path):

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_lgms.zoo.card import LEGACY_INPUT_FIELDS
+
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "resources" / "models"
 CONFIGS = ROOT / "training" / "configs"
@@ -39,8 +41,7 @@ class TestShippedModel:
                     "description", "licence", "citation", "intended_use", "weights", "metrics", "training"):
             assert card.get(key), f"{card_path.name}: {key} is missing or empty"
         assert "not a medical device" in card["intended_use"].lower()
-        prompts = len((card.get("prompt") or {}).get("channels", []))
-        assert card["input"]["channels"] + prompts == card["arguments"]["in_channels"]
+        assert not set(LEGACY_INPUT_FIELDS) & set(card["input"]), "the arguments give these; the card must not repeat them"
         assert len(card["class_names"]) == max(2, card["arguments"]["num_classes"])
         assert card["training"]["data"] and card["training"]["terms"]
         assert "split" in card["metrics"] and card["training"]["split"]["description"]

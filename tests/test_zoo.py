@@ -9,7 +9,7 @@ import torch
 
 from napari_lgms._device import select_device
 from napari_lgms.zoo import ModelLoadError, list_available_models, load_model, save_model, user_model_dir
-from napari_lgms.zoo.card import ModelCard
+from napari_lgms.zoo.card import LEGACY_INPUT_FIELDS, ModelCard
 from napari_lgms.zoo.store import load_legacy_state_dict, read_card
 
 
@@ -171,9 +171,50 @@ def test_a_card_committed_to_staged_weights_loads_and_is_listed(tiny_model):
     assert _outputs_equal(original, load_model("staged"))
 
 
+def test_a_saved_card_derives_its_dimensions_channels_and_axes_from_the_arguments(tiny_model, tmp_path):
+    original = tiny_model(spatial_dims=3, in_channels=2)
+    data = json.loads(save_model(original.network, original.card, tmp_path).read_text())
+    assert not set(LEGACY_INPUT_FIELDS) & set(data["input"])
+    card = read_card(tmp_path / "tiny-test.json")
+    assert (card.spatial_dims, card.image_channels, card.axes) == (3, 2, "ZYXC")
+
+
+@pytest.mark.parametrize("prompt", [None, {"channels": ["positive", "negative", "previous"]}])
+def test_an_old_card_that_repeats_the_arguments_in_its_input_still_loads(tiny_model, tmp_path, prompt):
+    """Cards written before held input.spatial_dims, input.channels and input.axes (the image's
+    channels: a click model's in_channels less its prompt channels)."""
+    original = tiny_model(in_channels=3 + (3 if prompt else 0))
+    card_file = save_model(original.network, original.card, tmp_path)
+    data = json.loads(card_file.read_text())
+    data["input"] = {"spatial_dims": 2, "channels": 3, "axes": "YXC", **data["input"]}
+    if prompt:
+        data["prompt"] = prompt
+    card_file.write_text(json.dumps(data))
+    loaded = load_model(card_file)
+    assert (loaded.card.spatial_dims, loaded.card.image_channels, loaded.card.axes) == (2, 3, "YXC")
+    assert not set(LEGACY_INPUT_FIELDS) & set(loaded.card.to_dict()["input"])  # saved again without them
+    assert _outputs_equal(original, loaded)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("spatial_dims", 3, "input.spatial_dims 3 contradicts the arguments, which give 2"),
+    ("channels", 3, "input.channels 3 contradicts the arguments, which give 1"),
+    ("axes", "YXC", "input.axes 'YXC' contradicts the arguments, which give 'YX'"),
+])
+def test_an_old_card_whose_input_contradicts_its_arguments_is_refused(tiny_model, tmp_path, key, value, message):
+    original = tiny_model()
+    card_file = save_model(original.network, original.card, tmp_path)
+    data = json.loads(card_file.read_text())
+    data["input"][key] = value
+    card_file.write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match=re.escape(message)) as info:
+        read_card(card_file)
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("arguments", {"num_classes": 1}, "arguments.in_channels must be an integer"),
-    ("input", {"spatial_dims": 2, "patch_size": [0, 16]}, "input.patch_size must be 2 integers"),
+    ("input", {"patch_size": [0, 16]}, "input.patch_size must be 2 integers"),
     ("output", {"activation": "sigmoid", "threshold": "x"}, "output.threshold must be a number"),
     ("weights", {"file": "../w.safetensors"}, "must be a plain file name"),
     ("name", "../../x", "name: model name '../../x' is not a plain name"),

@@ -189,8 +189,7 @@ def card_input(config: TrainConfig, network, spacing, resize_factor: float | Non
     else:
         mode = "sliding_window" if dims == 3 else "tile"
     factor = round(max(RESIZE_LIMIT, RESIZE_MARGIN * resize_factor), 2) if mode == "resize" and resize_factor else None
-    return InputSpec.for_network(dims, int(arguments["in_channels"]), config.patch_size,
-                                 int(getattr(network, "size_divisor", 1)), mode, spacing, factor)
+    return InputSpec.for_network(config.patch_size, int(getattr(network, "size_divisor", 1)), mode, spacing, factor)
 
 
 def command_line() -> str:

@@ -295,20 +295,22 @@ def _report(name: str, error: LgmsError) -> None:
     print(f"napari-lgms segment: error: {named_error(name, error)}", file=sys.stderr)
 
 
+PROGRESS_LOG_SECONDS = 10.0  # off a terminal, a progress line this often while one input takes that long
+
+
 class _ProgressBar:
     """A one-line stderr bar on a terminal; elsewhere (a log) a progress line every
-    :attr:`LOG_SECONDS` while one input takes that long."""
+    :data:`PROGRESS_LOG_SECONDS` while one input takes that long."""
 
     WIDTH = 30
-    LOG_SECONDS = 10.0
 
     def __init__(self, total: int) -> None:
         from napari_lgms._generators import every
 
         self.total = total
         self.interactive = sys.stderr.isatty()
-        self._log_due = every(self.LOG_SECONDS, time.monotonic)
-        self._log_due()  # the first line comes after LOG_SECONDS
+        self._log_due = every(PROGRESS_LOG_SECONDS, time.monotonic)
+        self._log_due()  # the first line comes after PROGRESS_LOG_SECONDS
 
     def show(self, position: float, name: str) -> None:
         if not self.interactive:

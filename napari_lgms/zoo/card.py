@@ -27,18 +27,20 @@ NOT_A_MEDICAL_DEVICE = (
 
 @dataclass
 class InputSpec:
-    """What the network takes.
+    """What the network takes, beyond what its ``arguments`` say (the card derives the spatial
+    dimensions, the image channels and the axes from those: :attr:`ModelCard.spatial_dims`,
+    :attr:`ModelCard.image_channels`, :attr:`ModelCard.axes`).
 
     ``patch_size``: the training size per spatial axis; ``size_divisor``: every size fed to the
     network is padded to a multiple of it; ``mode``: "resize" (the whole image resized to the
     patch), "tile" or "sliding_window" (windows of the patch size), None for the dimension's
     default; ``spacing``: millimetres per spatial axis, None when unknown; ``max_resize_factor``:
     in "resize" mode, images up to this many patches per axis are resized whole (larger are tiled).
+
+    Cards written before held ``spatial_dims``, ``channels`` and ``axes`` here too; they still
+    load (:mod:`napari_lgms.zoo.schema` refuses them only where they contradict the arguments).
     """
 
-    spatial_dims: int | None = None
-    channels: int | None = None
-    axes: str = ""
     patch_size: list[int] | None = None
     size_divisor: int = 1
     mode: str | None = None
@@ -46,12 +48,19 @@ class InputSpec:
     max_resize_factor: float | None = None
 
     @classmethod
-    def for_network(cls, spatial_dims: int, channels: int, patch_size, size_divisor: int, mode: str,
-                    spacing=None, max_resize_factor: float | None = None) -> "InputSpec":
-        """The input contract of a network with these properties (the axes follow from them)."""
-        axes = ("ZYX" if spatial_dims == 3 else "YX") + ("C" if channels > 1 else "")
-        return cls(int(spatial_dims), int(channels), axes, [int(p) for p in patch_size], int(size_divisor), mode,
+    def for_network(cls, patch_size, size_divisor: int, mode: str, spacing=None,
+                    max_resize_factor: float | None = None) -> "InputSpec":
+        """The input contract of a network trained on patches of ``patch_size``."""
+        return cls([int(p) for p in patch_size], int(size_divisor), mode,
                    list(spacing) if spacing else None, max_resize_factor)
+
+
+LEGACY_INPUT_FIELDS = ("spatial_dims", "channels", "axes")  # derived from the arguments now; old cards hold them
+
+
+def input_axes(spatial_dims: int, image_channels: int) -> str:
+    """The axes of an image as a network takes it: YX or ZYX, then C for more than one channel."""
+    return ("ZYX" if spatial_dims == 3 else "YX") + ("C" if image_channels > 1 else "")
 
 
 @dataclass
@@ -118,7 +127,7 @@ class ModelCard:
 
     @property
     def spatial_dims(self) -> int:
-        return int(self.input.spatial_dims or self.arguments.get("spatial_dims", 2))
+        return int(self.arguments.get("spatial_dims", 2))
 
     @property
     def in_channels(self) -> int:
@@ -132,6 +141,11 @@ class ModelCard:
     def image_channels(self) -> int:
         """Channels of the image the network takes (its input channels less the prompt channels)."""
         return self.in_channels - (len(self.prompt.channels) if self.prompt is not None else 0)
+
+    @property
+    def axes(self) -> str:
+        """The axes of the image the network takes (:func:`input_axes`)."""
+        return input_axes(self.spatial_dims, self.image_channels)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

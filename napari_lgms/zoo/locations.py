@@ -136,13 +136,12 @@ def untrained_card(name: str, **overrides) -> ModelCard:
     config = get_model_config(name)
     arguments = {**config.arguments, **overrides}
     dims = int(arguments.get("spatial_dims", 2))
-    channels = int(arguments["in_channels"])
     return ModelCard(
         name=name,
         architecture=config.architecture,
         arguments=arguments,
         description=f"untrained {config.architecture} ({config.description})",
-        input=InputSpec.for_network(dims, channels, [96, 96, 96] if dims == 3 else [256, 256],
+        input=InputSpec.for_network([96, 96, 96] if dims == 3 else [256, 256],
                                     get_architecture(config.architecture).size_divisor,
                                     "sliding_window" if dims == 3 else "resize"),
         normalization={"kind": "percentile_zscore", "lower": 0.5, "upper": 99.5},

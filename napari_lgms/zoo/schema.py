@@ -52,6 +52,8 @@ def check_card_data(data: Any) -> None:
         prompts = 0
     _expect(data["arguments"]["in_channels"] > prompts, "arguments.in_channels",
             "must exceed the number of prompt channels (the image needs at least one)")
+    if data.get("input") is not None:
+        _check_input(data["input"], data["arguments"], prompts)
     for key in _TEXT_FIELDS:
         _expect(isinstance(data.get(key, ""), str), key, "must be text")
     for key in _DICT_FIELDS:
@@ -121,12 +123,20 @@ def _bounded_argument(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def _check_input(section: Any) -> None:
+def _check_input(section: Any, arguments: dict[str, Any], prompts: int) -> None:
+    """``input`` of a card whose ``arguments`` (checked) take ``prompts`` prompt channels. The
+    spatial dimensions, channels and axes follow from the arguments; an old card that still holds
+    them is refused only where they contradict the arguments."""
+    from napari_lgms.zoo.card import input_axes
+
     _expect(isinstance(section, dict), "input", "must be an object")
-    dims = section.get("spatial_dims", 2)
-    _expect(dims in (2, 3), "input.spatial_dims", "must be 2 or 3")
-    _expect(section.get("channels") is None or _is_int(section["channels"], 1, MAX_CHANNELS),
-            "input.channels", f"must be an integer from 1 to {MAX_CHANNELS}")
+    dims = arguments.get("spatial_dims", 2)
+    channels = arguments["in_channels"] - prompts
+    derived = {"spatial_dims": dims, "channels": channels, "axes": input_axes(dims, channels)}
+    for key, value in derived.items():
+        old = section.get(key)
+        _expect(old in (None, "", value), f"input.{key}",
+                f"{old!r} contradicts the arguments, which give {value!r} (drop input.{key}: it is derived)")
     patch = section.get("patch_size")
     _expect(patch is None or (isinstance(patch, list) and len(patch) == dims
                               and all(_is_int(p, 1, MAX_PATCH) for p in patch)),
@@ -190,7 +200,6 @@ def _check_class_names(names: Any) -> None:
 
 
 _SECTIONS: dict[str, Callable[[Any], None]] = {
-    "input": _check_input,
     "normalization": _check_normalization,
     "output": _check_output,
     "weights": _check_weights,
