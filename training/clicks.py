@@ -124,6 +124,7 @@ def training_view(example: Example, rng: np.random.Generator, whole_view: float,
     the whole image, or a crop around the object like the session's zoom (expansion 1.2-2.2,
     centre jittered). Returns (normalised image view (C, *v) float32, truth view (*v) bool)."""
     from napari_lgms.clicks.encoding import whole_box, zoom_box
+    from napari_lgms.training.augment import random_intensity, random_noise
 
     objects = example.objects
     truth = example.labels == (objects[int(rng.integers(len(objects)))] if objects else 1)
@@ -136,6 +137,7 @@ def training_view(example: Example, rng: np.random.Generator, whole_view: float,
                     for (a, b), s, n in zip(box, shift, truth.shape))
     region = tuple(slice(a, b) for a, b in box)
     image, truth = example.normalize(example.image[(slice(None),) + region]), truth[region]
+    image = random_noise(random_intensity(image, rng, 0.8), rng, 0.5)
     flips = [axis for axis in range(truth.ndim) if rng.random() < 0.5]
     if flips:
         image, truth = np.flip(image, [a + 1 for a in flips]), np.flip(truth, flips)
@@ -161,12 +163,27 @@ def first_clicks(truth: np.ndarray, rng: np.random.Generator) -> list:
 
 
 def distorted(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``truth`` grown or shrunk by a few pixels: a mask that is roughly right."""
-    from scipy.ndimage import binary_dilation, binary_erosion
+    """A wrong mask a user might be shown for ``truth``: grown or shrunk by a few pixels, cut
+    along a random plane through the object, shifted, or with a false blob added."""
+    from scipy.ndimage import binary_dilation, binary_erosion, shift
 
-    steps = int(rng.integers(2, 8))
-    change = binary_dilation if rng.random() < 0.5 else binary_erosion
-    return change(truth, iterations=steps)
+    kind = rng.integers(4)
+    if kind == 0 or not truth.any():
+        change = binary_dilation if rng.random() < 0.5 else binary_erosion
+        return change(truth, iterations=int(rng.integers(2, 12)))
+    coordinates = np.stack(np.meshgrid(*[np.arange(s) for s in truth.shape], indexing="ij"), -1)
+    centre = np.argwhere(truth).mean(axis=0)
+    extent = np.ptp(np.argwhere(truth), axis=0) + 1
+    if kind == 1:  # part of the object missing
+        normal = rng.normal(size=truth.ndim)
+        offset = rng.uniform(-0.3, 0.3) * float(np.dot(np.abs(normal), extent))
+        return truth & ((coordinates - centre) @ normal > offset)
+    if kind == 2:  # in the wrong place
+        return shift(truth, rng.uniform(-0.3, 0.3, truth.ndim) * extent, order=0)
+    blob_centre = centre + rng.uniform(-1.0, 1.0, truth.ndim) * extent
+    radii = rng.uniform(0.15, 0.5, truth.ndim) * extent
+    blob = (((coordinates - blob_centre) / radii) ** 2).sum(-1) <= 1
+    return truth | blob
 
 
 # ----------------------------------------------------------------------------- the stage
