@@ -9,7 +9,7 @@ Each ``.npz`` holds ``image`` (the pixels the model saw, any shape with the
 spatial axes first as in napari, channels last if any), ``mask`` (the corrected
 labels, spatial shape), optionally ``prediction`` (the model's original
 labels, spatial shape) and ``meta`` (a JSON string: key, file, model, timestamp,
-geometry, shapes). A file is written once under a new unique name and never
+geometry, shapes, and the clicks that made the mask when click mode made it). A file is written once under a new unique name and never
 changed, and its own ``meta`` describes its pixels, so metadata and pixels
 always change together. The manifest says which file is current for a key:
 
@@ -72,6 +72,7 @@ class Entry:
     image_shape: list[int] = field(default_factory=list)
     mask_shape: list[int] = field(default_factory=list)
     has_prediction: bool = True
+    clicks: list[dict[str, Any]] = field(default_factory=list)  # each {"position", "positive", "label"}
 
 
 @dataclass
@@ -282,12 +283,15 @@ class CorrectionsStore:
         *,
         model: str,
         geometry: dict | None = None,
+        clicks: list[dict] | None = None,
     ) -> Entry:
         """Store (or replace) an example; returns its entry.
 
         ``image`` is (*spatial) or (*spatial, C); ``mask`` and ``prediction``
         are integer labels of the spatial shape; ``geometry`` holds JSON-able
-        values (scale, translate, spacing, affine, axes, layer, slice or box).
+        values (scale, translate, spacing, affine, axes, layer, slice or box);
+        ``clicks``: the clicks that made the mask (``position`` in the example's
+        index coordinates, ``positive``, ``label``).
         """
         if not isinstance(example_key, str) or not example_key:
             raise InputError("an example key must be a non-empty string")
@@ -301,6 +305,7 @@ class CorrectionsStore:
             image_shape=list(arrays["image"].shape),
             mask_shape=list(arrays["mask"].shape),
             has_prediction="prediction" in arrays,
+            clicks=_jsonable(list(clicks or [])),
         )
         meta = asdict(entry)
         arrays["meta"] = np.array(json.dumps(meta))
@@ -361,7 +366,7 @@ def _read_json(path: Path) -> object:
 
 
 _ENTRY_TYPES = {"key": str, "file": str, "model": str, "timestamp": str, "geometry": dict,
-                "image_shape": list, "mask_shape": list, "has_prediction": bool}
+                "image_shape": list, "mask_shape": list, "has_prediction": bool, "clicks": list}
 
 
 def _entry_from_meta(meta: object) -> Entry | None:

@@ -1,13 +1,17 @@
 """Pictures of the widgets in use, for the README (run under Xvfb on a headless machine).
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py [--out resources]
+    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py [--out FOLDER]
 
 Writes ``screenshot-segment.png`` (ultrasound sample, segmentation, a saved
 correction), ``screenshot-volume.png`` (anisotropic volume, a box prompt on a
 Shapes layer, one slice segmented), ``screenshot-endoscopy.png`` and
 ``screenshot-finetune.png`` (a short fine-tuning run on generated corrections:
 live loss / Dice plot, the verdict) and ``screenshot-laptop.png`` (both widgets
-stacked on a 1366x768 window, as on a laptop). Uses the model the Segment
+stacked on a 1366x768 window, as on a laptop) in ``resources/``, and
+``screenshot-clicks-positive.png`` / ``screenshot-clicks-negative.png`` (click mode on the
+ultrasound sample: the first click, then the clicks a simulated user makes up to its first
+negative one) in ``docs/``; the click pictures are skipped, with a message, while no click
+model (``<model>-clicks``) is installed. Uses the model the Segment
 widget suggests for each image (the volume shot: a 2D model slice by slice), or
 untrained networks when none is shipped (the pictures then show random output
 and say so). Model and corrections folders are temporary: nothing of the
@@ -26,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+DEFAULT_FOLDERS = {"clicks": REPO / "docs"}  # the others: REPO / "resources"
 WINDOW_SIZE = (1500, 950)
 LAPTOP_SIZE = (1366, 768)
 FINETUNE_STEPS = 40
@@ -209,13 +214,66 @@ def shot_laptop(out: Path) -> None:
     viewer.close()
 
 
+def choose_click_model(widget, image: str) -> bool:
+    """Choose ``image`` and, for it, the suggested model if a click model serves it, else the first
+    trained 2D model one serves; False when none does."""
+    choose_model(widget, image)
+    if widget.click_controls.toggle_button.isEnabled():
+        return True
+    for choice in widget.choices:
+        if choice.trained and choice.spatial_dims == 2:
+            widget.select_model(choice.source)
+            if widget.click_controls.toggle_button.isEnabled():
+                return True
+    return False
+
+
+def click_like_a_user(viewer, widget, truth, until_negative: bool) -> None:
+    """Click where :func:`napari_lgms.clicks.simulate.next_click` would: the first click, or every
+    click up to and including the first negative one (at most 6)."""
+    import numpy as np
+
+    from napari_lgms.clicks.simulate import next_click
+
+    mode, image = widget.click_mode, viewer.layers["ultrasound"]
+    for _ in range(6):
+        shown = np.asarray(mode.target.labels.data) > 0
+        click = next_click(truth, shown if shown.any() else None)
+        if click is None:
+            return
+        mode.click(image.data_to_world(click.position), positive=click.positive)
+        wait_until(lambda: not mode.busy)
+        if not until_negative or not click.positive:
+            return
+
+
+def shot_clicks(out: Path) -> None:
+    import numpy as np
+
+    viewer = new_viewer("napari-lgms: click mode")
+    viewer.open_sample("napari-lgms", "ultrasound")
+    widget = add_widget(viewer, "Segment")
+    if not choose_click_model(widget, "ultrasound"):
+        print("clicks: skipped, no click model is installed (train one: scripts/train_click_model.py)")
+        viewer.close()
+        return
+    truth = np.asarray(viewer.layers["ultrasound ground truth"].data) > 0
+    widget.click_controls.toggle_button.click()
+    wait_until(lambda: widget.click_mode.active)
+    for name, until_negative in (("positive", False), ("negative", True)):
+        click_like_a_user(viewer, widget, truth, until_negative)
+        settle()
+        viewer.screenshot(str(out / f"screenshot-clicks-{name}.png"), canvas_only=False)
+    viewer.close()
+
+
 SHOTS = {"segment": shot_segment, "volume": shot_volume, "endoscopy": shot_endoscopy,
-         "finetune": shot_finetune, "laptop": shot_laptop}
+         "finetune": shot_finetune, "laptop": shot_laptop, "clicks": shot_clicks}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(REPO / "resources"), help="folder for the PNG files")
+    parser.add_argument("--out", help="folder for the PNG files (default: resources/, docs/ for the clicks)")
     parser.add_argument("--only", nargs="*", choices=sorted(SHOTS), help="take only these pictures")
     args = parser.parse_args(argv)
     if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
@@ -224,16 +282,16 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lgms-screens-") as scratch:
         os.environ["NAPARI_LGMS_MODEL_DIR"] = str(Path(scratch) / "models")
         os.environ["NAPARI_LGMS_CORRECTIONS_DIR"] = str(Path(scratch) / "corrections")
         for name in args.only or SHOTS:
+            out = Path(args.out) if args.out else DEFAULT_FOLDERS.get(name, REPO / "resources")
+            out.mkdir(parents=True, exist_ok=True)
             started = time.monotonic()
             SHOTS[name](out)
             seconds = time.monotonic() - started
-            print(f"{name}: {out / f'screenshot-{name}.png'} ({seconds:.0f} s)", flush=True)
+            print(f"{name}: {out / f'screenshot-{name}*.png'} ({seconds:.0f} s)", flush=True)
     return 0
 
 

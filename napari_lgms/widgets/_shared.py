@@ -125,9 +125,14 @@ def _details(card) -> str:
 
 
 def _choice_for_card(label: str, source: str, card, origin: str) -> ModelChoice:
-    return ModelChoice(label, source, True, card.spatial_dims, card.in_channels,
-                       _describe(card, card.spatial_dims, card.in_channels), card.name, origin,
+    return ModelChoice(label, source, True, card.spatial_dims, card.image_channels,
+                       _describe(card, card.spatial_dims, card.image_channels), card.name, origin,
                        modality_of(card), _details(card), card)
+
+
+def takes_clicks(choice: ModelChoice | None) -> bool:
+    """Whether a model row is a click model (its card has a prompt)."""
+    return choice is not None and getattr(choice.card, "prompt", None) is not None
 
 
 def model_choices(include_untrained: bool = True) -> list[ModelChoice]:
@@ -152,7 +157,7 @@ def model_choices(include_untrained: bool = True) -> list[ModelChoice]:
 def default_index(choices: list[ModelChoice]) -> int:
     """The first trained model; without any, the untrained LGMSNet (else the first row)."""
     for index, choice in enumerate(choices):
-        if choice.trained:
+        if choice.trained and not takes_clicks(choice):
             return index
     for index, choice in enumerate(choices):
         if choice.source == "lgmsnet":
@@ -168,7 +173,8 @@ def suggested_index(choices: list[ModelChoice], *, spatial_ndim: int, channels: 
     The model the image names (``hint``, from its layer metadata) if listed; else, among trained
     models a network of at most ``spatial_ndim`` dimensions can run on, the best fit (same
     dimensions and channels first), the user's own models before the shipped real-data
-    LGMSNets (:data:`PREFERRED_MODELS`) before any other; else :func:`default_index`.
+    LGMSNets (:data:`PREFERRED_MODELS`) before any other, automatic models before click models
+    (click mode finds a click model from the automatic one); else :func:`default_index`.
     """
     if hint:
         for index, choice in enumerate(choices):
@@ -183,7 +189,7 @@ def suggested_index(choices: list[ModelChoice], *, spatial_ndim: int, channels: 
             source = 1 + PREFERRED_MODELS.index(choice.name)
         else:
             source = 1 + len(PREFERRED_MODELS)
-        return fit, source
+        return takes_clicks(choice), fit, source
 
     usable = [i for i, c in enumerate(choices) if c.trained and c.spatial_dims <= spatial_ndim]
     if usable:

@@ -9,6 +9,9 @@ edited it with napari's label tools, and the image under it:
   again replaces that example);
 * a volume under a 3D model: the box of the last run, or the whole volume.
 
+A mask made in click mode is saved the same way; the clicks on the saved image, slice or box
+(recorded by click mode in the layer's metadata) go into the entry, in its coordinates.
+
 Save with the button or Shift-S in the viewer. The store is a
 :class:`napari_lgms.corrections.CorrectionsStore`; its folder is
 ``default_store_root(project)`` unless the user picks another folder.
@@ -91,6 +94,27 @@ def example_from_viewer(viewer, labels_layer):
     elif mask.ndim == 3:
         key = f"{image_name} volume"
     return key, image, mask, prediction, meta.get("model", "unknown"), geometry
+
+
+def clicks_in_example(labels_layer, geometry: dict) -> list[dict]:
+    """The clicks recorded on ``labels_layer`` that fall on the example ``geometry`` describes
+    (its slice or box), with positions in the example's index coordinates."""
+    recorded = getattr(labels_layer, "metadata", {}).get(METADATA_KEY, {}).get("clicks") or []
+    axis, index, roi = geometry.get("slice_axis"), geometry.get("slice_index"), geometry.get("roi")
+    clicks = []
+    for click in recorded:
+        position = [float(p) for p in click["position"]]
+        if axis is not None:
+            if round(position[axis]) != index:
+                continue
+            del position[axis]
+        if roi:
+            if not all(start <= p < stop for p, (start, stop) in zip(position, roi)):
+                continue
+            position = [p - start for p, (start, _) in zip(position, roi)]
+        clicks.append({"position": position, "positive": bool(click["positive"]),
+                       "label": int(click["label"])})
+    return clicks
 
 
 def _short_path(path: Path, parts: int = 2) -> str:
@@ -186,7 +210,8 @@ class CorrectionsPanel(QGroupBox):
         self.entry_list.clear()
         for entry in entries:
             when = entry.timestamp[:19].replace("T", " ")
-            self.entry_list.addItem(f"{entry.key}\n{entry.model} · {when}")
+            clicks = f" · {len(entry.clicks)} clicks" if entry.clicks else ""
+            self.entry_list.addItem(f"{entry.key}\n{entry.model} · {when}{clicks}")
         self._keys = [entry.key for entry in entries]
         noun = "correction" if len(entries) == 1 else "corrections"
         self.count_label.setText(f"{len(entries)} {noun} saved")
@@ -205,9 +230,10 @@ class CorrectionsPanel(QGroupBox):
         """Store the shown slice / volume / box as an example; returns its key (None on error)."""
         started = time.monotonic()
         try:
-            example = example_from_viewer(self.viewer, self._labels_layer())
-            key, image, mask, prediction, model, geometry = example
-            self.store.save(key, image, mask, prediction, model=model, geometry=geometry)
+            layer = self._labels_layer()
+            key, image, mask, prediction, model, geometry = example_from_viewer(self.viewer, layer)
+            clicks = clicks_in_example(layer, geometry)
+            self.store.save(key, image, mask, prediction, model=model, geometry=geometry, clicks=clicks)
         except Exception as error:
             notify_error(error)
             return None
@@ -216,7 +242,7 @@ class CorrectionsPanel(QGroupBox):
         append_record(self.store.root, "save correction", model=model, image=geometry.get("layer"),
                       shape=np.shape(image), settings={"key": key, "slice_axis": geometry.get("slice_axis"),
                                                        "slice_index": geometry.get("slice_index"),
-                                                       "roi": geometry.get("roi")},
+                                                       "roi": geometry.get("roi"), "clicks": len(clicks)},
                       seconds=time.monotonic() - started,
                       result={"corrected_voxels": int(np.count_nonzero(np.asarray(mask) != prediction)),
                               "stored": len(self.store)})

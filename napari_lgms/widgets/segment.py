@@ -3,7 +3,8 @@
 Three parts: :class:`SegmentLayout` (the controls; fields scroll, the Segment
 button and the status stay in view), :class:`~napari_lgms.widgets._segment_layers.LayerControls`
 (which image, which model for it, which output layer) and :class:`SegmentSession`
-(the runs). Listing the models the first time, importing the engine, loading
+(the runs); the "Clicks" section is :mod:`~napari_lgms.widgets._click_mode`.
+Listing the models the first time, importing the engine, loading
 the model and running it happen in napari thread workers; so does everything
 about the result that does not touch the viewer (the labels in the image's
 shape, the copy kept as the prediction, the count for the log and, on the
@@ -36,6 +37,7 @@ from qtpy.QtWidgets import (
 
 from napari_lgms.errors import InputError
 from napari_lgms.widgets import _layer_geometry as geo
+from napari_lgms.widgets._click_mode import ClickControls, ClickMode
 from napari_lgms.widgets._layout import (
     DockBody,
     Section,
@@ -166,6 +168,7 @@ class SegmentLayout(DockBody):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.status_label = wrapping_label("Ready.", lines=2)
+        self.click_controls = ClickControls()
         for combo in (self.image_combo, self.model_combo, self.mode_combo, self.shapes_combo,
                       self.output_combo, self.prediction_combo, self.merge_combo, self.device_combo):
             narrow_combo(combo)
@@ -194,6 +197,7 @@ class SegmentLayout(DockBody):
         self.more_section = Section("More options", more_box)
         body = QVBoxLayout()
         body.addLayout(form)
+        body.addWidget(self.click_controls)
         body.addWidget(self.more_section)
         body.addWidget(corrections)
         footer = QVBoxLayout()
@@ -219,6 +223,7 @@ class SegmentWidget(SegmentLayout):
         self.layers = LayerControls(napari_viewer, self, self._model_changed)
         self.session = SegmentSession(self)
         self.model_combo.currentIndexChanged.connect(self._model_changed)
+        self.click_mode = ClickMode(self, self.click_controls)
         self.prediction_combo.currentIndexChanged.connect(self._show_card)
         self.layers.refresh()
         self.refresh_models()
