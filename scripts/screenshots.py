@@ -218,12 +218,12 @@ def choose_click_model(widget, image: str) -> bool:
     """Choose ``image`` and, for it, the suggested model if a click model serves it, else the first
     trained 2D model one serves; False when none does."""
     choose_model(widget, image)
-    if widget.click_controls.toggle_button.isEnabled():
+    if widget.click_controls.mode_button.isEnabled():
         return True
     for choice in widget.choices:
         if choice.trained and choice.spatial_dims == 2:
             widget.select_model(choice.source)
-            if widget.click_controls.toggle_button.isEnabled():
+            if widget.click_controls.mode_button.isEnabled():
                 return True
     return False
 
@@ -258,7 +258,7 @@ def shot_clicks(out: Path) -> None:
         viewer.close()
         return
     truth = np.asarray(viewer.layers["ultrasound ground truth"].data) > 0
-    widget.click_controls.toggle_button.click()
+    widget.click_controls.mode_button.click()
     wait_until(lambda: widget.click_mode.active)
     for name, until_negative in (("positive", False), ("negative", True)):
         click_like_a_user(viewer, widget, truth, until_negative)
