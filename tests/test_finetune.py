@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 SHAPE = (32, 32)
-RESIZE_TO_32 = {"spatial_dims": 2, "channels": 1, "axes": "YX", "patch_size": [32, 32], "size_divisor": 4,
+RESIZE_TO_32 = {"patch_size": [32, 32], "size_divisor": 4,
                 "mode": "resize", "spacing": None}
 
 

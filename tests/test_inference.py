@@ -42,7 +42,7 @@ def pointwise_model(spatial_dims=2, num_classes=1, mode="tile", patch=16):
     card = ModelCard(
         name="pointwise", architecture="pointwise",
         arguments={"in_channels": 1, "num_classes": num_classes, "spatial_dims": spatial_dims},
-        input={"spatial_dims": spatial_dims, "channels": 1, "patch_size": [patch] * spatial_dims,
+        input={"patch_size": [patch] * spatial_dims,
                "size_divisor": 1, "mode": mode, "spacing": None},
         normalization={"kind": "zscore"},
         class_names=default_class_names(num_classes),
@@ -246,7 +246,7 @@ class ColumnLogits(nn.Module):
 def test_multilabel_sigmoid_labels():
     outputs = [[-5.0, 3.0, 2.0], [-5.0, 4.0, -1.0]]  # per column: neither, both, only the first above 0.5
     card = ModelCard(name="m", architecture="x", arguments={"in_channels": 1, "num_classes": 2},
-                     input={"spatial_dims": 2, "channels": 1, "patch_size": [16, 16], "mode": "tile"},
+                     input={"patch_size": [16, 16], "mode": "tile"},
                      normalization={"kind": "zscore"}, class_names=["background", "a", "b"],
                      output={"activation": "sigmoid", "threshold": 0.5})
     model = LoadedModel(ColumnLogits(outputs).eval(), card, None, "untrained")
@@ -469,7 +469,7 @@ def test_a_streamed_image_gives_what_the_whole_image_gives(tiny_model, monkeypat
                                                             shape):
     """Items too large for memory are predicted window by window, rows activated as they complete."""
     model = tiny_model(spatial_dims=spatial_dims, num_classes=num_classes,
-                       input={"spatial_dims": spatial_dims, "channels": 1, "patch_size": [16] * spatial_dims,
+                       input={"patch_size": [16] * spatial_dims,
                               "size_divisor": 4, "mode": "tile" if spatial_dims == 2 else "sliding_window",
                               "spacing": None})
     image = np.random.default_rng(3).normal(100, 30, shape).astype(np.float32)

@@ -46,7 +46,7 @@ def test_flip_averaged_prediction_commutes_with_flipping_the_image(tiny_model, s
 
     (Sizes whose window layout is itself symmetric: window starts are rounded.)
     """
-    card_input = {"spatial_dims": spatial_dims, "channels": 1, "patch_size": [16] * spatial_dims,
+    card_input = {"patch_size": [16] * spatial_dims,
                   "size_divisor": 4, "mode": mode, "spacing": None}
     model = tiny_model(spatial_dims=spatial_dims, num_classes=1, seed=2, input=card_input)
     image = RNG.normal(size=shape).astype(np.float32)
