@@ -233,6 +233,19 @@ def cpu_description() -> str:
            f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
 
 
+def parse_data_options(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """Parse ``argv`` (with ``--data`` and ``--threads``), check the datasets folder, set torch's
+    threads and print the CPU."""
+    import torch
+
+    options = parser.parse_args(argv)
+    if options.data is None or not Path(options.data).is_dir():
+        parser.error("give --data DIR or set NAPARI_LGMS_DATA to the datasets folder")
+    torch.set_num_threads(options.threads)
+    print(f"CPU: {cpu_description()}", flush=True)
+    return options
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=os.environ.get("NAPARI_LGMS_DATA"),
@@ -244,16 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-limit", type=int, default=150, help="images scored per draw at most")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, help="write the table and every draw as JSON")
-    options = parser.parse_args(argv)
-    if options.data is None or not Path(options.data).is_dir():
-        parser.error("give --data DIR or set NAPARI_LGMS_DATA to the datasets folder")
-
-    import torch
+    options = parse_data_options(parser, argv)
 
     from napari_lgms import load_model
 
-    torch.set_num_threads(options.threads)
-    print(f"CPU: {cpu_description()}", flush=True)
     table = []
     for name in options.cases:
         case = CASES[name]

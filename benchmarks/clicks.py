@@ -4,15 +4,16 @@
     python benchmarks/clicks.py --data ../shared/datasets --cases breast busbra --images 40
 
 For each case (a click model, its parent and a set of images: the parent's validation split, or a
-seeded sample of one image per patient of an unseen domain), every image at its own resolution
-through the public API:
+seeded sample of one image per patient of an unseen domain), every object (each foreground label:
+one lesion, or each hippocampus part) at the image's own resolution through the public API:
 
 * automatic: :func:`napari_lgms.segment` with the parent (the card's test-time augmentation);
 * box: the same inside the true bounding box grown by 10 % (the Segment widget's box);
 * clicks: a simulated user (:mod:`napari_lgms.clicks.simulate`) on a :class:`ClickSession`,
   from nothing, and from the automatic mask (the user corrects what "Segment" showed).
 
-It prints IoU for each, NoC@85 and NoC@90 (at most 20 clicks), IoU after 1, 3 and 5 clicks, and
+It prints IoU for each, NoC@85 and NoC@90 (at most 20 clicks), IoU after 1, 3 and 5 clicks, Dice
+after 3 clicks (and in the JSON the share of objects reaching Dice 0.90 within 3 clicks), and
 the time per click (median and 90th percentile, end to end through ``add_click``), beside SAM
 ViT-B's image encoder and its per-click prompt encoder + mask decoder (random weights, timing
 only; needs the ``benchmark`` extra) in the same run.
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptation import Case, cpu_description, load_domain
+from adaptation import Case, cpu_description, load_domain, parse_data_options
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ CASES = {
                         Case("lgmsnet-breast-us", "busi", "names"), "busi.json"),
     "busbra": ClickCase("lgmsnet-breast-us-clicks", "lgmsnet-breast-us",
                         Case("lgmsnet-breast-us", "busbra-logiq5", "cases.csv"), None),
+    "hippocampus": ClickCase("lgmsnet3d-hippocampus-clicks", "lgmsnet3d-hippocampus",
+                             Case("lgmsnet3d-hippocampus", "msd-hippocampus", "volumes"), "msd-hippocampus.json"),
 }
 SPLITS = Path(__file__).resolve().parents[1] / "training" / "splits"
 
@@ -69,12 +72,15 @@ def chosen_items(case: ClickCase, data: Path, limit: int, seed: int):
 
 
 def box_around(mask: np.ndarray, margin: float = 0.1):
-    rows = [np.flatnonzero(mask.any(axis=1 - axis)) for axis in range(2)]
+    """The bounding box of ``mask`` grown by ``margin`` of its size per axis: ((start, stop), ...)."""
+    others = [tuple(a for a in range(mask.ndim) if a != axis) for axis in range(mask.ndim)]
+    rows = [np.flatnonzero(mask.any(axis=other)) for other in others]
     return tuple((max(0, int(r[0] - margin * (r[-1] - r[0] + 1))),
                   min(size, int(r[-1] + 1 + margin * (r[-1] - r[0] + 1)))) for r, size in zip(rows, mask.shape))
 
 
 def run_case(name: str, case: ClickCase, data: Path, limit: int, seed: int) -> dict:
+    """Scores of every object (each foreground label of a mask) of the case's images."""
     from napari_lgms import load_model, segment
     from napari_lgms.clicks import ClickSession
     from napari_lgms.clicks.simulate import iou, simulate, summarize_traces
@@ -82,30 +88,41 @@ def run_case(name: str, case: ClickCase, data: Path, limit: int, seed: int) -> d
     model, parent = load_model(case.model, "cpu"), load_model(case.parent, "cpu")
     automatic, boxed, fresh, corrected, seconds = [], [], [], [], []
     for item in chosen_items(case, data, limit, seed):
-        truth = item.mask > 0
-        if not truth.any():
-            continue
-        auto = segment(item.image, parent, channel_axis=item.channel_axis).labels > 0
-        automatic.append(iou(truth, auto))
-        boxed.append(iou(truth, segment(item.image, parent, channel_axis=item.channel_axis,
-                                        roi=box_around(truth)).labels > 0))
-        for start, traces in ((None, fresh), (auto, corrected)):
-            session = ClickSession(item.image, model, channel_axis=item.channel_axis, mask=start)
+        auto_labels = segment(item.image, parent, channel_axis=item.channel_axis, spacing=item.spacing).labels
+        for value in (v for v in np.unique(item.mask) if v > 0):
+            truth = item.mask == value
+            part = value if parent.card.num_classes > 1 else 1
+            auto = auto_labels == part
+            automatic.append(iou(truth, auto))
+            boxed.append(iou(truth, segment(item.image, parent, channel_axis=item.channel_axis, spacing=item.spacing,
+                                            roi=box_around(truth)).labels == part))
+            for start, traces in ((None, fresh), (auto, corrected)):
+                session = ClickSession(item.image, model, channel_axis=item.channel_axis, mask=start)
 
-            def click(chosen, session=session):
-                began = time.perf_counter()
-                mask = session.add_click(chosen.position, chosen.positive)
-                seconds.append(time.perf_counter() - began)
-                return mask
+                def click(chosen, session=session):
+                    began = time.perf_counter()
+                    mask = session.add_click(chosen.position, chosen.positive)
+                    seconds.append(time.perf_counter() - began)
+                    return mask
 
-            traces.append(simulate(truth, click, start=start))
-        print(f"  {name} {item.name}: auto {automatic[-1]:.3f} box {boxed[-1]:.3f} "
-              f"clicks {fresh[-1].ious[:5]}", flush=True)
+                traces.append(simulate(truth, click, start=start))
+            print(f"  {name} {item.name} object {value}: auto {automatic[-1]:.3f} box {boxed[-1]:.3f} "
+                  f"clicks {[round(v, 3) for v in fresh[-1].ious[:5]]}", flush=True)
     ms = 1000 * np.asarray(seconds)
-    return {"case": name, "model": case.model, "images": len(automatic), "automatic": float(np.mean(automatic)),
-            "box": float(np.mean(boxed)), "clicks": summarize_traces(fresh),
-            "clicks_from_automatic": summarize_traces(corrected),
+    return {"case": name, "model": case.model, "objects": len(automatic), "automatic": float(np.mean(automatic)),
+            "box": float(np.mean(boxed)), "clicks": summarize_traces(fresh) | dice_within(fresh, 3),
+            "clicks_from_automatic": summarize_traces(corrected) | dice_within(corrected, 3),
             "ms_per_click": {"median": float(np.median(ms)), "p90": float(np.percentile(ms, 90))}}
+
+
+def dice_within(traces, clicks: int, target: float = 0.90) -> dict:
+    """Mean Dice after ``clicks`` clicks and the share of objects reaching Dice ``target`` by then."""
+    def dice(value: float) -> float:
+        return 2 * value / (1 + value)
+
+    return {f"dice@{clicks}": float(np.mean([dice(trace.iou_after(clicks)) for trace in traces])),
+            f"dice{round(100 * target)}_within_{clicks}":
+                float(np.mean([any(dice(v) >= target for v in trace.ious[:clicks]) for trace in traces]))}
 
 
 def sam_timings(repeats: int = 3) -> dict | None:
@@ -140,12 +157,13 @@ def sam_timings(repeats: int = 3) -> dict | None:
 
 
 def print_table(rows: list[dict], sam: dict | None) -> None:
-    print(f"{'case':<8} {'images':>6} {'auto':>6} {'box':>6} {'IoU@1':>6} {'IoU@3':>6} {'IoU@5':>6} "
-          f"{'NoC85':>6} {'NoC90':>6} | from auto: {'IoU@1':>6} {'IoU@3':>6} {'NoC85':>6} | ms/click med p90")
+    print(f"{'case':<11} {'objects':>7} {'auto':>6} {'box':>6} {'IoU@1':>6} {'IoU@3':>6} {'IoU@5':>6} "
+          f"{'NoC85':>6} {'NoC90':>6} {'Dice@3':>6} | from auto: {'IoU@1':>6} {'IoU@3':>6} {'NoC85':>6} | "
+          f"ms/click med p90")
     for row in rows:
         c, a = row["clicks"], row["clicks_from_automatic"]
-        print(f"{row['case']:<8} {row['images']:>6} {row['automatic']:>6.3f} {row['box']:>6.3f} {c['iou@1']:>6.3f} "
-              f"{c['iou@3']:>6.3f} {c['iou@5']:>6.3f} {c['noc85']:>6.2f} {c['noc90']:>6.2f} |            "
+        print(f"{row['case']:<11} {row['objects']:>7} {row['automatic']:>6.3f} {row['box']:>6.3f} {c['iou@1']:>6.3f} "
+              f"{c['iou@3']:>6.3f} {c['iou@5']:>6.3f} {c['noc85']:>6.2f} {c['noc90']:>6.2f} {c['dice@3']:>6.3f} |            "
               f"{a['iou@1']:>6.3f} {a['iou@3']:>6.3f} {a['noc85']:>6.2f} | "
               f"{row['ms_per_click']['median']:>5.0f} {row['ms_per_click']['p90']:>5.0f}")
     if sam is not None:
@@ -165,14 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-sam", action="store_true")
     parser.add_argument("--output", type=Path, help="write the rows as JSON")
-    options = parser.parse_args(argv)
-    if options.data is None or not Path(options.data).is_dir():
-        parser.error("give --data DIR or set NAPARI_LGMS_DATA to the datasets folder")
-
-    import torch
-
-    torch.set_num_threads(options.threads)
-    print(f"CPU: {cpu_description()}", flush=True)
+    options = parse_data_options(parser, argv)
     rows = [run_case(name, CASES[name], Path(options.data), options.images, options.seed) for name in options.cases]
     sam = None if options.no_sam else sam_timings()
     print()
