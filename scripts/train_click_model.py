@@ -4,7 +4,7 @@
         --data '${NAPARI_LGMS_DATA}/busi' --split training/splits/busi.json --output runs/busi-clicks --steps 300
 
 A stage starts from the output folder's model (the parent, the first time), or from its
-checkpoint when the previous call was interrupted; it keeps its model only when NoC@85 on the
+checkpoint when the previous call was interrupted; it keeps its model only when its clicks on the
 validation images improved (:mod:`napari_lgms.training.clicks`). ``--ship`` copies the folder's
 model into ``resources/models`` with fp16 weights.
 """
