@@ -3,8 +3,9 @@
     NAPARI_LGMS_DATA=../shared/datasets python benchmarks/clicks.py --threads 2 --output clicks.json
     python benchmarks/clicks.py --data ../shared/datasets --cases breast busbra --images 40
 
-For each case (a click model, its parent and a set of images: the parent's validation split, or a
-seeded sample of one image per patient of an unseen domain), every object (each foreground label:
+For each case (a click model, its parent and a set of images: the parent's validation images that
+click training did not choose its stages on, or a seeded sample of one image per patient of an
+unseen domain), every object (each foreground label:
 one lesion, or each hippocampus part) at the image's own resolution through the public API:
 
 * automatic: :func:`napari_lgms.segment` with the parent (the card's test-time augmentation);
@@ -55,11 +56,11 @@ SPLITS = Path(__file__).resolve().parents[1] / "training" / "splits"
 
 
 def chosen_items(case: ClickCase, data: Path, limit: int, seed: int):
-    from napari_lgms.training.data import read_split
-
+    """At most ``limit`` items (seeded): validation images the click model's stages were not
+    chosen on, or one image per patient of an unseen domain."""
     items = load_domain(case.domain, data)
     if case.split is not None:
-        wanted = set(read_split(SPLITS / case.split)["val"])
+        wanted = unseen_validation(case, data)
         items = [item for item in items if item.name in wanted]
     else:
         rng = np.random.default_rng(seed)
@@ -69,6 +70,18 @@ def chosen_items(case: ClickCase, data: Path, limit: int, seed: int):
         items = [group[int(rng.integers(len(group)))] for group in by_group.values()]
     rng = np.random.default_rng(seed)
     return [items[i] for i in sorted(rng.permutation(len(items))[:limit])]
+
+
+def unseen_validation(case: ClickCase, data: Path) -> set[str]:
+    """The split's validation names less the ones click training kept its stages on."""
+    from napari_lgms.training.clicks import ClickTraining, selection_indices
+    from napari_lgms.training.data import discover_examples, split_from_file
+
+    pairs, _, _ = discover_examples(str(data / case.domain.domain))
+    split = split_from_file(SPLITS / case.split, [p.name for p in pairs])
+    defaults = ClickTraining("", "", "", "")
+    chosen = set(selection_indices(split, defaults.validation_images, defaults.seed))
+    return {pairs[i].name for i in split.val if i not in chosen}
 
 
 def box_around(mask: np.ndarray, margin: float = 0.1):

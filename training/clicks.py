@@ -226,8 +226,8 @@ def click_training_steps(settings: ClickTraining, should_stop: Callable[[], bool
         if done % 50 == 0:
             yield ClickProgress("loading", 0, message=f"loaded {done}/{len(pairs)}")
     train = [examples[i] for i in split.train]
+    validation = [examples[i] for i in selection_indices(split, settings.validation_images, settings.seed)]
     rng = np.random.default_rng(settings.seed)
-    validation = [examples[i] for i in rng.permutation(split.val)[:settings.validation_images]]
 
     torch.manual_seed(settings.seed)
     grid = tuple(int(p) for p in card.input.patch_size)
@@ -295,6 +295,13 @@ def click_training_steps(settings: ClickTraining, should_stop: Callable[[], bool
         log.write(json.dumps(record) + "\n")
     yield ClickProgress("done", step, scores=scores, message="saved" if improved else "not better: not saved")
     return record
+
+
+def selection_indices(split, count: int, seed: int) -> list[int]:
+    """The validation examples a stage is scored and kept on: ``count`` of the split's, seeded
+    (the benchmark leaves them out)."""
+    rng = np.random.default_rng(seed)
+    return [int(i) for i in rng.permutation(split.val)[:count]]
 
 
 def stage_rank(scores: dict) -> tuple:
