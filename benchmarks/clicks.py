@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sam", action="store_true")
     parser.add_argument("--output", type=Path, help="write the rows as JSON")
     options = parse_data_options(parser, argv)
-    rows = [run_case(name, CASES[name], Path(options.data), options.images, options.seed) for name in options.cases]
     sam = None if options.no_sam else sam_timings()
+    rows = [run_case(name, CASES[name], Path(options.data), options.images, options.seed) for name in options.cases]
     print()
     print_table(rows, sam)
     if options.output:

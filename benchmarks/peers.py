@@ -30,10 +30,10 @@ def _version(distribution: str) -> str:
 
 
 def _sam_encoder_class():
-    spec = importlib.util.find_spec("segment_anything")
-    if spec is None:
-        raise ImportError("segment-anything is not installed")
     if "segment_anything" not in sys.modules:
+        spec = importlib.util.find_spec("segment_anything")
+        if spec is None:
+            raise ImportError("segment-anything is not installed")
         package = types.ModuleType("segment_anything")
         package.__path__ = list(spec.submodule_search_locations)
         sys.modules["segment_anything"] = package
