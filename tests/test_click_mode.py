@@ -362,3 +362,16 @@ def test_real_mouse_clicks_on_the_canvas(make_napari_viewer, qtbot, click_models
     qtbot.wait(100)
     assert len(points.data) == 3 and not mode.busy  # a drag pans; it is not a click
     _print_gui_times(mode, "real mouse events")
+
+
+@needs_display
+def test_click_mode_corrects_the_layer_segment_made(make_napari_viewer, qtbot, click_models):
+    viewer = make_napari_viewer()
+    viewer.add_image(_grey((64, 64)), name="scan")
+    widget = _segment_widget(viewer, qtbot, "tiny-2d")
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: widget.task is not None and widget.task.finished, timeout=30000)
+    before = [layer.name for layer in viewer.layers if type(layer).__name__ == "Labels"]
+    mode = _turn_on(qtbot, widget)
+    assert [layer.name for layer in viewer.layers if type(layer).__name__ == "Labels"] == before
+    assert mode.target.labels.name == before[0]

@@ -273,6 +273,12 @@ def write_object(labels, target: ClickTarget, result: JobResult) -> int:
     return int(indices[0].size)
 
 
+def layer_named(layers, name: str):
+    """The layer called ``name``, or None. By iteration: napari hands plugins a viewer whose
+    ``layers[name]`` is a proxy object, whose ``type()`` is not the layer's class."""
+    return next((layer for layer in layers if layer.name == name), None)
+
+
 def click_records(clicks, label: int) -> list[dict]:
     """Clicks as the layer's metadata keeps them."""
     return [{"position": [int(p) for p in c.position], "positive": bool(c.positive), "label": int(label)}
@@ -444,7 +450,7 @@ class ClickMode:
         layers = self.viewer.layers
         name = f"{target.image_name} segmentation"
         for candidate in (self.widget.output_combo.currentText(), name):
-            layer = layers[candidate] if candidate in layers else None
+            layer = layer_named(layers, candidate)
             if type(layer).__name__ == "Labels" and tuple(np.shape(layer.data)) == target.spatial_shape:
                 break
         else:
@@ -476,7 +482,7 @@ class ClickMode:
         """The "clicks" Points layer over the image (reused when it has the image's dimensions)."""
         layers = self.viewer.layers
         ndim = len(target.spatial_shape)
-        layer = layers[CLICKS_LAYER] if CLICKS_LAYER in layers else None
+        layer = layer_named(layers, CLICKS_LAYER)
         if layer is not None and (type(layer).__name__ != "Points" or layer.ndim != ndim):
             layers.remove(layer)
             layer = None
