@@ -91,6 +91,10 @@ def validation_line(card, prediction: str = "auto") -> str:
         split = str(engine.get("split", "")).split(":")[0] or "a held-out split"
         return f"validation, as you run it ({how}): {_scores(engine)} on {engine.get('images', '?')} " \
                f"held-out images ({split})"
+    clicks = card.metrics.get("clicks")
+    if isinstance(clicks, dict) and isinstance(clicks.get("iou@3"), float):
+        split = str(card.metrics.get("split", "unspecified split")).removeprefix("validation: ")
+        return f"validation (simulated clicks): IoU {clicks['iou@3']:.3f} after 3 clicks ({split})"
     if _scores(card.metrics):
         split = str(card.metrics.get("split", "unspecified split")).removeprefix("validation: ")
         return f"validation: {_scores(card.metrics)} ({split})"
@@ -106,7 +110,8 @@ def _describe(card, spatial_dims: int, in_channels: int, prediction: str = "auto
         lines.append(f"trained on: {card.training['data']}")
     lines.append(validation_line(card, prediction))
     if card.lineage.get("parent"):
-        lines.append(f"fine-tuned from: {card.lineage['parent']}")
+        made = "takes clicks; made from" if card.prompt is not None else "fine-tuned from"
+        lines.append(f"{made}: {card.lineage['parent']}")
     return "\n".join(lines)
 
 

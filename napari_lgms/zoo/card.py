@@ -192,8 +192,14 @@ class ModelCard:
             tta = engine.get("test_time_augmentation") or "none"
             how = "engine, original resolution" + ("" if tta == "none" else f", test-time {tta}")
             lines.append(f"as users run it ({how}): {numbers} on {engine.get('images', '?')} validation images")
+        clicks = self.metrics.get("clicks")
+        if isinstance(clicks, dict) and isinstance(clicks.get("iou@3"), float):
+            split = str(self.metrics.get("split", "")).removeprefix("validation: ")
+            lines.append(f"with simulated clicks: NoC@85 {clicks['noc85']:.1f}, IoU {clicks['iou@3']:.3f} after 3 "
+                         f"clicks ({split})")
         if self.lineage.get("parent"):
-            lines.append(f"fine-tuned from: {self.lineage['parent']}")
+            made = "takes clicks; made from" if self.prompt is not None else "fine-tuned from"
+            lines.append(f"{made}: {self.lineage['parent']}")
         return "\n".join(lines)
 
 
