@@ -41,10 +41,10 @@ class ClickSession:
 
     def __init__(self, image, model, *, channel_axis="auto", mask: np.ndarray | None = None, device="cpu"):
         from napari_lgms.inference import geometry
-        from napari_lgms.inference.engine import _loaded as load_for_inference
+        from napari_lgms.inference.engine import loaded_model
         from napari_lgms.inference.normalize import fit_normalizer
 
-        loaded = load_for_inference(model)
+        loaded = loaded_model(model)
         card = loaded.card
         if card.prompt is None:
             raise InputError(f"{card.name} does not take clicks; choose a model whose name ends in -clicks")

@@ -102,7 +102,7 @@ def segment(image, model, **kwargs) -> SegmentationResult | None:
     return run_to_end(segment_steps(image, model, **kwargs))
 
 
-def _loaded(model):
+def loaded_model(model):
     """``model`` when it is a LoadedModel; a model name or card path is loaded; anything else is an InputError."""
     if isinstance(model, (str, os.PathLike)):
         from napari_lgms.zoo import load_model
@@ -144,7 +144,7 @@ def segment_steps(
     Returns the result, or None when ``should_stop()`` returned True.
     """
     started = time.perf_counter()
-    model = _loaded(model)
+    model = loaded_model(model)
     card = model.card
     network = model.network
     if not 0.0 <= float(overlap) < 1.0:
