@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from napari_lgms.errors import InputError
 from napari_lgms.training.clicks import ClickTraining, train_clicks
 
 SHIPPED = Path(__file__).resolve().parents[1] / "resources" / "models"
@@ -54,7 +55,11 @@ def main(argv=None) -> int:
                   f"{'' if progress.loss is None else f'loss {progress.loss:.3f} '}{progress.message} "
                   f"{progress.scores or ''}", flush=True)
 
-    record = train_clicks(settings, on_progress=show)
+    try:
+        record = train_clicks(settings, on_progress=show)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if not record["stopped"]:
         print(f"stage: {record['start']} -> {record['end']} ({'saved' if record['saved'] else 'not saved'})")
     return 0

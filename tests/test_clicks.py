@@ -209,6 +209,8 @@ def test_bad_clicks_and_models_without_prompts_get_one_line_errors(tiny_model):
         session.add_click((100, 5))
     with pytest.raises(InputError, match="outside the image"):
         session.add_click((5,))
+    with pytest.raises(InputError, match="one number per spatial axis"):
+        session.add_click(("a", 3))
     with pytest.raises(InputError, match="does not take clicks"):
         ClickSession(np.zeros((20, 20)), tiny_model())
     with pytest.raises(InputError, match="mask has shape"):

@@ -70,10 +70,7 @@ class Example:
     image: np.ndarray
     labels: np.ndarray
     normalize: Callable[[np.ndarray], np.ndarray]
-
-    @property
-    def objects(self) -> list[int]:
-        return [int(v) for v in np.unique(self.labels) if v > 0]
+    objects: list[int] = field(default_factory=list)  # its foreground labels
 
 
 @dataclass
@@ -88,11 +85,10 @@ class ClickProgress:
 # ----------------------------------------------------------------------------- data
 def load_examples(pairs, card, max_side: int) -> Generator[int, None, list[Example]]:
     """Every pair as an :class:`Example` (yields the count loaded so far)."""
-    import torch
-
     from napari_lgms.clicks.encoding import resize_nearest
-    from napari_lgms.inference.geometry import match_channels, resize
+    from napari_lgms.inference.geometry import match_channels
     from napari_lgms.inference.normalize import fit_normalizer
+    from napari_lgms.training.data import resize_image
 
     examples = []
     for count, pair in enumerate(pairs, start=1):
@@ -104,20 +100,12 @@ def load_examples(pairs, card, max_side: int) -> Generator[int, None, list[Examp
         scale = max_side / max(labels.shape)
         if scale < 1:
             shape = tuple(max(1, round(s * scale)) for s in labels.shape)
-            image = resize(torch.from_numpy(image)[None], shape)[0].numpy()
+            image = resize_image(image, shape)
             labels = resize_nearest(labels, shape).astype(np.int32)
-        examples.append(Example(pair.name, image, labels, fit_normalizer(image, card.normalization)))
+        objects = [int(v) for v in np.unique(labels) if v > 0]
+        examples.append(Example(pair.name, image, labels, fit_normalizer(image, card.normalization), objects))
         yield count
     return examples
-
-
-def resized(view: np.ndarray, grid) -> np.ndarray:
-    """(C, *v) -> (C, *grid) float32 with the engine's resampling."""
-    import torch
-
-    from napari_lgms.inference.geometry import resize
-
-    return resize(torch.from_numpy(np.ascontiguousarray(view, np.float32))[None], tuple(grid))[0].numpy()
 
 
 def training_view(example: Example, rng: np.random.Generator, whole_view: float, prompt):
@@ -148,13 +136,12 @@ def training_view(example: Example, rng: np.random.Generator, whole_view: float,
 def first_clicks(truth: np.ndarray, rng: np.random.Generator) -> list:
     """One or two positive clicks a user might start with: the most interior point or a random
     point well inside the object, sometimes a second one."""
-    from scipy.ndimage import distance_transform_edt
-
     from napari_lgms.clicks.encoding import Click
+    from napari_lgms.clicks.simulate import depth_in
 
     if not truth.any():
         return []
-    depth = distance_transform_edt(np.pad(truth, 1))[(slice(1, -1),) * truth.ndim]
+    depth = depth_in(truth)
     inside = np.argwhere(depth >= 0.5 * depth.max())
     count = 1 + int(rng.random() < 0.3)
     chosen = [np.unravel_index(int(np.argmax(depth)), truth.shape)] if rng.random() < 0.5 else []
@@ -201,6 +188,8 @@ def click_training_steps(settings: ClickTraining, should_stop: Callable[[], bool
     from napari_lgms.training.losses import bce_dice_loss
     from napari_lgms.zoo import load_model
 
+    pairs, _, _ = data_mod.discover_examples(settings.data)
+    split = data_mod.split_from_file(data_mod.expand_path(settings.split_file), [p.name for p in pairs])
     output = data_mod.expand_path(settings.output)
     output.mkdir(parents=True, exist_ok=True)
     name = settings.name or f"{settings.parent}-clicks"
@@ -214,8 +203,6 @@ def click_training_steps(settings: ClickTraining, should_stop: Callable[[], bool
         network, card = promptable_from(parent.network, parent.card)
         card, start_scores = describe_click_model(card, parent.card, name), {}
 
-    pairs, _, _ = data_mod.discover_examples(settings.data)
-    split = data_mod.split_from_file(data_mod.expand_path(settings.split_file), [p.name for p in pairs])
     loading = load_examples(pairs, card, settings.max_side)
     while True:
         try:
@@ -345,13 +332,14 @@ def simulated_batch(network, card, examples, rng, settings: ClickTraining, grid)
 
     from napari_lgms.clicks.encoding import prompt_maps, resize_nearest, whole_box
     from napari_lgms.clicks.simulate import next_click
+    from napari_lgms.training.data import resize_image
 
     prompt, box = card.prompt, whole_box(grid)
     views, truths, clicks, shown = [], [], [], []
     for index in rng.integers(len(examples), size=settings.batch_size):
         image, truth = training_view(examples[index], rng, settings.whole_view, prompt)
         truth = resize_nearest(truth, grid) > 0.5
-        views.append(resized(image, grid))
+        views.append(resize_image(image, grid))
         truths.append(truth)
         start = rng.random()
         if start < 0.4:  # nothing shown yet: the user's first clicks

@@ -219,7 +219,7 @@ def _resize_labels(mask: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
     return F.interpolate(labels, size=size, mode="nearest")[0, 0].numpy().astype(mask.dtype)
 
 
-def _resize_image(image: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+def resize_image(image: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
     """(C, *S) -> (C, *size) with the inference engine's resampling."""
     import torch
 
@@ -251,7 +251,7 @@ def prepare(raw: RawExample, spec: PrepareSpec, name: str = "image") -> Sample:
         size = tuple(spec.patch_size)
         if region is not None:
             region = _resize_labels(region.astype(np.uint8), size).astype(bool)
-        image, mask = _resize_image(image, size), _resize_labels(mask, size)
+        image, mask = resize_image(image, size), _resize_labels(mask, size)
     if spec.num_classes == 1:
         mask = (mask > 0).astype(np.uint8)
     else:

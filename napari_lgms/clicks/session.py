@@ -71,7 +71,11 @@ class ClickSession:
     def add_clicks(self, clicks: Sequence[Click]) -> np.ndarray:
         """Add several clicks and predict once (clicks that arrived while the last prediction ran);
         undoing any of them returns to the mask before all of them."""
-        clicks = [Click(tuple(float(p) for p in c.position), bool(c.positive)) for c in clicks]
+        try:
+            clicks = [Click(tuple(float(p) for p in c.position), bool(c.positive)) for c in clicks]
+        except (TypeError, ValueError):
+            raise InputError(f"a click position is one number per spatial axis of the image {self.shape}; "
+                             f"got {[c.position for c in clicks]}") from None
         for click in clicks:
             if len(click.position) != len(self.shape) or not all(
                     0 <= p < s for p, s in zip(click.position, self.shape)):
@@ -114,21 +118,28 @@ class ClickSession:
         inputs = network_input(view, box, grid, self.clicks, self.mask, self.card.prompt)
         logits = self._predict(torch.from_numpy(inputs)[None].to(self.device))
         logits = resize(logits.float().cpu(), tuple(b - a for a, b in box))[0, 0]
+        predicted = (torch.sigmoid(logits) > self.card.output.threshold).numpy()
+        if not whole:
+            start = [a for a, _ in box]
+            moved = [Click(tuple(p - a for p, a in zip(c.position, start)), c.positive) for c in new_clicks]
+            predicted = merged(self.mask[region], predicted, moved)
         mask = self.mask.copy()
-        mask[region] = (torch.sigmoid(logits) > self.card.output.threshold).numpy()
-        return mask if whole else merged(self.mask, mask, new_clicks)
+        mask[region] = predicted
+        return mask
 
 
 def merged(before: np.ndarray, predicted: np.ndarray, clicks: Sequence[Click]) -> np.ndarray:
     """``before`` with only those changes of ``predicted`` that are connected to a new click
     (FocalClick's progressive merge): a click corrects the error it was made on and leaves the rest
-    of the mask as the user last saw it."""
+    of the mask as the user last saw it. Clicks outside the arrays change nothing."""
     from scipy.ndimage import label
 
     changed, count = label(before != predicted)
     if count == 0:
         return predicted
-    at_clicks = {int(changed[tuple(int(p) for p in click.position)]) for click in clicks} - {0}
+    inside = [tuple(int(p) for p in c.position) for c in clicks
+              if all(0 <= p < s for p, s in zip(c.position, before.shape))]
+    at_clicks = {int(changed[position]) for position in inside} - {0}
     return np.where(np.isin(changed, list(at_clicks)), predicted, before)
 
 

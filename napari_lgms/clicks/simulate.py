@@ -15,12 +15,17 @@ MAX_CLICKS = 20
 IOU_TARGETS = (0.85, 0.90)
 
 
+def depth_in(region: np.ndarray) -> np.ndarray:
+    """Each pixel's distance to the nearest pixel outside ``region`` or beyond the image border."""
+    from scipy.ndimage import distance_transform_edt
+
+    return distance_transform_edt(np.pad(region, 1))[(slice(1, -1),) * region.ndim]
+
+
 def _interior(region: np.ndarray) -> tuple[float, np.ndarray]:
     """(depth, position) of the point of ``region`` farthest from its boundary and the image border
     (of several, the one nearest their centre)."""
-    from scipy.ndimage import distance_transform_edt
-
-    depth = distance_transform_edt(np.pad(region, 1))[(slice(1, -1),) * region.ndim]
+    depth = depth_in(region)
     deepest = np.argwhere(depth == depth.max())  # a ridge: take its point nearest its middle
     position = deepest[np.argmin(((deepest - deepest.mean(axis=0)) ** 2).sum(axis=1))]
     return float(depth.max()), position
