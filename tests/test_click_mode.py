@@ -375,3 +375,16 @@ def test_click_mode_corrects_the_layer_segment_made(make_napari_viewer, qtbot, c
     mode = _turn_on(qtbot, widget)
     assert [layer.name for layer in viewer.layers if type(layer).__name__ == "Labels"] == before
     assert mode.target.labels.name == before[0]
+
+
+@needs_display
+def test_the_clicks_layer_comes_over_an_image_opened_later(make_napari_viewer, qtbot, click_models):
+    viewer = make_napari_viewer()
+    viewer.add_image(_grey((64, 64)), name="first")
+    widget = _segment_widget(viewer, qtbot, "tiny-2d")
+    mode = _turn_on(qtbot, widget)
+    mode.stop()
+    viewer.add_image(_grey((48, 48), seed=1), name="second")
+    widget.image_combo.setCurrentText("second")
+    _turn_on(qtbot, widget)
+    assert viewer.layers[-1].name == "clicks"

@@ -496,6 +496,8 @@ class ClickMode:
             layer.data = np.empty((0, ndim))
             layer.current_size = size
             layer.out_of_slice_display = False
+            position = next(i for i, candidate in enumerate(layers) if candidate is layer)
+            layers.move(position, len(layers))  # over the image opened since it was made
         layer.mode = "pan_zoom"
         _remove_callback(layer, self._on_mouse)
         layer.mouse_drag_callbacks.append(self._on_mouse)

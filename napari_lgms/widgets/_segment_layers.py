@@ -108,9 +108,8 @@ class LayerControls:
 
     # -- the Image box --------------------------------------------------------------------------
     def _layers_changed(self, event=None) -> None:
-        layer = getattr(event, "value", None)
-        if layer is not None and hasattr(layer, "events"):
-            connect_while_alive(layer.events.name, self.ui, self.refresh)
+        if getattr(event, "type", None) == "inserted":  # a reorder's value is the whole list
+            connect_while_alive(event.value.events.name, self.ui, self.refresh)
         self.refresh()
 
     def refresh(self, event=None) -> None:
