@@ -93,6 +93,8 @@ def test_random_labels_never_give_a_better_model(parent, tmp_path, seed):
     assert not result.saved and result.card_path is None and result.name == "tiny-test"
     assert list((tmp_path / "out").iterdir()) == []
     assert result.candidate is not None  # the run's model, for callers who want to look at it
+    if result.verdict == "no evidence":
+        assert "only a change beyond" in result.message  # how large a change these corrections could show
 
 
 def test_one_correction_is_no_evidence_and_saves_nothing(parent, tmp_path):
@@ -101,7 +103,17 @@ def test_one_correction_is_no_evidence_and_saves_nothing(parent, tmp_path):
     result = finetune(parent, corrections=store_of(tmp_path / "store", 1), output=tmp_path / "out", steps=5,
                       device="cpu")
     assert result.verdict == "no evidence" and not result.saved
-    assert "one correction" in result.message and list((tmp_path / "out").iterdir()) == []
+    assert "1 correction cannot show" in result.message and list((tmp_path / "out").iterdir()) == []
+
+
+def test_fewer_than_five_corrections_are_never_evidence_however_consistent(parent, tmp_path):
+    from napari_lgms.training import finetune
+
+    result = finetune(parent, corrections=store_of(tmp_path / "store", 4), output=tmp_path / "out", steps=120,
+                      lr=0.02, batch_size=4, device="cpu", seed=1)
+    assert result.evidence["held_out"] == 4 and min(result.evidence["differences"]) > 0.05  # each one gained
+    assert result.verdict == "no evidence" and not result.saved
+    assert "at least 5" in result.message and list((tmp_path / "out").iterdir()) == []
 
 
 def test_unlabelled_images_change_what_is_learned(parent, tmp_path):
@@ -135,6 +147,36 @@ def test_the_time_budget_covers_the_whole_run(parent, tmp_path, monkeypatch):
     result = finetune(parent, corrections=store, output=tmp_path / "out", time_budget=20.0, device="cpu")
     assert result.steps > 0 and result.evidence["held_out"] == 6
     assert result.elapsed <= 20.0
+
+
+def test_every_run_eases_in_so_a_short_run_cannot_wreck_the_parent(parent, tmp_path):
+    """A few full-rate Adam steps move every weight of a trained network by the learning rate; the
+    rate therefore rises over the first 30 % of every run (measured: issue #19, k = 3 in 30 s)."""
+    from napari_lgms.training import finetune_steps
+
+    result, reports = run(finetune_steps(parent, corrections=store_of(tmp_path / "store", 4), steps=20, lr=0.01,
+                                         output=tmp_path / "out", device="cpu"))
+    rates = [r.lr for r in reports if r.phase == "train" and r.message == "final model"]
+    assert len(rates) == 20
+    peak = rates.index(max(rates))
+    assert rates[0] < 0.05 * max(rates) and peak >= 5
+    assert all(a < b for a, b in zip(rates[:peak], rates[1:peak + 1])), "rises to the peak"
+    assert max(rates) == pytest.approx(0.01, rel=0.05)
+
+
+def test_a_short_budget_prepares_fewer_unlabelled_images(parent, tmp_path, monkeypatch):
+    import itertools
+    import time
+
+    from napari_lgms.training import finetune
+
+    ticks = itertools.count(0.0, 0.05)
+    monkeypatch.setattr(time, "monotonic", lambda: next(ticks))
+    rng = np.random.default_rng(3)
+    arrays = [phantom(rng)[0] for _ in range(12)]
+    result = finetune(parent, corrections=store_of(tmp_path / "store", 4), unlabelled=arrays, time_budget=10.0,
+                      output=tmp_path / "out", device="cpu")
+    assert result.candidate.card.training["finetune"]["data"]["unlabelled"] == 5  # one per 2 s of budget
 
 
 def test_a_cancelled_run_leaves_nothing_behind(parent, tmp_path):

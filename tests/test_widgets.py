@@ -382,6 +382,7 @@ def test_finetune_runs_plots_and_states_its_verdict(make_napari_viewer, qtbot, s
     words = {"better": "Better on your corrections", "no evidence": "No evidence either way: nothing saved",
              "worse": "Worse on your corrections: nothing saved"}
     assert finetune.status_label.text().startswith(words[result.verdict])
+    assert "3 corrections cannot show it (the check needs 5)" in finetune.status_label.text()
     assert finetune.use_button.isEnabled() == offered(result) == finetune.rollback_button.isEnabled()
 
 

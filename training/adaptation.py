@@ -36,13 +36,19 @@ class Verdict:
         spread = f"{100 * self.mean_difference:+.1f} ± {100 * self.standard_error:.1f} {metric} points"
         return f"{spread} over {self.count} held-out correction(s)"
 
+    def smallest_confirmable(self, margin: float, confidence: float) -> float:
+        """The smallest mean change (score fraction) these corrections' spread lets the check confirm."""
+        return max(margin, confidence * self.standard_error)
 
-def judge(differences: Sequence[float], *, margin: float, confidence: float) -> Verdict:
+
+def judge(differences: Sequence[float], *, margin: float, confidence: float, minimum: int = 2) -> Verdict:
     """Paired verdict on per-correction score differences (fine-tuned minus parent, each scored by a
     model that did not train on that correction).
 
     "better" when the mean exceeds ``margin`` and is ``confidence`` standard errors above zero,
-    "worse" symmetrically, else "no evidence". Fewer than two differences are never evidence.
+    "worse" symmetrically, else "no evidence". Fewer than ``minimum`` differences (at least two)
+    are never evidence: three corrections that each gained a point looked like proof to the test
+    while the model lost 16 points on the rest of the domain (``benchmarks/README.md``).
     """
     values = np.asarray(list(differences), dtype=np.float64)
     if len(values) == 0:
@@ -50,7 +56,7 @@ def judge(differences: Sequence[float], *, margin: float, confidence: float) -> 
     mean = float(values.mean())
     error = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.inf
     decision = "no evidence"
-    if len(values) >= 2 and abs(mean) > margin and abs(mean) > confidence * error:
+    if len(values) >= max(minimum, 2) and abs(mean) > margin and abs(mean) > confidence * error:
         decision = "better" if mean > 0 else "worse"
     return Verdict(decision, mean, error, len(values), tuple(float(v) for v in values))
 

@@ -16,7 +16,8 @@ What it does, in order:
 3. **cross-fits**: splits the corrections into two folds and adapts a copy of the parent on each
    fold (a quarter of the budget each), scoring it on the other. Every correction is then scored
    once by the parent and once by a model that never saw it; :func:`adaptation.judge` turns those
-   paired differences into "better", "no evidence" or "worse";
+   paired differences into "better", "no evidence" or "worse" (never either with fewer than
+   five corrections);
 4. adapts the parent on all corrections (the rest of the budget): that is the candidate. It learns
    from twice the corrections the checked models had, the same way, so the check is a cautious
    estimate of it (averaging the two checked models instead was measured and rejected: see
@@ -25,10 +26,12 @@ What it does, in order:
    when the verdict is "better". Otherwise nothing is written; the candidate stays in
    :attr:`FinetuneResult.candidate` for callers who want to look at it.
 
-One adaptation run (:func:`adapt_steps`): AdamW on a cosine schedule over the run's time or
-steps, the loss weighted towards the pixels the user changed, the parent's (flip-averaged)
-predictions as targets on unlabelled images, and a pull of the weights back towards the parent's
-after every step. Those two ties to the parent are scaled by its mean score on the corrections
+One adaptation run (:func:`adapt_steps`): AdamW, its learning rate rising over the first 30 % of
+the run's time or steps, then falling on a cosine (a few full-rate steps wreck a trained network
+before it can learn anything: measured in ``benchmarks/README.md``); the loss weighted towards the
+pixels the user changed; the parent's (flip-averaged) predictions as targets on unlabelled images
+(at most one per 2 s of the budget, so that preparing them leaves time to train); and a pull of the
+weights back towards the parent's after every step. Those two ties to the parent are scaled by its mean score on the corrections
 (its "trust"): a parent that was nearly right stays close, one that was wrong (a new modality) is
 free to move. Batch-norm statistics stay frozen while training: a batch of two cannot estimate them.
 """
@@ -40,6 +43,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Generator, Sequence
@@ -63,7 +67,10 @@ class AdaptSettings:
     corrected_weight: float = 2.0  # extra pixel weight where the user changed the prediction
     intensity: float = 0.2  # strength of the random gamma / contrast change (0: none)
     renormalise: bool = True
+    warmup: float = 0.3  # fraction of every run over which the learning rate rises linearly
+    min_distill: float = 0.05  # a scaled distillation weight below this is skipped (it would halve the steps)
     max_unlabelled: int = 64
+    unlabelled_per_second: float = 0.5  # of the time budget: preparing them must leave time to train
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -73,6 +80,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 VERDICT_MARGIN = 0.01  # a mean change under one score point is no change
 VERDICT_CONFIDENCE = 1.5  # standard errors between the mean change and zero
+VERDICT_MINIMUM = 5  # corrections: with fewer, the checked models learn from one or two images
 FOLD_SHARE = 0.25  # of the training time, per cross-fitting fold; the candidate gets the rest
 FT_SUFFIX = re.compile(r"-ft-\d{8}-\d{6}$")
 
@@ -244,7 +252,7 @@ def adapt_steps(context: _Context, samples: Sequence, *, seconds: float | None, 
             logits = network(torch.cat([images, unlabelled]) if unlabelled is not None else images)
         extra = logits[len(images):] if unlabelled is not None else None
         return adaptation_loss(logits[:len(images)], masks, weights, extra, targets,
-                               distill_weight=settings.distill_weight * context.trust)
+                               distill_weight=_distill_weight(context))
 
     def step_report(taken, loss, progress):
         remaining = None if seconds is None else max(seconds * (1.0 - progress), 0.0)
@@ -252,12 +260,19 @@ def adapt_steps(context: _Context, samples: Sequence, *, seconds: float | None, 
                              time.monotonic() - context.started, remaining, None, "train", label)
 
     batches = iter(lambda: _batch(context, samples, rng), None)  # endless
+    schedule = partial(cosine_fraction, warmup=settings.warmup)
     step, _ = yield from optimise(Stepper(optimizer), batches, loss_of, budget=budget, report=step_report,
-                                  should_stop=should_stop, lr_at=lambda p: settings.lr * cosine_fraction(p),
-                                  after_step=lambda p: anchor.pull(cosine_fraction(p)))
+                                  should_stop=should_stop, lr_at=lambda p: settings.lr * schedule(p),
+                                  after_step=lambda p: anchor.pull(schedule(p)))
     network.eval()
     use_layout_for(network, context.device, training=False)
     return network, step
+
+
+def _distill_weight(context: _Context) -> float:
+    """The distillation weight scaled by the parent's trust; 0 when too small to matter."""
+    weight = context.settings.distill_weight * context.trust
+    return weight if weight >= context.settings.min_distill else 0.0
 
 
 def _batch(context: _Context, samples: Sequence, rng: np.random.Generator):
@@ -282,7 +297,7 @@ def _batch(context: _Context, samples: Sequence, rng: np.random.Generator):
     images = torch.from_numpy(np.stack([v[0] for v in views])).to(context.device)
     masks = torch.from_numpy(np.stack([v[1].astype(np.int64) for v in views])).to(context.device)
     weights = torch.from_numpy(np.stack([v[2] for v in views])).to(context.device)
-    if not context.unlabelled or settings.distill_weight * context.trust <= 0:
+    if not context.unlabelled or _distill_weight(context) <= 0:
         return images, masks, weights, None, None
     extra = []
     for index in rng.integers(0, len(context.unlabelled), size):
@@ -405,7 +420,10 @@ def finetune_steps(
         yield TrainProgress(0, 0, 0, 0, None, 0.0, time.monotonic() - started, time_budget, None, "loading",
                             f"loaded {done}/{len(examples)} corrections")
     samples = [cache.get(i) for i in range(len(examples))]
-    extra_samples = _unlabelled_samples(unlabelled, spec, settings.max_unlabelled, seed)
+    limit = settings.max_unlabelled
+    if time_budget is not None:
+        limit = min(limit, max(4, int(settings.unlabelled_per_second * time_budget)))
+    extra_samples = _unlabelled_samples(unlabelled, spec, limit, seed)
     data_record["unlabelled"] = len(extra_samples)
     tta = resolve(None, parent_card)
     flips = flip_sets(tta, dims)
@@ -462,7 +480,7 @@ def finetune_steps(
                             f"check {number} of {len(folds)}: scored on its {len(held_out)} held-out corrections")
     checked = [i for i, row in enumerate(after_rows) if row is not None]
     verdict = judge([after_rows[i][metric] - before_rows[i][metric] for i in checked],
-                    margin=VERDICT_MARGIN, confidence=VERDICT_CONFIDENCE)
+                    margin=VERDICT_MARGIN, confidence=VERDICT_CONFIDENCE, minimum=VERDICT_MINIMUM)
     candidate_network = None
     if not stopped:
         left = None if time_budget is None else max(time_budget - (time.monotonic() - started) - reserve, 1.0)
@@ -475,12 +493,13 @@ def finetune_steps(
     # -- the verdict, and the new version when it is better ---------------------------------------
     before = _mean_rows(before_rows, checked or range(len(samples)))
     after = _mean_rows([after_rows[i] for i in checked], range(len(checked))) if checked else dict(before)
-    evidence = {"metric": metric, "held_out": len(checked), "folds": len(folds), "parent_trust": trust,
+    evidence = {"metric": metric, "corrections": len(samples), "held_out": len(checked), "folds": len(folds),
+                "parent_trust": trust,
                 "renormalised": renormalised,
                 "mean_difference": verdict.mean_difference,
                 "standard_error": verdict.standard_error if math.isfinite(verdict.standard_error) else None,
                 "differences": list(verdict.differences), "margin": VERDICT_MARGIN,
-                "confidence": VERDICT_CONFIDENCE, "per_correction": [
+                "confidence": VERDICT_CONFIDENCE, "minimum": VERDICT_MINIMUM, "per_correction": [
                     {"name": samples[i].name, "before": before_rows[i][metric], "after": after_rows[i][metric]}
                     for i in checked]}
     decision = "no evidence" if stopped else verdict.decision
@@ -525,8 +544,12 @@ def _message(decision: str, verdict, metric: str, count: int, stopped: bool) -> 
         return f"better on your corrections ({evidence}): saved as a new model"
     if decision == "worse":
         return f"worse on your corrections ({evidence}): nothing saved, keep the current model"
-    if count < 2:
-        return "one correction cannot show whether a new model is better: nothing saved; add corrections"
+    if count < VERDICT_MINIMUM:
+        return (f"{count} correction{'s' if count != 1 else ''} cannot show whether a new model is better "
+                f"(the check needs at least {VERDICT_MINIMUM}): nothing saved; add corrections")
+    smallest = verdict.smallest_confirmable(VERDICT_MARGIN, VERDICT_CONFIDENCE)
+    if math.isfinite(smallest):
+        evidence += f"; with this spread only a change beyond ±{100 * smallest:.0f} points would show"
     return f"no evidence either way ({evidence}): nothing saved; more corrections make the check surer"
 
 

@@ -84,6 +84,11 @@ def verdict_text(result) -> str:
         return f"Better on your corrections{dice}. Saved as {result.name}."  # how: in the tooltip
     if result.verdict == "worse":
         return "Worse on your corrections: nothing saved; the previous model is kept."
+    evidence = result.evidence or {}
+    count, minimum = int(evidence.get("corrections", 0)), int(evidence.get("minimum", 2))
+    if count < minimum and not result.message.startswith("stopped"):
+        return (f"No evidence either way: nothing saved; {count} correction{'s' if count != 1 else ''} "
+                f"cannot show it (the check needs {minimum}). Add corrections.")
     return "No evidence either way: nothing saved; the previous model is kept."
 
 
