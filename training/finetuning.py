@@ -31,9 +31,11 @@ the run's time or steps, then falling on a cosine (a few full-rate steps wreck a
 before it can learn anything: measured in ``benchmarks/README.md``); the loss weighted towards the
 pixels the user changed; the parent's (flip-averaged) predictions as targets on unlabelled images
 (at most one per 2 s of the budget, so that preparing them leaves time to train); and a pull of the
-weights back towards the parent's after every step. Those two ties to the parent are scaled by its mean score on the corrections
-(its "trust"): a parent that was nearly right stays close, one that was wrong (a new modality) is
-free to move. Batch-norm statistics stay frozen while training: a batch of two cannot estimate them.
+weights back towards the parent's after every step. Those two ties to the parent are scaled by its
+mean score on the corrections (its "trust"): a parent that was nearly right stays close, one that
+was wrong (a new modality) is free to move, and a distillation weight too small to matter is
+skipped rather than computed. Batch-norm statistics stay frozen while training: a batch of two
+cannot estimate them.
 """
 from __future__ import annotations
 
@@ -43,8 +45,8 @@ import os
 import re
 import time
 from dataclasses import dataclass, field, replace
-from functools import partial
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Generator, Sequence
 
@@ -494,8 +496,7 @@ def finetune_steps(
     before = _mean_rows(before_rows, checked or range(len(samples)))
     after = _mean_rows([after_rows[i] for i in checked], range(len(checked))) if checked else dict(before)
     evidence = {"metric": metric, "corrections": len(samples), "held_out": len(checked), "folds": len(folds),
-                "parent_trust": trust,
-                "renormalised": renormalised,
+                "parent_trust": trust, "renormalised": renormalised,
                 "mean_difference": verdict.mean_difference,
                 "standard_error": verdict.standard_error if math.isfinite(verdict.standard_error) else None,
                 "differences": list(verdict.differences), "margin": VERDICT_MARGIN,
