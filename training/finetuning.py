@@ -222,6 +222,7 @@ class _Context:
     parent_logits: list  # (K, *S) float32 per unlabelled sample: the parent's (flip-averaged) logits
     seed: int
     trust: float  # the parent's mean score on the corrections, in [0, 1]
+    distill_weight: float  # of the parent's logits on unlabelled images, trust-scaled; 0: not used
     started: float  # the fine-tune's start on ``time.monotonic``, for the reports' elapsed time
 
 
@@ -254,7 +255,7 @@ def adapt_steps(context: _Context, samples: Sequence, *, seconds: float | None, 
             logits = network(torch.cat([images, unlabelled]) if unlabelled is not None else images)
         extra = logits[len(images):] if unlabelled is not None else None
         return adaptation_loss(logits[:len(images)], masks, weights, extra, targets,
-                               distill_weight=_distill_weight(context))
+                               distill_weight=context.distill_weight)
 
     def step_report(taken, loss, progress):
         remaining = None if seconds is None else max(seconds * (1.0 - progress), 0.0)
@@ -269,12 +270,6 @@ def adapt_steps(context: _Context, samples: Sequence, *, seconds: float | None, 
     network.eval()
     use_layout_for(network, context.device, training=False)
     return network, step
-
-
-def _distill_weight(context: _Context) -> float:
-    """The distillation weight scaled by the parent's trust; 0 when too small to matter."""
-    weight = context.settings.distill_weight * context.trust
-    return weight if weight >= context.settings.min_distill else 0.0
 
 
 def _batch(context: _Context, samples: Sequence, rng: np.random.Generator):
@@ -299,7 +294,7 @@ def _batch(context: _Context, samples: Sequence, rng: np.random.Generator):
     images = torch.from_numpy(np.stack([v[0] for v in views])).to(context.device)
     masks = torch.from_numpy(np.stack([v[1].astype(np.int64) for v in views])).to(context.device)
     weights = torch.from_numpy(np.stack([v[2] for v in views])).to(context.device)
-    if not context.unlabelled or _distill_weight(context) <= 0:
+    if not context.parent_logits:
         return images, masks, weights, None, None
     extra = []
     for index in rng.integers(0, len(context.unlabelled), size):
@@ -449,11 +444,14 @@ def finetune_steps(
         if _mean_score(scores(candidate_start, samples), metric) >= _mean_score(before_rows, metric):
             start_network, renormalised = candidate_start, True
     trust = float(np.clip(_mean_score(before_rows, metric), 0.0, 1.0))
+    distill_weight = settings.distill_weight * trust if extra_samples else 0.0
+    if distill_weight < settings.min_distill:
+        distill_weight = 0.0  # too light to matter: no parent logits to compute, half the work per step
+    parent_logits = (_parent_logits(start_network, extra_samples, torch_device, flips, window, autocast)
+                     if distill_weight > 0 else [])
     context = _Context(start_network, torch_device, autocast, settings,
                        tuple(range(dims)) if tta == "flips" else (), patch if mode == "patch" else None,
-                       extra_samples,
-                       _parent_logits(start_network, extra_samples, torch_device, flips, window, autocast),
-                       seed, trust, started)
+                       extra_samples, parent_logits, seed, trust, distill_weight, started)
 
     # -- cross-fitting, then the candidate ------------------------------------------------------
     from napari_lgms.training.adaptation import cross_fit_folds

@@ -86,7 +86,7 @@ def verdict_text(result) -> str:
         return "Worse on your corrections: nothing saved; the previous model is kept."
     evidence = result.evidence or {}
     count, minimum = int(evidence.get("corrections", 0)), int(evidence.get("minimum", 2))
-    if count < minimum and not result.message.startswith("stopped"):
+    if count < minimum:
         return (f"No evidence either way: nothing saved; {count} correction{'s' if count != 1 else ''} "
                 f"cannot show it (the check needs {minimum}). Add corrections.")
     return "No evidence either way: nothing saved; the previous model is kept."
