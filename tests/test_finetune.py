@@ -164,6 +164,27 @@ def test_every_run_eases_in_so_a_short_run_cannot_wreck_the_parent(parent, tmp_p
     assert max(rates) == pytest.approx(0.01, rel=0.05)
 
 
+def test_the_candidate_continues_the_last_checked_model_on_every_correction(parent, tmp_path, monkeypatch):
+    """Measured on a new modality (issue #19): from the parent, the candidate gained 9 IoU points less."""
+    from napari_lgms.training import finetuning
+
+    runs = []
+    adapt_steps = finetuning.adapt_steps
+
+    def recorded(context, samples, **options):
+        network, taken = yield from adapt_steps(context, samples, **options)
+        runs.append((len(samples), options.get("start"), network))
+        return network, taken
+
+    monkeypatch.setattr(finetuning, "adapt_steps", recorded)
+    result = finetuning.finetune(parent, corrections=store_of(tmp_path / "store", 6), steps=4, lr=0.01,
+                                 output=tmp_path / "out", device="cpu")
+    (_, first_start, _), (_, second_start, checked), (count, start, candidate) = runs
+    assert first_start is None and second_start is None, "each checked model starts from the parent"
+    assert count == 6 and start is checked and candidate is result.candidate.network
+    assert candidate is not checked
+
+
 def test_a_short_budget_prepares_fewer_unlabelled_images(parent, tmp_path, monkeypatch):
     import itertools
     import time
