@@ -20,9 +20,9 @@ What it does, in order:
    five corrections);
 4. continues the last checked model on all corrections (the rest of the budget): that is the
    candidate. It learns from twice the corrections the checked models had, the same way and for
-   longer, so the check is a cautious estimate of it (starting it from the parent instead gave
-   it 9 IoU points less on a new modality; averaging the two checked models was rejected too:
-   see ``benchmarks/README.md``);
+   longer, so the check is a cautious estimate of it (started from the parent instead, it
+   gained 4 to 9 IoU points less on a new modality; averaging the two checked models was
+   rejected too: see ``benchmarks/README.md``);
 5. saves the candidate as a new version ``NAME-ft-YYYYmmdd-HHMMSS`` (lineage, the evidence) only
    when the verdict is "better". Otherwise nothing is written; the candidate stays in
    :attr:`FinetuneResult.candidate` for callers who want to look at it.
