@@ -55,12 +55,12 @@ CASES = {
 SPLITS = Path(__file__).resolve().parents[1] / "training" / "splits"
 
 
-def chosen_items(case: ClickCase, data: Path, limit: int, seed: int):
-    """At most ``limit`` items (seeded): validation images the click model's stages were not
-    chosen on, or one image per patient of an unseen domain."""
+def chosen_items(case: ClickCase, data: Path, limit: int, seed: int, stages: list[dict]):
+    """At most ``limit`` items (seeded): validation images the click model's stages (its card's
+    ``training.click_stages``) were not chosen on, or one image per patient of an unseen domain."""
     items = load_domain(case.domain, data)
     if case.split is not None:
-        wanted = unseen_validation(case, data)
+        wanted = unseen_validation(case, data, stages)
         items = [item for item in items if item.name in wanted]
     else:
         rng = np.random.default_rng(seed)
@@ -72,15 +72,19 @@ def chosen_items(case: ClickCase, data: Path, limit: int, seed: int):
     return [items[i] for i in sorted(rng.permutation(len(items))[:limit])]
 
 
-def unseen_validation(case: ClickCase, data: Path) -> set[str]:
-    """The split's validation names less the ones click training kept its stages on."""
+def unseen_validation(case: ClickCase, data: Path, stages: list[dict]) -> set[str]:
+    """The split's validation names less the ones any click-training stage was kept on (stages
+    recorded without their count and seed used the defaults)."""
     from napari_lgms.training.clicks import ClickTraining, selection_indices
     from napari_lgms.training.data import discover_examples, split_from_file
 
     pairs, _, _ = discover_examples(str(data / case.domain.domain))
     split = split_from_file(SPLITS / case.split, [p.name for p in pairs])
     defaults = ClickTraining("", "", "", "")
-    chosen = set(selection_indices(split, defaults.validation_images, defaults.seed))
+    chosen = set()
+    for stage in stages or [{}]:
+        chosen.update(selection_indices(split, stage.get("validation_images", defaults.validation_images),
+                                        stage.get("seed", defaults.seed)))
     return {pairs[i].name for i in split.val if i not in chosen}
 
 
@@ -100,7 +104,7 @@ def run_case(name: str, case: ClickCase, data: Path, limit: int, seed: int) -> d
 
     model, parent = load_model(case.model, "cpu"), load_model(case.parent, "cpu")
     automatic, boxed, fresh, corrected, seconds = [], [], [], [], []
-    for item in chosen_items(case, data, limit, seed):
+    for item in chosen_items(case, data, limit, seed, model.card.training.get("click_stages", [])):
         auto_labels = segment(item.image, parent, channel_axis=item.channel_axis, spacing=item.spacing).labels
         for value in (v for v in np.unique(item.mask) if v > 0):
             truth = item.mask == value

@@ -424,7 +424,8 @@ def _save(network, card, scores: dict, record: dict, output: Path) -> Path:
     training["click_stages"] = [*training.get("click_stages", []),
                                 {k: record[k] for k in ("steps", "seconds", "start", "end", "validation")}
                                 | {k: record["settings"][k] for k in ("command", "batch_size", "lr", "prompt_lr_scale",
-                                                                      "whole_view", "max_iterations", "seed")}]
+                                                                      "whole_view", "max_iterations", "seed",
+                                                                      "validation_images")}]
     card.training = training
     return save_model(network, card, output)
 
