@@ -314,7 +314,7 @@ def test_the_time_estimate_shows_at_once_and_only_counts_down(make_napari_viewer
 @needs_display
 def test_the_view_moves_to_a_segmented_image_out_of_view_and_the_session_log_records_runs(
         make_napari_viewer, qtbot, saved_tiny, corrections_dir):
-    from napari_lgms.widgets._layer_geometry import in_view
+    from napari_lgms.widgets._layer_geometry import in_view, view_coverage
     from napari_lgms.widgets._session_log import LOG_NAME, read_records
 
     viewer = make_napari_viewer(show=True)
@@ -330,6 +330,9 @@ def test_the_view_moves_to_a_segmented_image_out_of_view_and_the_session_log_rec
     viewer.reset_view(layers=[viewer.layers["near"]])
     speck = viewer.add_image(_grey((4, 4)), name="speck")  # opened: a speck in a corner of the view
     assert in_view(viewer, speck) and widget.image_combo.currentText() == "speck"
+    viewer.reset_view(layers=[viewer.layers["near"]])
+    larger = viewer.add_image(_grey((640, 640), seed=5), name="larger")  # opened: fills and overflows the view
+    assert view_coverage(viewer, larger)[0] > 0.9, "the view fits a newly opened image that it cut off"
     widget.image_combo.setCurrentText("far")
 
     labels = widget.last_output

@@ -203,6 +203,13 @@ def view_coverage(viewer, layer) -> tuple[float, float]:
     return float(overlap / (high - low).prod()), float(overlap / (2 * half).prod())
 
 
+def wholly_in_view(viewer, layer, share: float = 0.9) -> bool:
+    """Whether at least ``share`` of ``layer`` is on screen and it is not a speck in a corner
+    (under 2 % of the screen): what a newly opened image needs, or the view is fitted to it."""
+    shown, filled = view_coverage(viewer, layer)
+    return shown >= share and filled >= 0.02
+
+
 def in_view(viewer, layer) -> bool:
     """Whether the user can see ``layer``: it fills half the screen, or at least half of it is on
     screen and it is not a speck in a corner (under 2 % of the screen)."""

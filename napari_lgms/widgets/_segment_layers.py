@@ -133,7 +133,7 @@ class LayerControls:
 
     def _follow_new_layer(self, event) -> None:
         self._follow(event.value)
-        if type(event.value).__name__ == "Image" and not geo.in_view(self.viewer, event.value):
+        if type(event.value).__name__ == "Image" and not geo.wholly_in_view(self.viewer, event.value):
             self.viewer.reset_view(layers=[event.value])
 
     def _follow_selection(self, event) -> None:
