@@ -18,6 +18,7 @@ from pathlib import Path
 
 from napari_lgms.errors import InputError
 from napari_lgms.training.clicks import ClickTraining, train_clicks
+from napari_lgms.zoo.card import FIRST_VIEWS
 
 SHIPPED = Path(__file__).resolve().parents[1] / "resources" / "models"
 
@@ -34,6 +35,11 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--validation-images", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--radius", type=float, default=None,
+                        help="a new model's click radius in patch pixels (default 5)")
+    parser.add_argument("--first-view", choices=FIRST_VIEWS, default=None,
+                        help="a new model's view of the first click: the whole image (default) or a "
+                             "patch-sized window at the image's resolution")
     parser.add_argument("--ship", action="store_true", help="copy the output's model into resources/models")
     args = parser.parse_args(argv)
     if args.minutes is None and args.steps is None and not args.ship:
@@ -41,6 +47,7 @@ def main(argv=None) -> int:
     settings = ClickTraining(args.parent, args.data, args.split, args.output, seconds=None if args.minutes is None else args.minutes * 60,
                              steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              validation_images=args.validation_images, seed=args.seed,
+                             radius=args.radius, first_view=args.first_view,
                              command=shlex.join(["python", "scripts/train_click_model.py", *sys.argv[1:]]))
     if args.ship:
         return ship(Path(args.output), f"{args.parent}-clicks")

@@ -68,7 +68,8 @@ def test_click_model_cards_round_trip_and_bad_prompts_are_refused(tmp_path):
     assert "prompt" not in parent_card.to_dict()  # cards without clicks keep their JSON
     data = card.to_dict()
     for bad, match in (({"channels": ["positive", "elsewhere"]}, "prompt.channels"),
-                       ({"radius": -1}, "prompt.radius"), ({"expansion": "big"}, "prompt.expansion")):
+                       ({"radius": -1}, "prompt.radius"), ({"expansion": "big"}, "prompt.expansion"),
+                       ({"first_view": "half"}, "prompt.first_view")):
         with pytest.raises(CardError, match=match):
             ModelCard.from_dict({**data, "prompt": {**data["prompt"], **bad}})
     with pytest.raises(CardError, match="in_channels"):
@@ -156,13 +157,14 @@ class _EchoNetwork(torch.nn.Module):
         return 8 * (positive + previous - 2 * negative - 0.5)[:, None]
 
 
-def _echo_session(image_shape=(100, 120), **options):
+def _echo_session(image_shape=(100, 120), first_view="whole", **options):
     from napari_lgms.zoo import ModelCard
     from napari_lgms.zoo.card import InputSpec
 
     card = ModelCard(name="echo", architecture="echo", arguments={"in_channels": 4, "num_classes": 1},
                      input=InputSpec.for_network([32, 32], 1, "resize"), normalization={"kind": "zscore"},
-                     class_names=["background", "object"], prompt=PromptSpec(radius=3, min_crop=0.3))
+                     class_names=["background", "object"],
+                     prompt=PromptSpec(radius=3, min_crop=0.3, first_view=first_view))
     image = np.random.default_rng(1).random(image_shape).astype(np.float32)
     return ClickSession(image, SimpleNamespace(card=card, network=_EchoNetwork()), **options)
 
@@ -193,6 +195,34 @@ def test_the_first_click_sees_the_whole_image_and_later_ones_a_zoomed_view():
     session.add_click((35, 45))
     (y0, y1), (x0, x1) = session.view()
     assert 0 <= y0 < 30 < 35 < y1 < 100 and 0 <= x0 < 40 < 45 < x1 < 120
+
+
+def test_a_window_first_view_is_a_patch_at_the_images_resolution_around_the_click():
+    session = _echo_session(first_view="window")
+    mask = session.add_click((30, 40))
+    assert session.view() == ((14, 46), (24, 56)) and mask[30, 40]
+    assert not mask[:14].any() and not mask[:, 56:].any()  # nothing predicted outside the window
+    session.add_click((35, 70))
+    (y0, y1), (x0, x1) = session.view()  # then the zoomed view, as with a whole first view
+    assert y0 < 30 < 35 < y1 and x0 < 40 < 70 < x1
+    corner = _echo_session(first_view="window")
+    corner.add_click((2, 118))
+    assert corner.view() == ((0, 32), (88, 120))  # moved, not cut, to stay inside the image
+    small = _echo_session((20, 120), first_view="window")
+    small.add_click((10, 60))
+    assert small.view() == ((0, 20), (44, 76))  # an axis shorter than the patch is seen whole
+
+
+def test_click_training_shows_the_first_view_the_session_will_show():
+    from napari_lgms.training.clicks import Example, training_view
+
+    labels = np.zeros((60, 80), np.int32)
+    labels[20:30, 50:62] = 1
+    example = Example("one", np.random.default_rng(0).random((1, 60, 80), np.float32), labels, lambda x: x, [1])
+    rng = np.random.default_rng(0)
+    for first_view, shape in (("window", (16, 16)), ("whole", (60, 80))):
+        image, truth = training_view(example, rng, 1.0, PromptSpec(first_view=first_view), (16, 16))
+        assert image.shape == (1, *shape) and truth.shape == shape and truth.any()
 
 
 def test_a_session_can_start_from_a_mask():
@@ -257,6 +287,21 @@ def test_a_click_training_stage_resumes_after_a_stop_and_saves_only_an_improveme
     assert record["start"]["images"] == 2 and set(record["end"]) >= {"noc85", "noc90", "iou@1", "iou@3", "iou@5"}
     assert record["saved"] == (stage_rank(record["end"]) < stage_rank(record["start"]))
     assert (output / "lgmsnet-synthetic-us-clicks.json").exists() == record["saved"]
+
+
+def test_a_later_stage_keeps_the_click_encoding_of_the_folders_model(tmp_path):
+    from napari_lgms.training.clicks import ClickTraining, click_training_steps, describe_click_model
+    from napari_lgms.zoo import load_model, save_model
+
+    _generated_folder(tmp_path / "data")
+    parent = load_model("lgmsnet-synthetic-us")
+    network, card = promptable_from(parent.network, parent.card, PromptSpec(radius=2.5, first_view="window"))
+    save_model(network, describe_click_model(card, parent.card, "lgmsnet-synthetic-us-clicks"), tmp_path / "run")
+    for change in ({"radius": 5.0}, {"first_view": "whole"}):
+        settings = ClickTraining("lgmsnet-synthetic-us", str(tmp_path / "data"), str(tmp_path / "data" / "split.json"),
+                                 str(tmp_path / "run"), seconds=None, steps=1, **change)
+        with pytest.raises(InputError, match=f"{next(iter(change))} .* leave it out"):
+            next(click_training_steps(settings))
 
 
 def test_a_new_click_model_card_says_where_it_comes_from():

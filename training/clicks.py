@@ -36,7 +36,9 @@ LOG = "click_stages.jsonl"
 @dataclass
 class ClickTraining:
     """A click-training stage. ``data``: a dataset folder; ``split_file``: the parent's recorded
-    split (its validation examples never train); ``seconds`` / ``steps``: the stage's budget."""
+    split (its validation examples never train); ``seconds`` / ``steps``: the stage's budget;
+    ``radius`` / ``first_view``: the new model's :class:`~napari_lgms.zoo.card.PromptSpec` fields
+    (None: the defaults; later stages keep the folder's model's, and refuse others)."""
 
     parent: str
     data: str
@@ -50,10 +52,12 @@ class ClickTraining:
     weight_decay: float = 1e-4
     seed: int = 0
     max_side: int = 512  # images are kept at most this large per axis in memory
-    whole_view: float = 0.35  # share of views showing the whole image (the first click's view)
+    first_view_share: float = 0.35  # share of views that are the first click's view (card: prompt.first_view)
     max_iterations: int = 2
     prompt_lr_scale: float = 10.0  # the weights reading the prompt channels move this much faster
     validation_images: int = 60
+    radius: float | None = None
+    first_view: str | None = None
     checkpoint_seconds: float = 300.0
     resume: bool = True
     command: str = ""
@@ -108,17 +112,18 @@ def load_examples(pairs, card, max_side: int) -> Generator[int, None, list[Examp
     return examples
 
 
-def training_view(example: Example, rng: np.random.Generator, whole_view: float, prompt):
+def training_view(example: Example, rng: np.random.Generator, first_view_share: float, prompt, patch):
     """A random view of one random object of ``example`` (flipped per axis with probability 1/2):
-    the whole image, or a crop around the object like the session's zoom (expansion 1.2-2.2,
+    the session's first view (the whole image, or a ``patch``-sized window around a point well
+    inside the object), or a crop around the object like the session's zoom (expansion 1.2-2.2,
     centre jittered). Returns (normalised image view (C, *v) float32, truth view (*v) bool)."""
-    from napari_lgms.clicks.encoding import whole_box, zoom_box
+    from napari_lgms.clicks.encoding import first_box, zoom_box
     from napari_lgms.training.augment import random_intensity, random_noise
 
     objects = example.objects
     truth = example.labels == (objects[int(rng.integers(len(objects)))] if objects else 1)
-    if rng.random() < whole_view or not truth.any():
-        box = whole_box(truth.shape)
+    if rng.random() < first_view_share or not truth.any():
+        box = first_box(truth.shape, first_clicks(truth, rng), prompt, patch)
     else:
         box = zoom_box(truth.shape, truth, [], rng.uniform(1.2, 2.2), prompt.min_crop)
         shift = [int(rng.uniform(-0.15, 0.15) * (b - a)) for a, b in box]
@@ -151,14 +156,16 @@ def first_clicks(truth: np.ndarray, rng: np.random.Generator) -> list:
 
 
 def distorted(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A wrong mask a user might be shown for ``truth``: grown or shrunk by a few pixels, cut
-    along a random plane through the object, shifted, or with a false blob added."""
+    """A wrong mask a user might be shown for ``truth`` (a view resized to the patch): grown or
+    shrunk by a few pixels (2 to 7.5 % of the patch's shortest side, at least 2), cut along a
+    random plane through the object, shifted, or with a false blob added."""
     from scipy.ndimage import binary_dilation, binary_erosion, shift
 
     kind = rng.integers(4)
     if kind == 0 or not truth.any():
         change = binary_dilation if rng.random() < 0.5 else binary_erosion
-        return change(truth, iterations=int(rng.integers(2, 12)))
+        most = max(3, round(0.075 * min(truth.shape)))
+        return change(truth, iterations=int(rng.integers(2, most)))
     coordinates = np.stack(np.meshgrid(*[np.arange(s) for s in truth.shape], indexing="ij"), -1)
     centre = np.argwhere(truth).mean(axis=0)
     extent = np.ptp(np.argwhere(truth), axis=0) + 1
@@ -181,12 +188,14 @@ def click_training_steps(settings: ClickTraining, should_stop: Callable[[], bool
     import torch
 
     from napari_lgms.clicks.network import promptable_from
+    from napari_lgms.errors import InputError
     from napari_lgms.models.layout import use_layout_for
     from napari_lgms.training import data as data_mod
     from napari_lgms.training.checkpoint import load_checkpoint, save_checkpoint
     from napari_lgms.training.loop import Budget, cosine_fraction, optimise
     from napari_lgms.training.losses import bce_dice_loss
     from napari_lgms.zoo import load_model
+    from napari_lgms.zoo.card import PromptSpec
 
     pairs, _, _ = data_mod.discover_examples(settings.data)
     split = data_mod.split_from_file(data_mod.expand_path(settings.split_file), [p.name for p in pairs])
@@ -198,9 +207,14 @@ def click_training_steps(settings: ClickTraining, should_stop: Callable[[], bool
         loaded = load_model(previous_stage)
         network, card = loaded.network, loaded.card
         start_scores = dict(card.metrics.get("clicks", {}))
+        for key in ("radius", "first_view"):
+            if getattr(settings, key) not in (None, getattr(card.prompt, key)):
+                raise InputError(f"{previous_stage} takes clicks with {key} {getattr(card.prompt, key)!r}, "
+                                 f"not {getattr(settings, key)!r}: leave it out, or train in a new output folder")
     else:
         parent = load_model(settings.parent)
-        network, card = promptable_from(parent.network, parent.card)
+        chosen = {k: v for k, v in (("radius", settings.radius), ("first_view", settings.first_view)) if v is not None}
+        network, card = promptable_from(parent.network, parent.card, PromptSpec(**chosen))
         card, start_scores = describe_click_model(card, parent.card, name), {}
 
     loading = load_examples(pairs, card, settings.max_side)
@@ -337,7 +351,7 @@ def simulated_batch(network, card, examples, rng, settings: ClickTraining, grid)
     prompt, box = card.prompt, whole_box(grid)
     views, truths, clicks, shown = [], [], [], []
     for index in rng.integers(len(examples), size=settings.batch_size):
-        image, truth = training_view(examples[index], rng, settings.whole_view, prompt)
+        image, truth = training_view(examples[index], rng, settings.first_view_share, prompt, grid)
         truth = resize_nearest(truth, grid) > 0.5
         views.append(resize_image(image, grid))
         truths.append(truth)
@@ -424,7 +438,7 @@ def _save(network, card, scores: dict, record: dict, output: Path) -> Path:
     training["click_stages"] = [*training.get("click_stages", []),
                                 {k: record[k] for k in ("steps", "seconds", "start", "end", "validation")}
                                 | {k: record["settings"][k] for k in ("command", "batch_size", "lr", "prompt_lr_scale",
-                                                                      "whole_view", "max_iterations", "seed",
+                                                                      "first_view_share", "max_iterations", "seed",
                                                                       "validation_images")}]
     card.training = training
     return save_model(network, card, output)

@@ -27,6 +27,25 @@ def whole_box(shape: Sequence[int]) -> Box:
     return tuple((0, int(s)) for s in shape)
 
 
+def window_box(shape: Sequence[int], centre: Sequence[float], size: Sequence[int]) -> Box:
+    """A box of ``size`` pixels per axis (the whole axis where the image is smaller) centred on
+    ``centre``, moved (not cut) to stay inside the image."""
+    box = []
+    for middle, length, extent in zip(centre, size, shape):
+        length = min(int(length), int(extent))
+        start = min(max(int(round(float(middle) + 0.5 - length / 2)), 0), int(extent) - length)
+        box.append((start, start + length))
+    return tuple(box)
+
+
+def first_box(shape: Sequence[int], clicks: Sequence[Click], prompt, patch: Sequence[int]) -> Box:
+    """The view of the first clicks on an empty mask, as ``prompt.first_view`` says: the whole
+    image, or a ``patch``-sized window at the image's resolution centred on the clicks."""
+    if prompt.first_view == "whole" or not clicks:
+        return whole_box(shape)
+    return window_box(shape, np.mean([c.position for c in clicks], axis=0), patch)
+
+
 def zoom_box(shape: Sequence[int], mask: np.ndarray | None, clicks: Sequence[Click], expansion: float,
              min_crop: float) -> Box:
     """The crop a click model predicts in after its first click (as FocalClick's zoom-in): the

@@ -5,10 +5,11 @@
 >>> mask = session.add_click((90, 140), positive=False)           # doctest: +SKIP
 >>> mask = session.undo()                                         # doctest: +SKIP
 
-Each click predicts on a view of the image (the whole image for a first click on an empty mask,
-else a crop around the current object and the clicks, see :func:`.encoding.zoom_box`) resized to
-the card's patch, with the prompt channels of :func:`.encoding.prompt_maps`; the prediction
-replaces the mask inside that view. No Qt: the napari widget runs this in a worker.
+Each click predicts on a view of the image (for a first click on an empty mask the whole image or
+a window around the click, as the card says, see :func:`.encoding.first_box`; else a crop around
+the current object and the clicks, see :func:`.encoding.zoom_box`) resized to the card's patch,
+with the prompt channels of :func:`.encoding.prompt_maps`; the prediction replaces the mask inside
+that view. No Qt: the napari widget runs this in a worker.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from napari_lgms.clicks.encoding import Box, Click, prompt_maps, whole_box, zoom_box
+from napari_lgms.clicks.encoding import Box, Click, first_box, prompt_maps, zoom_box
 from napari_lgms.errors import InputError
 
 
@@ -62,7 +63,7 @@ class ClickSession:
         self.mask = np.zeros(self.shape, bool) if mask is None else np.asarray(mask, bool).copy()
         self.clicks: list[Click] = []
         self._before: list[np.ndarray] = []
-        self._first_clicks = 0  # clicks predicted on the whole image
+        self._first_clicks = 0  # clicks predicted in the first view
 
     def add_click(self, position: Sequence[float], positive: bool = True) -> np.ndarray:
         """Add a click at ``position`` (index coordinates per spatial axis) and return the new mask."""
@@ -96,20 +97,21 @@ class ClickSession:
         return self.mask
 
     def view(self) -> Box:
-        """The image region the last prediction covered: the whole image for the session's first
-        clicks on an empty mask, else the zoomed view around the mask and every click."""
+        """The image region the last prediction covered: the first view (:func:`.encoding.first_box`)
+        for the session's first clicks on an empty mask, else the zoomed view around the mask and
+        every click."""
         prompt = self.card.prompt
         if self.clicks and len(self.clicks) == self._first_clicks and not self._before[0].any():
-            return whole_box(self.shape)
+            return first_box(self.shape, self.clicks, prompt, self.card.input.patch_size)
         return zoom_box(self.shape, self._before[-1] if self._before else self.mask, self.clicks,
                         prompt.expansion, prompt.min_crop)
 
-    def _predicted(self, whole: bool, new_clicks: Sequence[Click]) -> np.ndarray:
+    def _predicted(self, first_view: bool, new_clicks: Sequence[Click]) -> np.ndarray:
         import torch
 
         from napari_lgms.inference.geometry import resize
 
-        if whole:
+        if first_view:
             self._first_clicks = len(self.clicks)
         box = self.view()
         region = tuple(slice(a, b) for a, b in box)
@@ -119,7 +121,7 @@ class ClickSession:
         logits = self._predict(torch.from_numpy(inputs)[None].to(self.device))
         logits = resize(logits.float().cpu(), tuple(b - a for a, b in box))[0, 0]
         predicted = (torch.sigmoid(logits) > self.card.output.threshold).numpy()
-        if not whole:
+        if not first_view:
             start = [a for a, _ in box]
             moved = [Click(tuple(p - a for p, a in zip(c.position, start)), c.positive) for c in new_clicks]
             predicted = merged(self.mask[region], predicted, moved)

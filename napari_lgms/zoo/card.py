@@ -78,21 +78,25 @@ class OutputSpec:
 
 
 PROMPT_CHANNELS = ("positive", "negative", "previous")
+FIRST_VIEWS = ("whole", "window")
 
 
 @dataclass
 class PromptSpec:
     """How clicks reach a promptable network: extra input channels after the image's, in the order
     of ``channels``: "positive" and "negative" are disks (balls in 3D) of ``radius`` network pixels
-    around each click, "previous" is the current mask (0/1). The first click is predicted on the
-    whole image; later ones on a crop around the current object and all clicks (its bounding box
-    ``expansion`` times larger, at least ``min_crop`` of the image per axis), resized to the patch.
-    Without clicks and without a mask every prompt channel is zero."""
+    around each click, "previous" is the current mask (0/1). The first clicks on an empty mask are
+    predicted in ``first_view``: "whole" (the whole image resized to the patch) or "window" (a
+    patch-sized window of the image at its own resolution, centred on the clicks); later ones on a
+    crop around the current object and all clicks (its bounding box ``expansion`` times larger, at
+    least ``min_crop`` of the image per axis), resized to the patch. Without clicks and without a
+    mask every prompt channel is zero."""
 
     channels: list[str] = field(default_factory=lambda: list(PROMPT_CHANNELS))
     radius: float = 5.0
     expansion: float = 1.4
     min_crop: float = 0.25
+    first_view: str = "whole"
 
 
 @dataclass

@@ -174,7 +174,7 @@ def _check_output(section: Any) -> None:
 
 
 def _check_prompt(section: Any) -> None:
-    from napari_lgms.zoo.card import PROMPT_CHANNELS
+    from napari_lgms.zoo.card import FIRST_VIEWS, PROMPT_CHANNELS
 
     _expect(isinstance(section, dict), "prompt", "must be an object")
     channels = section.get("channels", list(PROMPT_CHANNELS))
@@ -184,6 +184,8 @@ def _check_prompt(section: Any) -> None:
     for key, high in (("radius", MAX_PATCH), ("expansion", 100), ("min_crop", 1)):
         value = section.get(key, 1)
         _expect(_is_number(value) and 0 < value <= high, f"prompt.{key}", f"must be a number in (0, {high}]")
+    _expect(section.get("first_view", "whole") in FIRST_VIEWS, "prompt.first_view",
+            f"must be one of {', '.join(FIRST_VIEWS)}")
 
 
 def _check_weights(section: Any) -> None:
