@@ -123,7 +123,8 @@ def training_view(example: Example, rng: np.random.Generator, first_view_share: 
     objects = example.objects
     truth = example.labels == (objects[int(rng.integers(len(objects)))] if objects else 1)
     if rng.random() < first_view_share or not truth.any():
-        box = first_box(truth.shape, first_clicks(truth, rng), prompt, patch)
+        around = first_clicks(truth, rng) if prompt.first_view == "window" else []  # "whole" needs no click
+        box = first_box(truth.shape, around, prompt, patch)
     else:
         box = zoom_box(truth.shape, truth, [], rng.uniform(1.2, 2.2), prompt.min_crop)
         shift = [int(rng.uniform(-0.15, 0.15) * (b - a)) for a, b in box]
