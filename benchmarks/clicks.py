@@ -114,7 +114,8 @@ def run_case(name: str, case: ClickCase, data: Path, limit: int, seed: int) -> d
             boxed.append(iou(truth, segment(item.image, parent, channel_axis=item.channel_axis, spacing=item.spacing,
                                             roi=box_around(truth)).labels == part))
             for start, traces in ((None, fresh), (auto, corrected)):
-                session = ClickSession(item.image, model, channel_axis=item.channel_axis, mask=start)
+                session = ClickSession(item.image, model, channel_axis=item.channel_axis, mask=start,
+                                       spacing=item.spacing)
 
                 def click(chosen, session=session):
                     began = time.perf_counter()

@@ -157,12 +157,12 @@ class _EchoNetwork(torch.nn.Module):
         return 8 * (positive + previous - 2 * negative - 0.5)[:, None]
 
 
-def _echo_session(image_shape=(100, 120), first_view="whole", **options):
+def _echo_session(image_shape=(100, 120), first_view="whole", model_spacing=None, **options):
     from napari_lgms.zoo import ModelCard
     from napari_lgms.zoo.card import InputSpec
 
     card = ModelCard(name="echo", architecture="echo", arguments={"in_channels": 4, "num_classes": 1},
-                     input=InputSpec.for_network([32, 32], 1, "resize"), normalization={"kind": "zscore"},
+                     input=InputSpec.for_network([32, 32], 1, "resize", spacing=model_spacing), normalization={"kind": "zscore"},
                      class_names=["background", "object"],
                      prompt=PromptSpec(radius=3, min_crop=0.3, first_view=first_view))
     image = np.random.default_rng(1).random(image_shape).astype(np.float32)
@@ -213,6 +213,18 @@ def test_a_window_first_view_is_a_patch_at_the_images_resolution_around_the_clic
     assert small.view() == ((0, 20), (44, 76))  # an axis shorter than the patch is seen whole
 
 
+def test_a_window_first_view_covers_the_models_patch_in_millimetres():
+    half_mm = _echo_session(first_view="window", model_spacing=[1.0, 1.0], spacing=(0.5, 0.25))
+    half_mm.add_click((50, 60))
+    assert half_mm.view() == ((18, 82), (0, 120))  # 32 mm: 64 rows of 0.5 mm; 128 columns > the image's 120
+    for options in ({"model_spacing": [1.0, 1.0]}, {"spacing": (0.5, 0.5)}):  # a spacing unknown: patch pixels
+        session = _echo_session(first_view="window", **options)
+        session.add_click((50, 60))
+        assert session.view() == ((34, 66), (44, 76))
+    with pytest.raises(InputError, match="spacing"):
+        _echo_session(spacing=(0.5, -1.0))
+
+
 def test_click_training_shows_the_first_view_the_session_will_show():
     from napari_lgms.training.clicks import Example, training_view
 
@@ -223,6 +235,9 @@ def test_click_training_shows_the_first_view_the_session_will_show():
     for first_view, shape in (("window", (16, 16)), ("whole", (60, 80))):
         image, truth = training_view(example, rng, 1.0, PromptSpec(first_view=first_view), (16, 16))
         assert image.shape == (1, *shape) and truth.shape == shape and truth.any()
+    example.spacing = (0.5, 0.5)  # a window of 16 pixels at 1 mm is 32 pixels of this image
+    image, truth = training_view(example, rng, 1.0, PromptSpec(first_view="window"), (16, 16), (1.0, 1.0))
+    assert image.shape == (1, 32, 32) and truth.any()
 
 
 def test_a_session_can_start_from_a_mask():
@@ -314,3 +329,4 @@ def test_a_new_click_model_card_says_where_it_comes_from():
     assert card.lineage["parent"] == "lgmsnet-synthetic-us" and card.prompt == PromptSpec()
     assert card.training["initialised_from"] == "lgmsnet-synthetic-us" and card.training["earlier_stages"]
     assert card.metrics == {} and "Takes clicks" in card.description
+

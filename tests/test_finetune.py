@@ -288,3 +288,17 @@ def test_a_3d_model_trains_on_patches_and_is_judged_by_sliding_windows(tiny_mode
                       device="cpu")
     assert result.evidence["held_out"] == 4 and result.evidence["metric"] == "dice"
     assert result.candidate.card.training["finetune"]["data"]["unlabelled"] == 1  # the 2D image is not for it
+
+
+def test_volumes_are_resampled_to_the_models_spacing_where_theirs_is_known():
+    from napari_lgms.io.image import ImageData
+    from napari_lgms.training.data import PrepareSpec, RawExample, prepare
+    from napari_lgms.training.finetuning import _unlabelled_samples
+
+    spec = PrepareSpec(1, 3, 3, (16, 16, 16), "patch", {"kind": "zscore"}, spacing=(1.0, 1.0, 1.0))
+    volume = np.random.default_rng(0).normal(size=(10, 24, 18)).astype(np.float32)
+    read = ImageData(volume, "ZYX", (2.0, 0.5, 1.0), ("mm",) * 3, None, None, "napari")
+    samples = _unlabelled_samples([read, volume], spec, limit=8, seed=0)
+    assert [s.image.shape for s in samples] == [(1, 20, 12, 18), (1, 10, 24, 18)]  # a bare array: as it is
+    correction = prepare(RawExample(volume[None], np.ones(volume.shape, np.uint8), None, (2.0, 0.5, 1.0)), spec)
+    assert correction.image.shape == (1, 20, 12, 18)  # corrections as the unlabelled images and inference

@@ -46,6 +46,30 @@ def test_msd_layout_is_found_and_prepared_as_3d(tmp_path, tiny_arch):
     assert abs(float(sample.image.mean())) < 1e-3  # normalised as inference normalises
 
 
+def test_patch_mode_resamples_to_the_models_spacing_as_inference_does():
+    import torch
+
+    from napari_lgms.inference.geometry import resize
+    from napari_lgms.inference.normalize import normalize
+    from napari_lgms.training.data import PrepareSpec, RawExample, prepare
+
+    rng = np.random.default_rng(3)
+    volume = rng.normal(size=(1, 8, 20, 20)).astype(np.float32)
+    mask = np.zeros((8, 20, 20), np.uint8)
+    mask[2:6, 5:15, 5:15] = 2
+    region = mask > 0
+    spec = PrepareSpec(1, 3, 3, (16, 16, 16), "patch", {"kind": "zscore"}, spacing=(1.0, 1.0, 1.0))
+    sample = prepare(RawExample(volume, mask, region, (2.0, 0.5, 0.5)), spec)
+    assert sample.image.shape == (1, 16, 10, 10) and sample.mask.shape == sample.region.shape == (16, 10, 10)
+    assert sample.spacing == (1.0, 1.0, 1.0) and sample.original_shape == (8, 20, 20)
+    expected = resize(torch.from_numpy(normalize(volume, spec.normalization))[None], (16, 10, 10))[0].numpy()
+    np.testing.assert_allclose(sample.image, expected, rtol=1e-5, atol=1e-5)
+    assert set(np.unique(sample.mask)) == {0, 2} and sample.region[8, 5, 5]
+    for spacing in (None, (1.0, 1.0, 1.0)):  # unknown, or already the model's: as it is
+        kept = prepare(RawExample(volume, mask, None, spacing), spec)
+        assert kept.image.shape == (1, 8, 20, 20) and kept.spacing == spacing
+
+
 def test_prepare_resizes_adapts_channels_and_binarises():
     from napari_lgms.training.data import PrepareSpec, RawExample, prepare
 

@@ -116,6 +116,20 @@ def test_box_from_a_shapes_layer_in_image_index_coordinates():
     assert box.roi == ((3, 4), (4, 21), (6, 31)) and box.flat_axes == (0,)
 
 
+def test_layer_spacing_in_millimetres_only_for_length_units():
+    from napari.layers import Image
+
+    from napari_lgms.widgets._layer_geometry import spacing_in_mm
+
+    volume = np.zeros((4, 5, 6, 3), np.float32)
+    in_mm = Image(volume, scale=(2.0, 0.5, -0.5, 1.0), units=("mm", "mm", "mm", "pixel"))
+    assert spacing_in_mm(in_mm, [0, 1, 2]) == (2.0, 0.5, 0.5)  # a flipped axis has a positive size
+    assert spacing_in_mm(in_mm, [0, 1, 2, 3]) is None  # "pixel" is no length
+    in_um = Image(volume[..., 0], scale=(2.0, 0.5, 0.5), units=("micrometer",) * 3)
+    assert np.allclose(spacing_in_mm(in_um, [0, 1, 2]), (0.002, 0.0005, 0.0005))
+    assert spacing_in_mm(Image(volume[..., 0], scale=(3.0, 1.0, 1.0)), [0, 1, 2]) is None  # napari's default units
+
+
 def _dock(viewer, name):
     _, widget = viewer.window.add_plugin_dock_widget("napari-lgms", name)
     return widget
@@ -167,7 +181,7 @@ def test_segment_2d_sample_new_layer_keeps_geometry(make_napari_viewer, qtbot, s
     np.testing.assert_array_equal(example.mask, labels.data)
     np.testing.assert_array_equal(example.prediction, meta["prediction"])
     assert example.entry.model == "tiny-2d"
-    assert example.entry.geometry["scale"] == [0.2, 0.2]
+    assert example.entry.geometry["scale"] == [0.2, 0.2] and example.entry.geometry["spacing"] == [0.2, 0.2]
     assert panel.entry_list.count() == 1
     panel.entry_list.setCurrentRow(0)
     panel.delete_selected()
@@ -199,6 +213,32 @@ def test_the_prediction_choice_reaches_the_engine(make_napari_viewer, qtbot, sav
     np.testing.assert_array_equal(widget.last_output.data, flipped)
     assert "averaged over flips" in widget.status_label.text()
     assert not np.array_equal(flipped, segment(image, model, test_time_augmentation="none").labels)
+
+
+@pytest.mark.gui
+@needs_display
+def test_the_layers_millimetres_reach_the_engine(make_napari_viewer, qtbot, saved_tiny, corrections_dir,
+                                                 monkeypatch):
+    import napari_lgms.inference as inference
+
+    seen, original = [], inference.segment_steps
+
+    def recording(*args, spacing=None, **options):
+        seen.append(spacing)
+        return original(*args, spacing=spacing, **options)
+
+    monkeypatch.setattr(inference, "segment_steps", recording)
+    viewer = make_napari_viewer()
+    volume = np.random.default_rng(3).normal(size=(12, 20, 20)).astype(np.float32)
+    viewer.add_image(volume, name="mm", scale=(3.0, 0.5, 0.5), units="mm")
+    viewer.add_image(volume, name="pixels")
+    widget = _dock(viewer, "Segment")
+    widget.select_model(saved_tiny[3])
+    for name, spacing in (("mm", (3.0, 0.5, 0.5)), ("pixels", None)):
+        widget.image_combo.setCurrentText(name)
+        assert widget.plan().spacing == spacing
+        _run_and_wait(qtbot, widget)
+        assert seen[-1] == spacing
 
 
 @pytest.mark.gui

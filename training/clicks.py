@@ -68,13 +68,14 @@ class Example:
     """An image in memory, at most ``max_side`` per axis: ``image`` (C, *S) in the card's channels
     and file intensities, ``labels`` (*S) its objects (each foreground label is one object to
     click), ``normalize`` the card's normalisation with this image's statistics (as the click
-    session fits it)."""
+    session fits it), ``spacing`` its pixel size per axis after that resizing (None: unknown)."""
 
     name: str
     image: np.ndarray
     labels: np.ndarray
     normalize: Callable[[np.ndarray], np.ndarray]
     objects: list[int] = field(default_factory=list)  # its foreground labels
+    spacing: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -101,30 +102,35 @@ def load_examples(pairs, card, max_side: int) -> Generator[int, None, list[Examp
         labels = np.asarray(raw.mask).astype(np.int32)
         if labels.max(initial=0) == 255:  # 0/255 masks: one object
             labels = (labels > 0).astype(np.int32)
+        spacing = raw.spacing
         scale = max_side / max(labels.shape)
         if scale < 1:
             shape = tuple(max(1, round(s * scale)) for s in labels.shape)
+            if spacing is not None:
+                spacing = tuple(p * s / n for p, s, n in zip(spacing, labels.shape, shape))
             image = resize_image(image, shape)
             labels = resize_nearest(labels, shape).astype(np.int32)
         objects = [int(v) for v in np.unique(labels) if v > 0]
-        examples.append(Example(pair.name, image, labels, fit_normalizer(image, card.normalization), objects))
+        examples.append(Example(pair.name, image, labels, fit_normalizer(image, card.normalization), objects,
+                                spacing))
         yield count
     return examples
 
 
-def training_view(example: Example, rng: np.random.Generator, first_view_share: float, prompt, patch):
+def training_view(example: Example, rng: np.random.Generator, first_view_share: float, prompt, patch,
+                  model_spacing=None):
     """A random view of one random object of ``example`` (flipped per axis with probability 1/2):
-    the session's first view (the whole image, or a ``patch``-sized window around a point well
-    inside the object), or a crop around the object like the session's zoom (expansion 1.2-2.2,
-    centre jittered). Returns (normalised image view (C, *v) float32, truth view (*v) bool)."""
-    from napari_lgms.clicks.encoding import first_box, zoom_box
+    the session's first view (the whole image, or a window of ``patch`` pixels at ``model_spacing``
+    around a point well inside the object), or a crop around the object like the session's zoom
+    (expansion 1.2-2.2, centre jittered). Returns (normalised image view (C, *v) float32, truth view (*v) bool)."""
+    from napari_lgms.clicks.encoding import first_box, first_window, zoom_box
     from napari_lgms.training.augment import random_intensity, random_noise
 
     objects = example.objects
     truth = example.labels == (objects[int(rng.integers(len(objects)))] if objects else 1)
     if rng.random() < first_view_share or not truth.any():
         around = first_clicks(truth, rng) if prompt.first_view == "window" else []  # "whole" needs no click
-        box = first_box(truth.shape, around, prompt, patch)
+        box = first_box(truth.shape, around, prompt, first_window(patch, model_spacing, example.spacing))
     else:
         box = zoom_box(truth.shape, truth, [], rng.uniform(1.2, 2.2), prompt.min_crop)
         shift = [int(rng.uniform(-0.15, 0.15) * (b - a)) for a, b in box]
@@ -352,7 +358,8 @@ def simulated_batch(network, card, examples, rng, settings: ClickTraining, grid)
     prompt, box = card.prompt, whole_box(grid)
     views, truths, clicks, shown = [], [], [], []
     for index in rng.integers(len(examples), size=settings.batch_size):
-        image, truth = training_view(examples[index], rng, settings.first_view_share, prompt, grid)
+        image, truth = training_view(examples[index], rng, settings.first_view_share, prompt, grid,
+                                     card.input.spacing)
         truth = resize_nearest(truth, grid) > 0.5
         views.append(resize_image(image, grid))
         truths.append(truth)
@@ -405,7 +412,7 @@ def click_scores(network, card, examples) -> dict:
         one_channel = example.image.shape[0] == 1
         image = example.image[0] if one_channel else example.image
         for label in example.objects:
-            session = ClickSession(image, model, channel_axis=None if one_channel else 0)
+            session = ClickSession(image, model, channel_axis=None if one_channel else 0, spacing=example.spacing)
             traces.append(simulate(example.labels == label, lambda c, s=session: s.add_click(c.position, c.positive)))
     return {k: round(v, 4) for k, v in summarize_traces(traces).items()}
 

@@ -192,6 +192,7 @@ class PrepareSpec:
     patch_size: tuple[int, ...]
     input_mode: str  # "resize" | "patch"
     normalization: dict = field(default_factory=dict, hash=False)
+    spacing: tuple[float, ...] | None = None  # "patch" mode: resample to it where an example's spacing is known
 
 
 @dataclass
@@ -230,8 +231,9 @@ def resize_image(image: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
 
 
 def prepare(raw: RawExample, spec: PrepareSpec, name: str = "image") -> Sample:
-    """Channel mapping, normalisation, resize (resize mode), label checks, focus voxels."""
-    from napari_lgms.inference.geometry import match_channels
+    """Channel mapping, normalisation, resize (resize mode) or resampling to ``spec.spacing``
+    (patch mode, as inference resamples), label checks, focus voxels."""
+    from napari_lgms.inference.geometry import match_channels, resampled_shape
     from napari_lgms.inference.normalize import normalize
 
     image = raw.image
@@ -246,9 +248,14 @@ def prepare(raw: RawExample, spec: PrepareSpec, name: str = "image") -> Sample:
         raise InputError(f"{name}: {error}") from None
     image = normalize(image, spec.normalization)
     mask = np.asarray(raw.mask)
-    region = raw.region
+    region, spacing = raw.region, raw.spacing
+    size = None
     if spec.input_mode == "resize":
         size = tuple(spec.patch_size)
+    elif spec.spacing is not None and spacing is not None and len(spacing) == mask.ndim:
+        size = resampled_shape(tuple(mask.shape), spacing, spec.spacing)
+        spacing = tuple(spec.spacing) if size else spacing
+    if size is not None:
         if region is not None:
             region = _resize_labels(region.astype(np.uint8), size).astype(bool)
         image, mask = resize_image(image, size), _resize_labels(mask, size)
@@ -265,7 +272,7 @@ def prepare(raw: RawExample, spec: PrepareSpec, name: str = "image") -> Sample:
     focus = np.flatnonzero(source)
     if len(focus) > MAX_FOCUS:
         focus = np.random.default_rng(0).choice(focus, MAX_FOCUS, replace=False)
-    return Sample(name, image, mask, focus if len(focus) else None, raw.spacing, tuple(raw.image.shape[1:]),
+    return Sample(name, image, mask, focus if len(focus) else None, spacing, tuple(raw.image.shape[1:]),
                   region if region is not None and region.any() else None)
 
 

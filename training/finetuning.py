@@ -174,7 +174,8 @@ def _destination(output) -> Path:
 # ----------------------------------------------------------------------------- data
 def _unlabelled_samples(unlabelled, spec, limit: int, seed: int) -> list:
     """Prepared (mask-less) samples from a folder of images or a sequence of arrays (spatial axes
-    first, channels last if any), at most ``limit`` of them (a seeded choice)."""
+    first, channels last if any) or of :class:`~napari_lgms.io.image.ImageData`, at most ``limit``
+    of them (a seeded choice)."""
     from napari_lgms.inference.geometry import channels_first, find_channel_axis
     from napari_lgms.training.data import RawExample, prepare
 
@@ -188,17 +189,18 @@ def _unlabelled_samples(unlabelled, spec, limit: int, seed: int) -> list:
         if not folder.is_dir():
             raise InputError(f"unlabelled images: {folder} is not a folder")
         chosen = _choose([p for p in visible_files(folder) if p.is_file()], limit, seed)
-        arrays = [(read_image(p).array, p.name) for p in chosen]
+        arrays = [(image.array, p.name, image.spacing) for p, image in ((p, read_image(p)) for p in chosen)]
     else:
-        arrays = [(np.asarray(a), f"unlabelled {i}") for i, a in enumerate(_choose(list(unlabelled), limit, seed))]
+        arrays = [(np.asarray(getattr(a, "array", a)), f"unlabelled {i}", getattr(a, "spacing", None))
+                  for i, a in enumerate(_choose(list(unlabelled), limit, seed))]
     samples = []
-    for array, label in arrays:
+    for array, label, spacing in arrays:
         axis = find_channel_axis(array.shape, "auto", spec.spatial_dims, spec.in_channels)
         image = np.asarray(channels_first(array, axis), dtype=np.float32)
         if image.ndim - 1 != spec.spatial_dims:
             continue  # another dimensionality (a volume beside 2D images): not this model's input
         blank = np.zeros(image.shape[1:], dtype=np.uint8)
-        samples.append(prepare(RawExample(image, blank), spec, label))
+        samples.append(prepare(RawExample(image, blank, None, spacing), spec, label))
     return samples
 
 
@@ -344,7 +346,7 @@ def finetune_steps(
     corrections: str | Path | None = None,
     images: str | Path | None = None,
     masks: str | Path | None = None,
-    unlabelled: str | Path | Sequence[np.ndarray] | None = None,
+    unlabelled: str | Path | Sequence | None = None,
     output: str | Path | None = None,
     time_budget: float | None = None,
     steps: int | None = None,
@@ -362,7 +364,9 @@ def finetune_steps(
 
     ``time_budget`` (seconds, the whole call) or ``steps`` (optimiser steps of the candidate run;
     each cross-fitting run takes half as many) bound the run; with neither, the preset's budget.
-    ``unlabelled``: a folder of images or a sequence of arrays of the same domain, without labels.
+    ``unlabelled``: a folder of images or a sequence of arrays (or of images from
+    :func:`napari_lgms.read_image`, whose spacing a 3D model's resampling uses) of the same domain,
+    without labels.
     ``precision``: "auto" (bf16 autocast on CPUs with native bf16 and on CUDA GPUs that have it,
     else fp32), "fp32" or "bf16". ``should_stop``: checked every step; a stopped run saves nothing.
     """
@@ -415,8 +419,9 @@ def finetune_steps(
     dims = parent_card.spatial_dims
     patch = tuple(int(s) for s in parent_card.input.patch_size or [256] * dims)
     mode = "resize" if (parent_card.input.mode or "resize") == "resize" else "patch"
+    spacing = parent_card.input.spacing
     spec = data_mod.PrepareSpec(parent_card.in_channels, parent_card.num_classes, dims, patch, mode,
-                                dict(parent_card.normalization))
+                                dict(parent_card.normalization), tuple(spacing) if spacing else None)
     cache = data_mod.SampleCache(examples, spec)
     for done in cache.preload():
         yield TrainProgress(0, 0, 0, 0, None, 0.0, time.monotonic() - started, time_budget, None, "loading",

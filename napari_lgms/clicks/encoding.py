@@ -38,12 +38,21 @@ def window_box(shape: Sequence[int], centre: Sequence[float], size: Sequence[int
     return tuple(box)
 
 
-def first_box(shape: Sequence[int], clicks: Sequence[Click], prompt, patch: Sequence[int]) -> Box:
+def first_box(shape: Sequence[int], clicks: Sequence[Click], prompt, window: Sequence[int]) -> Box:
     """The view of the first clicks on an empty mask, as ``prompt.first_view`` says: the whole
-    image, or a ``patch``-sized window at the image's resolution centred on the clicks."""
+    image, or a ``window`` (pixels per axis, see :func:`first_window`) centred on the clicks."""
     if prompt.first_view == "whole" or not clicks:
         return whole_box(shape)
-    return window_box(shape, np.mean([c.position for c in clicks], axis=0), patch)
+    return window_box(shape, np.mean([c.position for c in clicks], axis=0), window)
+
+
+def first_window(patch: Sequence[int], model_spacing: Sequence[float] | None,
+                 spacing: Sequence[float] | None) -> tuple[int, ...]:
+    """The image pixels per axis a "window" first view covers: the model's patch at the model's
+    spacing (the same physical extent), or ``patch`` pixels when either spacing is unknown."""
+    if model_spacing is None or spacing is None:
+        return tuple(int(p) for p in patch)
+    return tuple(max(1, round(p * m / s)) for p, m, s in zip(patch, model_spacing, spacing))
 
 
 def zoom_box(shape: Sequence[int], mask: np.ndarray | None, clicks: Sequence[Click], expansion: float,

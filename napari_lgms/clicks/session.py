@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from napari_lgms.clicks.encoding import Box, Click, first_box, prompt_maps, zoom_box
+from napari_lgms.clicks.encoding import Box, Click, first_box, first_window, prompt_maps, zoom_box
 from napari_lgms.errors import InputError
 
 
@@ -37,10 +37,13 @@ def network_input(view: np.ndarray, box: Box, grid: Sequence[int], clicks: Seque
 class ClickSession:
     """Segment one object of ``image`` click by click with ``model`` (a promptable model's name,
     card path or LoadedModel). ``image``: 2D (optionally with channels) for a 2D model, 3D for a 3D
-    one; ``mask``: a mask to start from (e.g. the automatic one), else empty. ``mask`` (bool, the
-    image's spatial shape) is always the current result."""
+    one; ``mask``: a mask to start from (e.g. the automatic one), else empty; ``spacing``: the
+    image's pixel size per spatial axis in the card's unit (mm), which sizes a "window" first view
+    for a card with a spacing. ``mask`` (bool, the image's spatial shape) is always the current
+    result."""
 
-    def __init__(self, image, model, *, channel_axis="auto", mask: np.ndarray | None = None, device="cpu"):
+    def __init__(self, image, model, *, channel_axis="auto", mask: np.ndarray | None = None, spacing=None,
+                 device="cpu"):
         from napari_lgms.inference import geometry
         from napari_lgms.inference.engine import loaded_model
         from napari_lgms.inference.normalize import fit_normalizer
@@ -56,6 +59,8 @@ class ClickSession:
             raise InputError(f"{card.name} is a {card.spatial_dims}D model; the image has spatial shape "
                              f"{data.shape[1:]} (give one slice of a volume to a 2D model)")
         self.card, self.shape = card, tuple(data.shape[1:])
+        self.window = first_window(card.input.patch_size, card.input.spacing,
+                                   geometry.check_spacing(spacing, self.shape))
         self._data, self._normalize = data, fit_normalizer(data, card.normalization)
         self._predict, self.device = _click_predictor(loaded.network, card, device)
         if mask is not None and tuple(np.shape(mask)) != self.shape:
@@ -102,7 +107,7 @@ class ClickSession:
         every click."""
         prompt = self.card.prompt
         if self.clicks and len(self.clicks) == self._first_clicks and not self._before[0].any():
-            return first_box(self.shape, self.clicks, prompt, self.card.input.patch_size)
+            return first_box(self.shape, self.clicks, prompt, self.window)
         return zoom_box(self.shape, self._before[-1] if self._before else self.mask, self.clicks,
                         prompt.expansion, prompt.min_crop)
 

@@ -160,7 +160,7 @@ def segment_steps(
     axis = geometry.find_channel_axis(array.shape, channel_axis, card.spatial_dims, card.image_channels)
     data = geometry.channels_first(array, axis)
     spatial_shape = tuple(data.shape[1:])
-    spacing = _check_spacing(spacing, spatial_shape)
+    spacing = geometry.check_spacing(spacing, spatial_shape)
     if len(spatial_shape) not in (2, 3):
         raise InputError(f"image has {len(spatial_shape)} spatial axis/axes (shape {array.shape}); accepted: "
                          f"{geometry.ACCEPTED_SHAPES}")
@@ -480,20 +480,6 @@ def _check_axis(axis, ndim: int, name: str) -> int:
     if not -ndim <= axis < ndim:
         raise InputError(f"{name} {axis} is out of range for {ndim} spatial axes")
     return axis % ndim
-
-
-def _check_spacing(spacing, spatial_shape) -> tuple[float, ...] | None:
-    if spacing is None:
-        return None
-    try:
-        values = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError):
-        raise InputError(f"spacing must be one number per spatial axis, got {spacing!r}") from None
-    if len(values) != len(spatial_shape):
-        raise InputError(f"spacing {values} has {len(values)} values; the image has {len(spatial_shape)} spatial axes")
-    if any(not math.isfinite(v) or v <= 0 for v in values):
-        raise InputError(f"spacing must be positive finite numbers, got {values}")
-    return values
 
 
 def _device_of(network):

@@ -6,6 +6,8 @@ in image index order.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from napari_lgms.errors import InputError
@@ -143,6 +145,21 @@ def crop_box(roi: tuple[tuple[int, int], ...], spatial_shape: tuple[int, ...],
 def roi_within_box(roi: tuple[tuple[int, int], ...], box: tuple[slice, ...]) -> tuple[slice, ...]:
     """The ROI in the coordinates of the cropped box."""
     return tuple(slice(start - b.start, stop - b.start) for (start, stop), b in zip(roi, box))
+
+
+def check_spacing(spacing, spatial_shape) -> tuple[float, ...] | None:
+    """``spacing`` (one positive number per spatial axis, or None) as floats; InputError otherwise."""
+    if spacing is None:
+        return None
+    try:
+        values = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise InputError(f"spacing must be one number per spatial axis, got {spacing!r}") from None
+    if len(values) != len(spatial_shape):
+        raise InputError(f"spacing {values} has {len(values)} values; the image has {len(spatial_shape)} spatial axes")
+    if any(not math.isfinite(v) or v <= 0 for v in values):
+        raise InputError(f"spacing must be positive finite numbers, got {values}")
+    return values
 
 
 def resampled_shape(shape: tuple[int, ...], spacing, target_spacing) -> tuple[int, ...] | None:

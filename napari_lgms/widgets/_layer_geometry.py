@@ -66,6 +66,15 @@ def spatial_geometry(layer, axes: list[int]) -> dict:
     return geometry
 
 
+def spacing_in_mm(layer, axes: list[int]) -> tuple[float, ...] | None:
+    """The pixel size of ``layer`` along ``axes`` in millimetres (the models' unit), or None when
+    an axis has no length unit (napari's default "pixel"): then the engine does not resample."""
+    try:
+        return tuple(abs(float((layer.scale[a] * layer.units[a]).to("mm").magnitude)) for a in axes)
+    except Exception:  # pint's DimensionalityError, or a layer without units
+        return None
+
+
 def _world_point_on_layer(viewer, layer, axes: list[int]) -> np.ndarray:
     """The viewer's current point in ``layer``'s data coordinates, restricted to ``axes``."""
     data_point = np.asarray(layer.world_to_data(viewer.dims.point), dtype=float)

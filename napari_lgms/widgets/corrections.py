@@ -74,7 +74,7 @@ def example_from_viewer(viewer, labels_layer):
         "translate": [float(t) for t in labels_layer.translate],
         "units": [str(u) for u in labels_layer.units],
         "axis_labels": list(labels_layer.axis_labels),
-        "spacing": [abs(float(s)) for s in labels_layer.scale],
+        "spacing": list(geo.spacing_in_mm(labels_layer, list(range(labels_layer.ndim))) or []) or None,
         "slice_axis": None, "slice_index": None, "roi": None,
     }
     key = image_name

@@ -359,9 +359,12 @@ class FinetuneWidget(FinetuneLayout):
             self.budget_combo.setCurrentText(BUDGET_MINUTES)
             self.minutes_spin.setValue(FAST_MINUTES)
 
-    def unlabelled_images(self, choice) -> list[np.ndarray]:
+    def unlabelled_images(self, choice) -> list:
         """The viewer's image layers that fit ``choice`` (its dimensions and channels), not corrected ones,
-        spatial axes first and channels last; at most :data:`MAX_UNLABELLED`."""
+        spatial axes first and channels last, with their spacing in mm where the layer has one (an
+        ``ImageData``), else as arrays; at most :data:`MAX_UNLABELLED`."""
+        from napari_lgms.io.image import ImageData
+
         corrected = {(entry.geometry or {}).get("layer") for entry in self._store_entries()}
         images = []
         for layer in self.viewer.layers:
@@ -371,7 +374,11 @@ class FinetuneWidget(FinetuneLayout):
             if layer.ndim != choice.spatial_dims or channels != choice.in_channels:
                 continue
             array = geo.image_array(layer)
-            images.append(array[..., 0] if getattr(layer, "rgb", False) and channels == 1 else array)
+            array = array[..., 0] if getattr(layer, "rgb", False) and channels == 1 else array
+            spacing = geo.spacing_in_mm(layer, list(range(spatial_ndim)))
+            axes = "ZYX"[-spatial_ndim:] + ("C" if array.ndim > spatial_ndim else "")
+            images.append(array if spacing is None else
+                          ImageData(array, axes, spacing, ("mm",) * spatial_ndim, None, None, "napari"))
         return images
 
     def options(self) -> dict:

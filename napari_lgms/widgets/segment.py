@@ -104,6 +104,7 @@ class RunPlan:
     fill_only_empty: bool
     geometry: dict = field(default_factory=dict)
     test_time_augmentation: str = "auto"
+    spacing: tuple[float, ...] | None = None  # mm per spatial axis, when the layer says
 
 
 @dataclass
@@ -363,6 +364,7 @@ class SegmentWidget(SegmentLayout):
             fill_only_empty=self.merge_combo.currentText() == FILL_EMPTY,
             geometry=geo.spatial_geometry(image_layer, axes),
             test_time_augmentation=PREDICTIONS[self.prediction_combo.currentText()],
+            spacing=geo.spacing_in_mm(image_layer, axes),
         )
 
     def _jobs(self, image_layer, axes, spatial_shape, slice_axis, dims) -> list[Job]:
@@ -505,7 +507,7 @@ class SegmentSession:
         results = []
         for part, job in enumerate(plan.jobs):
             steps = segment_steps(plan.image, model, channel_axis=plan.channel_axis, roi=job.roi,
-                                  slice_axis=plan.slice_axis, slice_index=job.slice_index,
+                                  spacing=plan.spacing, slice_axis=plan.slice_axis, slice_index=job.slice_index,
                                   test_time_augmentation=plan.test_time_augmentation, should_stop=should_stop)
             result = yield from _scaled_progress(steps, part, len(plan.jobs))
             if result is None:
