@@ -68,13 +68,14 @@ def example_from_viewer(viewer, labels_layer):
     mask = np.asarray(labels_layer.data)
     prediction = np.asarray(meta["prediction"])
     axes = list(meta["spatial_axes"])
+    spacing = geo.spacing_in_mm(labels_layer, list(range(labels_layer.ndim)))  # None without length units
     geometry = {
         "layer": image_name,
         "scale": [float(s) for s in labels_layer.scale],
         "translate": [float(t) for t in labels_layer.translate],
         "units": [str(u) for u in labels_layer.units],
         "axis_labels": list(labels_layer.axis_labels),
-        "spacing": list(geo.spacing_in_mm(labels_layer, list(range(labels_layer.ndim))) or []) or None,
+        "spacing": list(spacing) if spacing else None,
         "slice_axis": None, "slice_index": None, "roi": None,
     }
     key = image_name
