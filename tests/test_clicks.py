@@ -162,7 +162,8 @@ def _echo_session(image_shape=(100, 120), first_view="whole", model_spacing=None
     from napari_lgms.zoo.card import InputSpec
 
     card = ModelCard(name="echo", architecture="echo", arguments={"in_channels": 4, "num_classes": 1},
-                     input=InputSpec.for_network([32, 32], 1, "resize", spacing=model_spacing), normalization={"kind": "zscore"},
+                     input=InputSpec.for_network([32, 32], 1, "resize", spacing=model_spacing),
+                     normalization={"kind": "zscore"},
                      class_names=["background", "object"],
                      prompt=PromptSpec(radius=3, min_crop=0.3, first_view=first_view))
     image = np.random.default_rng(1).random(image_shape).astype(np.float32)
@@ -217,7 +218,7 @@ def test_a_window_first_view_covers_the_models_patch_in_millimetres():
     half_mm = _echo_session(first_view="window", model_spacing=[1.0, 1.0], spacing=(0.5, 0.25))
     half_mm.add_click((50, 60))
     assert half_mm.view() == ((18, 82), (0, 120))  # 32 mm: 64 rows of 0.5 mm; 128 columns > the image's 120
-    for options in ({"model_spacing": [1.0, 1.0]}, {"spacing": (0.5, 0.5)}):  # a spacing unknown: patch pixels
+    for options in ({"model_spacing": [1.0, 1.0]}, {"spacing": (0.5, 0.5)}):  # one spacing unknown: the patch
         session = _echo_session(first_view="window", **options)
         session.add_click((50, 60))
         assert session.view() == ((34, 66), (44, 76))
@@ -329,4 +330,3 @@ def test_a_new_click_model_card_says_where_it_comes_from():
     assert card.lineage["parent"] == "lgmsnet-synthetic-us" and card.prompt == PromptSpec()
     assert card.training["initialised_from"] == "lgmsnet-synthetic-us" and card.training["earlier_stages"]
     assert card.metrics == {} and "Takes clicks" in card.description
-

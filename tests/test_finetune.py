@@ -300,5 +300,6 @@ def test_volumes_are_resampled_to_the_models_spacing_where_theirs_is_known():
     read = ImageData(volume, "ZYX", (2.0, 0.5, 1.0), ("mm",) * 3, None, None, "napari")
     samples = _unlabelled_samples([read, volume], spec, limit=8, seed=0)
     assert [s.image.shape for s in samples] == [(1, 20, 12, 18), (1, 10, 24, 18)]  # a bare array: as it is
-    correction = prepare(RawExample(volume[None], np.ones(volume.shape, np.uint8), None, (2.0, 0.5, 1.0)), spec)
+    mask = np.ones(volume.shape, np.uint8)
+    correction = prepare(RawExample(volume[None], mask, None, (2.0, 0.5, 1.0)), spec)
     assert correction.image.shape == (1, 20, 12, 18)  # corrections as the unlabelled images and inference

@@ -127,7 +127,8 @@ def test_layer_spacing_in_millimetres_only_for_length_units():
     assert spacing_in_mm(in_mm, [0, 1, 2, 3]) is None  # "pixel" is no length
     in_um = Image(volume[..., 0], scale=(2.0, 0.5, 0.5), units=("micrometer",) * 3)
     assert np.allclose(spacing_in_mm(in_um, [0, 1, 2]), (0.002, 0.0005, 0.0005))
-    assert spacing_in_mm(Image(volume[..., 0], scale=(3.0, 1.0, 1.0)), [0, 1, 2]) is None  # napari's default units
+    pixels = Image(volume[..., 0], scale=(3.0, 1.0, 1.0))  # napari's default units
+    assert spacing_in_mm(pixels, [0, 1, 2]) is None
 
 
 def _dock(viewer, name):

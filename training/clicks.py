@@ -122,7 +122,8 @@ def training_view(example: Example, rng: np.random.Generator, first_view_share: 
     """A random view of one random object of ``example`` (flipped per axis with probability 1/2):
     the session's first view (the whole image, or a window of ``patch`` pixels at ``model_spacing``
     around a point well inside the object), or a crop around the object like the session's zoom
-    (expansion 1.2-2.2, centre jittered). Returns (normalised image view (C, *v) float32, truth view (*v) bool)."""
+    (expansion 1.2-2.2, centre jittered). Returns (normalised image view (C, *v) float32, truth
+    view (*v) bool)."""
     from napari_lgms.clicks.encoding import first_box, first_window, zoom_box
     from napari_lgms.training.augment import random_intensity, random_noise
 
@@ -412,7 +413,8 @@ def click_scores(network, card, examples) -> dict:
         one_channel = example.image.shape[0] == 1
         image = example.image[0] if one_channel else example.image
         for label in example.objects:
-            session = ClickSession(image, model, channel_axis=None if one_channel else 0, spacing=example.spacing)
+            session = ClickSession(image, model, channel_axis=None if one_channel else 0,
+                                   spacing=example.spacing)
             traces.append(simulate(example.labels == label, lambda c, s=session: s.add_click(c.position, c.positive)))
     return {k: round(v, 4) for k, v in summarize_traces(traces).items()}
 

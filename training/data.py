@@ -192,7 +192,7 @@ class PrepareSpec:
     patch_size: tuple[int, ...]
     input_mode: str  # "resize" | "patch"
     normalization: dict = field(default_factory=dict, hash=False)
-    spacing: tuple[float, ...] | None = None  # "patch" mode: resample to it where an example's spacing is known
+    spacing: tuple[float, ...] | None = None  # "patch" mode: resample to it where an example's is known
 
 
 @dataclass

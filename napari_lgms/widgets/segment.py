@@ -507,7 +507,8 @@ class SegmentSession:
         results = []
         for part, job in enumerate(plan.jobs):
             steps = segment_steps(plan.image, model, channel_axis=plan.channel_axis, roi=job.roi,
-                                  spacing=plan.spacing, slice_axis=plan.slice_axis, slice_index=job.slice_index,
+                                  spacing=plan.spacing, slice_axis=plan.slice_axis,
+                                  slice_index=job.slice_index,
                                   test_time_augmentation=plan.test_time_augmentation, should_stop=should_stop)
             result = yield from _scaled_progress(steps, part, len(plan.jobs))
             if result is None:
