@@ -69,9 +69,11 @@ def spatial_geometry(layer, axes: list[int]) -> dict:
 def spacing_in_mm(layer, axes: list[int]) -> tuple[float, ...] | None:
     """The pixel size of ``layer`` along ``axes`` in millimetres (the models' unit), or None when
     an axis has no length unit (napari's default "pixel"): then the engine does not resample."""
+    from pint import DimensionalityError
+
     try:
         return tuple(abs(float((layer.scale[a] * layer.units[a]).to("mm").magnitude)) for a in axes)
-    except Exception:  # pint's DimensionalityError, or a layer without units
+    except (DimensionalityError, AttributeError):  # "pixel" is no length; a layer without units
         return None
 
 
