@@ -82,6 +82,28 @@ def test_learnable_corrections_give_a_better_model_judged_on_every_correction(pa
     assert load_model(result.card_path).card.name == card["name"]
 
 
+def test_a_final_model_that_diverged_after_a_better_check_is_not_saved(parent, tmp_path, monkeypatch):
+    """The check judges models trained on half the corrections; the candidate trains on after it."""
+    from napari_lgms.training import finetuning
+
+    adapt_steps = finetuning.adapt_steps
+
+    def diverging(context, samples, **options):
+        network, taken = yield from adapt_steps(context, samples, **options)
+        if options["label"] == "final model":
+            with torch.no_grad():
+                next(network.parameters()).fill_(float("nan"))
+        return network, taken
+
+    monkeypatch.setattr(finetuning, "adapt_steps", diverging)
+    result = finetuning.finetune(parent, corrections=store_of(tmp_path / "store", 8), output=tmp_path / "out",
+                                 steps=120, lr=0.02, batch_size=4, device="cpu", seed=1)
+    assert result.evidence["mean_difference"] > 0.1, "the checked models were better"
+    assert result.verdict == "no evidence" and not result.saved and list((tmp_path / "out").iterdir()) == []
+    assert result.evidence["unfit"] and result.evidence["candidate_fit"] == 0.0
+    assert "fits your corrections worse" in result.message
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_random_labels_never_give_a_better_model(parent, tmp_path, seed):
     from napari_lgms.training import finetune
@@ -183,6 +205,44 @@ def test_the_candidate_continues_the_last_checked_model_on_every_correction(pare
     assert first_start is None and second_start is None, "each checked model starts from the parent"
     assert count == 6 and start is checked and candidate is result.candidate.network
     assert candidate is not checked
+
+
+def test_tail_average_is_the_mean_of_the_weights_from_its_start_on():
+    from napari_lgms.training.adaptation import TailAverage
+
+    network = torch.nn.Linear(3, 2)
+    frozen = network.bias.detach().clone()
+    network.bias.requires_grad_(False)
+    average, seen = TailAverage(network, start=0.5), []
+    for step, progress in enumerate((0.0, 0.25, 0.5, 0.75, 0.9)):
+        with torch.no_grad():
+            network.weight.fill_(float(step))
+        if progress >= 0.5:
+            seen.append(float(step))
+        average.update(progress)
+    assert average.apply() == 3
+    assert torch.allclose(network.weight, torch.full((2, 3), float(np.mean(seen))))
+    assert torch.equal(network.bias, frozen), "frozen parameters are left alone"
+
+    off = TailAverage(network, start=1.0)
+    before = network.weight.detach().clone()
+    with torch.no_grad():
+        network.weight.add_(1.0)
+    off.update(0.99)
+    assert off.apply() == 0 and torch.equal(network.weight, before + 1.0)
+
+
+def test_every_run_hands_back_its_averaged_weights(parent, tmp_path, monkeypatch):
+    """Measured on the shifted scanner (issue #19): see benchmarks/README.md."""
+    from napari_lgms.training import adaptation
+
+    applied = []
+    apply = adaptation.TailAverage.apply
+    monkeypatch.setattr(adaptation.TailAverage, "apply", lambda self: applied.append(apply(self)) or applied[-1])
+    from napari_lgms.training import finetune
+
+    finetune(parent, corrections=store_of(tmp_path / "store", 6), steps=8, output=tmp_path / "out", device="cpu")
+    assert applied == [2, 2, 4], "the checks (4 steps each) and the candidate average their last half"
 
 
 def test_a_short_budget_prepares_fewer_unlabelled_images(parent, tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 
@@ -476,3 +477,15 @@ def test_the_loop_keeps_to_its_budget_sets_the_learning_rate_and_stops_when_aske
     _, (taken, stopped) = run(Budget(steps=100), batches=[0, 0, 0])
     assert (taken, stopped) == (3, False)  # the batches ran out
     assert Budget(seconds=10.0).progress(1000, 5.0) == 0.5 and Budget(steps=4, seconds=10.0).progress(3, 9.0) == 0.9
+
+
+def test_a_stepper_told_to_skip_non_finite_losses_leaves_the_weights_alone():
+    from napari_lgms.training.loop import Stepper
+
+    weight = torch.nn.Parameter(torch.tensor([4.0]))
+    stepper = Stepper(torch.optim.SGD([weight], lr=0.1), skip_non_finite=True)
+    assert math.isnan(stepper(weight.sum() * float("nan")))
+    assert stepper(weight.sum() * float("inf")) == float("inf")
+    assert weight.item() == 4.0 and stepper.skipped == 2
+    stepper((weight ** 2).sum())
+    assert weight.item() < 4.0 and stepper.skipped == 2

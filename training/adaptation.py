@@ -6,6 +6,7 @@
   agreement with the parent on the user's unlabelled images of the same domain;
 * :class:`ParentAnchor`: after every step, pulls the weights back towards the parent's
   (decoupled "L2-SP");
+* :class:`TailAverage`: the mean of the weights over a run's last steps (stochastic weight averaging);
 * :func:`renormalise`: batch-norm statistics re-estimated on the target images;
 * :func:`judge`: a paired verdict from every correction's cross-fitted score.
 """
@@ -151,6 +152,40 @@ class ParentAnchor:
         with torch.no_grad():
             for parameter, origin in self.pairs:
                 parameter.sub_(rate * (parameter - origin))
+
+
+class TailAverage:
+    """Running mean of the trainable parameters over the steps taken once a run's progress reaches
+    ``start`` (in [0, 1]; 1 or more: off). :meth:`apply` writes the mean into the network."""
+
+    def __init__(self, network, start: float):
+        self.start = float(start)
+        self.parameters = [p for p in network.parameters() if p.requires_grad]
+        self.mean: list | None = None
+        self.count = 0
+
+    def update(self, progress: float) -> None:
+        import torch
+
+        if progress < self.start:
+            return
+        with torch.no_grad():
+            if self.mean is None:
+                self.mean = [p.detach().clone() for p in self.parameters]
+            else:
+                for mean, parameter in zip(self.mean, self.parameters):
+                    mean.add_((parameter.detach() - mean) / (self.count + 1))
+        self.count += 1
+
+    def apply(self) -> int:
+        """Replace the weights by their mean (when any step was averaged); returns the steps averaged."""
+        import torch
+
+        if self.mean is not None:
+            with torch.no_grad():
+                for mean, parameter in zip(self.mean, self.parameters):
+                    parameter.copy_(mean)
+        return self.count
 
 
 def renormalise(network, images: Sequence, device, batch_size: int = 8) -> int:

@@ -30,15 +30,21 @@ class Budget:
 
 class Stepper:
     """One optimiser step: backward (through a grad scaler when there is one), optional gradient-norm
-    clipping, the optimiser's step."""
+    clipping, the optimiser's step. With ``skip_non_finite`` a step whose loss is NaN or infinite
+    changes nothing (its loss is still returned)."""
 
-    def __init__(self, optimizer, *, scaler=None, grad_clip: float = 0.0):
+    def __init__(self, optimizer, *, scaler=None, grad_clip: float = 0.0, skip_non_finite: bool = False):
         self.optimizer, self.scaler, self.grad_clip = optimizer, scaler, float(grad_clip)
+        self.skip_non_finite = skip_non_finite
+        self.skipped = 0
 
     def __call__(self, loss) -> float:
         import torch
 
         self.optimizer.zero_grad(set_to_none=True)
+        if self.skip_non_finite and not bool(torch.isfinite(loss.detach()).all()):
+            self.skipped += 1
+            return float(loss.detach())
         if self.scaler is None:
             loss.backward()
             if self.grad_clip > 0:
