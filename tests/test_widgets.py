@@ -413,6 +413,13 @@ def test_finetune_runs_plots_and_states_its_verdict(make_napari_viewer, qtbot, s
     assert finetune.store_label.text().startswith("3 in")
     assert finetune.model_combo.currentText() == "tiny-2d (yours)", "the corrections' model by default"
 
+    from napari_lgms.training.finetuning import PRESETS
+
+    assert finetune.minutes_spin.value() * 60 == PRESETS["default"]["time_budget"], "the CLI's and API's budget"
+    finetune.fast_check.setChecked(True)
+    assert finetune.minutes_spin.value() * 60 == PRESETS["fast"]["time_budget"]
+    finetune.fast_check.setChecked(False)
+    assert finetune.minutes_spin.value() * 60 == PRESETS["default"]["time_budget"]
     finetune.budget_combo.setCurrentText("Steps")
     finetune.steps_spin.setValue(6)
     finetune.start()
@@ -425,6 +432,18 @@ def test_finetune_runs_plots_and_states_its_verdict(make_napari_viewer, qtbot, s
     assert finetune.status_label.text().startswith(words[result.verdict])
     assert "3 corrections cannot show it (the check needs 5)" in finetune.status_label.text()
     assert finetune.use_button.isEnabled() == offered(result) == finetune.rollback_button.isEnabled()
+
+
+def test_the_verdict_says_when_the_final_model_did_not_fit_its_corrections():
+    from types import SimpleNamespace
+
+    from napari_lgms.widgets.finetune import verdict_text
+
+    result = SimpleNamespace(saved=False, card_path=None, verdict="no evidence",
+                             evidence={"corrections": 8, "minimum": 5, "unfit": True})
+    assert "the final model fits your corrections worse" in verdict_text(result)
+    result.evidence = {"corrections": 8, "minimum": 5}
+    assert verdict_text(result) == "No evidence either way: nothing saved; the previous model is kept."
 
 
 @pytest.mark.gui

@@ -56,7 +56,8 @@ from napari_lgms.widgets._shared import (
 from napari_lgms.widgets._workers import notify_error, one_line, start_engine_task
 from napari_lgms.widgets.corrections import _short_path
 
-FAST_MINUTES = PRESETS["fast"]["time_budget"] / 60.0  # the engine's preset, one figure for both
+FAST_MINUTES = PRESETS["fast"]["time_budget"] / 60.0  # the engine's presets, one figure for both
+DEFAULT_MINUTES = PRESETS["default"]["time_budget"] / 60.0
 MAX_UNLABELLED = 50
 BUDGET_MINUTES, BUDGET_STEPS = "Minutes", "Steps"
 SOURCE_STORE, SOURCE_BOTH, SOURCE_FOLDER = (
@@ -85,6 +86,9 @@ def verdict_text(result) -> str:
     if result.verdict == "worse":
         return "Worse on your corrections: nothing saved; the previous model is kept."
     evidence = result.evidence or {}
+    if evidence.get("unfit"):
+        return ("No evidence either way: nothing saved; the checks were better, but the final model fits "
+                "your corrections worse than the current one. Try again.")
     count, minimum = int(evidence.get("corrections", 0)), int(evidence.get("minimum", 2))
     if count < minimum:
         return (f"No evidence either way: nothing saved; {count} correction{'s' if count != 1 else ''} "
@@ -161,7 +165,7 @@ class FinetuneLayout(DockBody):
         self.budget_combo.addItems([BUDGET_MINUTES, BUDGET_STEPS])
         self.minutes_spin = QDoubleSpinBox()
         self.minutes_spin.setRange(0.1, 24 * 60)
-        self.minutes_spin.setValue(5.0)
+        self.minutes_spin.setValue(DEFAULT_MINUTES)
         self.minutes_spin.setSuffix(" min")
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 1_000_000)
@@ -355,9 +359,8 @@ class FinetuneWidget(FinetuneLayout):
         self.steps_spin.setVisible(not by_time)
 
     def _fast_toggled(self, checked: bool) -> None:
-        if checked:
-            self.budget_combo.setCurrentText(BUDGET_MINUTES)
-            self.minutes_spin.setValue(FAST_MINUTES)
+        self.budget_combo.setCurrentText(BUDGET_MINUTES)
+        self.minutes_spin.setValue(FAST_MINUTES if checked else DEFAULT_MINUTES)
 
     def unlabelled_images(self, choice) -> list:
         """The viewer's image layers that fit ``choice`` (its dimensions and channels), not corrected ones,
