@@ -50,9 +50,10 @@ def first_window(patch: Sequence[int], model_spacing: Sequence[float] | None,
                  spacing: Sequence[float] | None) -> tuple[int, ...]:
     """The image pixels per axis a "window" first view covers: the model's patch at the model's
     spacing (the same physical extent), or ``patch`` pixels when either spacing is unknown."""
-    if model_spacing is None or spacing is None:
-        return tuple(int(p) for p in patch)
-    return tuple(max(1, round(p * m / s)) for p, m, s in zip(patch, model_spacing, spacing))
+    from napari_lgms.inference.geometry import resampled_shape
+
+    patch = tuple(int(p) for p in patch)
+    return resampled_shape(patch, model_spacing, spacing) or patch  # the patch, seen from the image's grid
 
 
 def zoom_box(shape: Sequence[int], mask: np.ndarray | None, clicks: Sequence[Click], expansion: float,

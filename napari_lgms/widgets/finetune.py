@@ -380,8 +380,9 @@ class FinetuneWidget(FinetuneLayout):
             array = array[..., 0] if getattr(layer, "rgb", False) and channels == 1 else array
             spacing = geo.spacing_in_mm(layer, list(range(spatial_ndim)))
             axes = "ZYX"[-spatial_ndim:] + ("C" if array.ndim > spatial_ndim else "")
-            images.append(array if spacing is None else
-                          ImageData(array, axes, spacing, ("mm",) * spatial_ndim, None, None, "napari"))
+            images.append(array if spacing is None else ImageData(
+                array=array, axes=axes, spacing=spacing, units=("mm",) * spatial_ndim, affine=None, source=None,
+                format="napari"))
         return images
 
     def options(self) -> dict:
