@@ -175,9 +175,13 @@ def test_segment_2d_sample_new_layer_keeps_geometry(make_napari_viewer, qtbot, s
     labels.data = corrected
     viewer.layers.selection.active = labels
     panel = widget.corrections
+    finetune = _dock(viewer, "Fine-tune")
+    qtbot.waitUntil(lambda: finetune.models_ready, timeout=20000)
     assert panel.save_current() == "ultrasound"
     viewer.keymap[KeyBinding.from_str("Shift-S")](viewer)
     assert len(panel.store) == 1
+    assert finetune.store_label.text().startswith("1 in"), "the Fine-tune widget sees every save"
+    assert finetune.model_combo.currentText() == "tiny-2d (yours)", "and defaults to the corrections' model"
     example = panel.store.load("ultrasound")
     np.testing.assert_array_equal(example.mask, labels.data)
     np.testing.assert_array_equal(example.prediction, meta["prediction"])

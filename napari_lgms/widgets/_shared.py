@@ -4,7 +4,7 @@
 fine-tuning run ended, a roll back): every widget refreshes its model list at
 once. ``hub.model_chosen(path)`` asks Segment widgets to select a model.
 ``hub.store_changed(root)`` keeps the Fine-tune widget on the store the
-Segment widget writes to.
+Segment widget writes to, and up to date when a correction is saved or deleted.
 """
 from __future__ import annotations
 

@@ -195,7 +195,6 @@ class CorrectionsPanel(QGroupBox):
         self.folder_label.setText(_short_path(folder))
         self.folder_label.setToolTip(str(folder))
         hub.store_root = str(folder)
-        hub.store_changed.emit(str(folder))
         self.refresh()
 
     def _project_changed(self) -> None:
@@ -207,6 +206,7 @@ class CorrectionsPanel(QGroupBox):
             self.set_root(folder)
 
     def refresh(self) -> None:
+        """Show the store's entries and tell the Fine-tune widget (its folder or contents changed)."""
         entries = self.store.entries() if self.store is not None else []
         self.entry_list.clear()
         for entry in entries:
@@ -216,6 +216,8 @@ class CorrectionsPanel(QGroupBox):
         self._keys = [entry.key for entry in entries]
         noun = "correction" if len(entries) == 1 else "corrections"
         self.count_label.setText(f"{len(entries)} {noun} saved")
+        if self.store is not None:
+            hub.store_changed.emit(str(self.store.root))
 
     # -- actions --------------------------------------------------------------------------
     def _labels_layer(self):
