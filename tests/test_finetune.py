@@ -232,6 +232,38 @@ def test_tail_average_is_the_mean_of_the_weights_from_its_start_on():
     assert off.apply() == 0 and torch.equal(network.weight, before + 1.0)
 
 
+def test_parent_anchor_blends_towards_the_parent():
+    from napari_lgms.training.adaptation import ParentAnchor
+
+    network = torch.nn.Linear(3, 2)
+    parent_weight = network.weight.detach().clone()
+    network.bias.requires_grad_(False)
+    anchor = ParentAnchor(network, strength=0.0)
+    with torch.no_grad():
+        network.weight.add_(2.0)
+        network.bias.add_(5.0)
+    frozen = network.bias.detach().clone()
+    anchor.blend(0.0)
+    assert torch.allclose(network.weight, parent_weight + 2.0), "share 0 changes nothing"
+    anchor.blend(0.25)
+    assert torch.allclose(network.weight, parent_weight + 1.5)
+    assert torch.equal(network.bias, frozen), "frozen parameters are left alone"
+    anchor.blend(3.0)
+    assert torch.allclose(network.weight, parent_weight), "a share above 1 is clipped: the parent's weights"
+
+
+def test_every_run_mixes_in_the_parent_by_its_trust(parent, tmp_path, monkeypatch):
+    from napari_lgms.training import adaptation, finetune
+
+    shares = []
+    monkeypatch.setattr(adaptation.ParentAnchor, "blend", lambda self, share: shares.append(share))
+    result = finetune(parent, corrections=store_of(tmp_path / "store", 6), steps=4, output=tmp_path / "out",
+                      device="cpu")
+    trust, share = result.evidence["parent_trust"], result.candidate.card.training["finetune"]["settings"]
+    assert share["parent_share"] > 0
+    assert shares == pytest.approx([share["parent_share"] * trust] * 3), "both checks and the candidate"
+
+
 def test_every_run_hands_back_its_averaged_weights(parent, tmp_path, monkeypatch):
     """Measured on the shifted scanner (issue #19): see benchmarks/README.md."""
     from napari_lgms.training import adaptation

@@ -5,7 +5,7 @@
 * :func:`adaptation_loss`: the labels loss, heavier where the user changed the prediction, plus
   agreement with the parent on the user's unlabelled images of the same domain;
 * :class:`ParentAnchor`: after every step, pulls the weights back towards the parent's
-  (decoupled "L2-SP");
+  (decoupled "L2-SP"), and at a run's end mixes the parent's weights into its result (WiSE-FT);
 * :class:`TailAverage`: the mean of the weights over a run's last steps (stochastic weight averaging);
 * :func:`renormalise`: batch-norm statistics re-estimated on the target images;
 * :func:`judge`: a paired verdict from every correction's cross-fitted score.
@@ -137,21 +137,29 @@ def adaptation_loss(logits, target, weight, unlabelled_logits=None, parent_logit
 
 class ParentAnchor:
     """Decoupled pull towards the parent's weights: ``w <- w - strength * (lr / base_lr) * (w - w_parent)``
-    after every optimiser step, for the trainable parameters only."""
+    after every optimiser step (:meth:`pull`), and a weighted mean with them at a run's end
+    (:meth:`blend`); for the trainable parameters only."""
 
     def __init__(self, network, strength: float):
         self.strength = float(strength)
         self.pairs = [(p, p.detach().clone()) for p in network.parameters() if p.requires_grad]
 
     def pull(self, lr_fraction: float) -> None:
+        self._towards_parent(self.strength * lr_fraction)
+
+    def blend(self, share: float) -> None:
+        """``w <- (1 - share) * w + share * w_parent`` (``share`` clipped to [0, 1]; 0 changes nothing)."""
+        self._towards_parent(share)
+
+    def _towards_parent(self, share: float) -> None:
         import torch
 
-        if self.strength <= 0:
+        share = min(max(float(share), 0.0), 1.0)
+        if share == 0:
             return
-        rate = min(1.0, self.strength * lr_fraction)
         with torch.no_grad():
             for parameter, origin in self.pairs:
-                parameter.sub_(rate * (parameter - origin))
+                parameter.sub_(share * (parameter - origin))
 
 
 class TailAverage:

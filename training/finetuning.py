@@ -40,7 +40,11 @@ was wrong (a new modality) is free to move, and a distillation weight too small 
 skipped rather than computed. Every run hands back the mean of its weights over its second half
 (:class:`adaptation.TailAverage`): a run on ten images ends wherever its last few batches left
 it, and the same corrections trained twice differed by 7 to 8 IoU points on the rest of the
-domain; the average varies less, so the check's models say more about the candidate.
+domain; the average varies less, so the check's models say more about the candidate. That mean
+is then mixed with the parent's weights, the parent's share being half its trust (weight-space
+ensembling, as WiSE-FT does): a shifted scanner's candidates gained about a point more and lost
+fewer images outright, while a new modality, whose parent scores near zero, keeps almost all of
+what it learned.
 Batch-norm statistics stay frozen while training: a batch of two cannot estimate them.
 """
 from __future__ import annotations
@@ -77,6 +81,7 @@ class AdaptSettings:
     renormalise: bool = True
     warmup: float = 0.3  # fraction of every run over which the learning rate rises linearly
     average_after: float = 0.5  # every run hands back its weights averaged from this fraction on (1: off)
+    parent_share: float = 0.5  # of the parent's weights mixed into every run's result, scaled by trust
     min_distill: float = 0.05  # a scaled distillation weight below this is skipped (it would halve the steps)
     max_unlabelled: int = 64
     unlabelled_per_second: float = 0.5  # of the time budget: preparing them must leave time to train
@@ -283,6 +288,7 @@ def adapt_steps(context: _Context, samples: Sequence, *, seconds: float | None, 
                                   should_stop=should_stop, lr_at=lambda p: settings.lr * schedule(p),
                                   after_step=lambda p: (anchor.pull(schedule(p)), average.update(p)))
     average.apply()
+    anchor.blend(settings.parent_share * context.trust)
     network.eval()
     use_layout_for(network, context.device, training=False)
     return network, step
@@ -518,7 +524,8 @@ def finetune_steps(
                 "standard_error": verdict.standard_error if math.isfinite(verdict.standard_error) else None,
                 "differences": list(verdict.differences), "margin": VERDICT_MARGIN,
                 "confidence": VERDICT_CONFIDENCE, "minimum": VERDICT_MINIMUM, "per_correction": [
-                    {"name": samples[i].name, "before": before_rows[i][metric], "after": after_rows[i][metric]}
+                    {"name": samples[i].name, "before": before_rows[i][metric], "after": after_rows[i][metric],
+                     "loss_before": before_rows[i]["loss"], "loss_after": after_rows[i]["loss"]}
                     for i in checked]}
     decision = "no evidence" if stopped else verdict.decision
     if decision == "better":
