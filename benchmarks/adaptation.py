@@ -188,17 +188,55 @@ def run_draw(case: Case, parent, parent_scores: ParentScores, items: list[Item],
                           output=Path(tmp) / "models", seed=seed, **extra)
         wall = time.monotonic() - started
         candidate = result.candidate
-    before = float(np.mean([parent_scores(item) for item in rest]))
-    candidate_score = float(np.mean([score(candidate, item) for item in rest]))
+    parent_rest = [parent_scores(item) for item in rest]
+    candidate_rest = [score(candidate, item) for item in rest]
+    before, candidate_score = float(np.mean(parent_rest)), float(np.mean(candidate_rest))
     delivered = candidate_score if result.saved else before
     gain = candidate_score - before
+    per_image = [[item.name, item.group, p, c] for item, p, c in zip(rest, parent_rest, candidate_rest)]
     expected = "better" if gain > AGREEMENT_MARGIN else "worse" if gain < -AGREEMENT_MARGIN else None
     agrees = expected is None or result.verdict == expected
     return {"seed": seed, "corrections": [item.name for item in corrections], "unlabelled": len(pool),
             "evaluated": len(rest), "before": before, "candidate": candidate_score, "after": delivered,
             "gain": delivered - before, "candidate_gain": gain, "verdict": result.verdict,
             "agrees": agrees, "saved": result.saved, "steps": result.steps, "wall_s": wall,
-            "evidence": result.evidence}
+            "evidence": result.evidence,
+            "ceiling": verdict_ceiling(per_image, k, seed=seed), "per_image": per_image}
+
+
+def verdict_ceiling(per_image: list, k: int, subsets: int = 2000, seed: int = 0,
+                    confidence: float | None = None) -> dict:
+    """How often the run's own paired test could agree with this candidate's real gain, were its k
+    corrections scored by the candidate itself instead of by models trained on half of them.
+
+    ``per_image``: ``[name, group, parent score, candidate score]`` on the rest of the domain.
+    Draws ``subsets`` seeded sets of k images (one per patient) and judges each with
+    :func:`~napari_lgms.training.adaptation.judge` at the fine-tune's margin and ``confidence``
+    (default: the fine-tune's):
+    ``agreement`` is the share whose verdict agrees with the mean gain (as a run's verdict is
+    counted), ``false_better`` the share judged "better" once the mean gain is removed (a candidate
+    exactly as good as its parent, with the same per-image spread).
+    """
+    from napari_lgms.training.adaptation import judge
+    from napari_lgms.training.finetuning import VERDICT_CONFIDENCE, VERDICT_MARGIN, VERDICT_MINIMUM
+
+    by_group: dict[str, list[float]] = {}
+    for _, group, parent_score, candidate_score in per_image:
+        by_group.setdefault(group, []).append(candidate_score - parent_score)
+    groups = list(by_group.values())
+    mean = float(np.mean([d for g in groups for d in g]))
+    expected = "better" if mean > AGREEMENT_MARGIN else "worse" if mean < -AGREEMENT_MARGIN else None
+    if k < VERDICT_MINIMUM or len(groups) < k:  # never evidence: "no evidence" agrees only with no change
+        return {"agreement": float(expected is None), "false_better": 0.0}
+    rng = np.random.default_rng(seed)
+    agreed = false_better = 0
+    for _ in range(subsets):
+        chosen = np.asarray([groups[i][int(rng.integers(len(groups[i])))]
+                             for i in rng.choice(len(groups), k, replace=False)])
+        rule = dict(margin=VERDICT_MARGIN, confidence=confidence or VERDICT_CONFIDENCE, minimum=VERDICT_MINIMUM)
+        agreed += expected is None or judge(chosen, **rule).decision == expected
+        false_better += judge(chosen - mean, **rule).decision == "better"
+    return {"agreement": agreed / subsets, "false_better": false_better / subsets}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -209,12 +247,27 @@ def summarise(rows: list[dict]) -> dict:
             "wall_s": float(np.mean([r["wall_s"] for r in rows])),
             "steps": float(np.mean([r["steps"] for r in rows])),
             "verdicts": {v: sum(r["verdict"] == v for r in rows) for v in ("better", "no evidence", "worse")},
-            "agreement": float(np.mean([r["agrees"] for r in rows]))}
+            "agreement": float(np.mean([r["agrees"] for r in rows])),
+            "verdict_ceiling": float(np.mean([r["ceiling"]["agreement"] for r in rows])),
+            "ceiling_false_better": float(np.mean([r["ceiling"]["false_better"] for r in rows]))}
+
+
+def print_ceilings(path: Path, confidences=(1.5, 1.0, 0.5)) -> None:
+    """Per cell of a recorded run (k >= 5): the verdict ceiling and its false "better" rate under
+    looser rules, from every draw's per-image scores."""
+    print(f"{'case':<15} {'k':>3} {'draws':>5} {'rule':>7} {'ceiling':>8} {'false better':>13}")
+    for row in json.loads(Path(path).read_text())["table"]:
+        draws = [d for d in row["draws"] if "per_image" in d]
+        for confidence in confidences if row["k"] >= 5 and draws else ():
+            found = [verdict_ceiling(d["per_image"], row["k"], seed=d["seed"], confidence=confidence) for d in draws]
+            print(f"{row['case']:<15} {row['k']:>3} {len(draws):>5} {confidence:>4.1f} SE "
+                  f"{100 * np.mean([f['agreement'] for f in found]):>7.0f}% "
+                  f"{100 * np.mean([f['false_better'] for f in found]):>12.0f}%")
 
 
 def print_table(table: list[dict]) -> None:
     header = (f"{'case':<15} {'k':>3} {'budget':>6} {'draws':>5} {'before':>7} {'gain':>7} {'worst':>7} "
-              f"{'cand.':>7} {'wall s':>7} {'steps':>6}  verdicts (better/none/worse)  agree")
+              f"{'cand.':>7} {'wall s':>7} {'steps':>6}  verdicts (better/none/worse)  agree  ceiling")
     print(header)
     print("-" * len(header))
     for row in table:
@@ -223,7 +276,7 @@ def print_table(table: list[dict]) -> None:
         print(f"{row['case']:<15} {row['k']:>3} {row['budget']:>6.0f} {s['draws']:>5} {s['mean_before']:>7.3f} "
               f"{100 * s['mean_gain']:>+7.1f} {100 * s['worst_gain']:>+7.1f} {100 * s['mean_candidate_gain']:>+7.1f} "
               f"{s['wall_s']:>7.0f} {s['steps']:>6.0f}  {v['better']}/{v['no evidence']}/{v['worse']:<22} "
-              f"{100 * s['agreement']:>4.0f}%")
+              f"{100 * s['agreement']:>4.0f}%  {100 * s.get('verdict_ceiling', 0):>5.0f}%")
 
 
 def cpu_description() -> str:
@@ -257,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-limit", type=int, default=150, help="images scored per draw at most")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, help="write the table and every draw as JSON")
+    parser.add_argument("--ceilings", type=Path, metavar="JSON",
+                        help="print a recorded run's verdict ceilings under looser rules, and stop")
+    known, _ = parser.parse_known_args(argv)
+    if known.ceilings:
+        print_ceilings(known.ceilings)
+        return 0
     options = parse_data_options(parser, argv)
 
     from napari_lgms import load_model

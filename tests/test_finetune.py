@@ -157,6 +157,20 @@ def test_unlabelled_images_change_what_is_learned(parent, tmp_path):
     assert with_folder.candidate.card.training["finetune"]["data"]["unlabelled"] == 3
 
 
+def test_the_preparation_before_training_says_what_it_is_doing(parent, tmp_path):
+    """On a slow CPU the parent's scores and predictions take a quarter of the budget."""
+    from napari_lgms.training import finetune_steps
+
+    rng = np.random.default_rng(6)
+    _, reports = run(finetune_steps(parent, corrections=store_of(tmp_path / "store", 4), steps=2, device="cpu",
+                                    unlabelled=[phantom(rng)[0] for _ in range(3)], output=tmp_path / "out"))
+    first_step = next(i for i, r in enumerate(reports) if r.phase == "train")
+    said = [r.message for r in reports[:first_step]]
+    assert "scoring the model on 4 corrections" in said
+    assert "re-estimating normalisation (7 images)" in said
+    assert all(r.phase == "loading" for r in reports[:first_step])
+
+
 def test_the_time_budget_covers_the_whole_run(parent, tmp_path, monkeypatch):
     import itertools
     import time

@@ -450,18 +450,23 @@ def finetune_steps(
     tta = resolve(None, parent_card)
     flips = flip_sets(tta, dims)
     window = patch if mode == "patch" else None
-    yield TrainProgress(0, 0, 0, 0, None, 0.0, time.monotonic() - started, None, None, "loading",
-                        f"{len(samples)} corrections, {len(extra_samples)} unlabelled images")
+
+    def preparing(message: str) -> TrainProgress:
+        return TrainProgress(0, 0, 0, 0, None, 0.0, time.monotonic() - started, None, None, "loading", message)
+
+    yield preparing(f"{len(samples)} corrections, {len(extra_samples)} unlabelled images")
 
     # -- the parent's scores, and its predictions on the unlabelled images -----------------------
     def scores(network, chosen) -> list[dict[str, float]]:
         return score_samples(network, chosen, torch_device, parent_card.num_classes, batch_size=4,
                              autocast=autocast, window=window, flips=flips)
 
+    yield preparing(f"scoring the model on {len(samples)} corrections")
     before_rows = scores(parent_network, samples)
     metric = "iou" if parent_card.num_classes == 1 else "dice"
     start_network, renormalised = parent_network, False
     if settings.renormalise:
+        yield preparing(f"re-estimating normalisation ({len(samples) + len(extra_samples)} images)")
         # The target images' statistics: no labels go in, so scoring them on every correction is
         # fair, and every run below may share them. Kept only when they score at least as well.
         candidate_start = copy.deepcopy(parent_network)
@@ -472,8 +477,10 @@ def finetune_steps(
     distill_weight = settings.distill_weight * trust if extra_samples else 0.0
     if distill_weight < settings.min_distill:
         distill_weight = 0.0  # too light to matter: no parent logits to compute, half the work per step
-    parent_logits = (_parent_logits(start_network, extra_samples, torch_device, flips, window, autocast)
-                     if distill_weight > 0 else [])
+    parent_logits = []
+    if distill_weight > 0:
+        yield preparing(f"model predictions on {len(extra_samples)} unlabelled images")
+        parent_logits = _parent_logits(start_network, extra_samples, torch_device, flips, window, autocast)
     context = _Context(start_network, torch_device, autocast, settings,
                        tuple(range(dims)) if tta == "flips" else (), patch if mode == "patch" else None,
                        extra_samples, parent_logits, seed, trust, distill_weight, started)

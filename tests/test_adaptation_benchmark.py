@@ -1,0 +1,52 @@
+"""The adaptation benchmark's verdict ceiling (benchmarks/adaptation.py), on made-up per-image scores."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    path = Path(__file__).parents[1] / "benchmarks" / "adaptation.py"
+    spec = importlib.util.spec_from_file_location("adaptation_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    monkeypatch.undo()
+
+
+def per_image(gains, parent=0.6):
+    """``[name, patient, parent score, candidate score]`` rows, two images per patient."""
+    return [[f"image {i}", f"patient {i // 2}", parent, parent + g] for i, g in enumerate(gains)]
+
+
+def test_a_large_steady_gain_is_confirmed_on_nearly_every_subset(benchmark):
+    rng = np.random.default_rng(0)
+    ceiling = benchmark.verdict_ceiling(per_image(0.10 + 0.02 * rng.standard_normal(200)), 10, subsets=300)
+    assert ceiling["agreement"] > 0.99
+    assert ceiling["false_better"] < 0.2
+
+
+def test_a_gain_swamped_by_the_spread_between_images_is_rarely_confirmed(benchmark):
+    rng = np.random.default_rng(1)
+    gains = 0.03 + 0.15 * rng.standard_normal(200)
+    ceiling = benchmark.verdict_ceiling(per_image(gains), 10, subsets=300)
+    assert ceiling["agreement"] < 0.5
+    assert ceiling["false_better"] < ceiling["agreement"]
+
+
+def test_one_image_per_patient_and_nothing_below_the_verdict_minimum(benchmark):
+    rows = per_image([0.2] * 8)  # four patients: ten images of distinct patients cannot be drawn
+    assert benchmark.verdict_ceiling(rows, 10) == {"agreement": 0.0, "false_better": 0.0}
+    assert benchmark.verdict_ceiling(per_image([0.2] * 40), 3) == {"agreement": 0.0, "false_better": 0.0}
+    assert benchmark.verdict_ceiling(per_image([0.005] * 40), 3)["agreement"] == 1.0  # no change to disagree with
+
+
+def test_a_clear_loss_is_agreed_with_only_when_judged_worse(benchmark):
+    rng = np.random.default_rng(2)
+    ceiling = benchmark.verdict_ceiling(per_image(-0.10 + 0.02 * rng.standard_normal(200)), 10, subsets=300)
+    assert ceiling["agreement"] > 0.99
