@@ -16,7 +16,10 @@ time budget, a number of draws), every draw:
 
 Per cell it prints the mean gain the user got (IoU points; mean Dice over classes in 3D), the
 worst draw, the candidate's own gain, wall time, steps, the verdicts and whether each verdict
-agreed with the candidate's real gain (beyond +-1 point). Data are never copied anywhere.
+agreed with the candidate's real gain (beyond +-1 point), and the verdict ceiling: how often the
+same rule could agree were the k corrections scored by the candidate itself (from every scored
+image's parent and candidate scores, which the JSON keeps; ``--ceilings JSON`` re-reads them under
+looser rules). Data are never copied anywhere.
 """
 from __future__ import annotations
 
@@ -228,12 +231,12 @@ def verdict_ceiling(per_image: list, k: int, subsets: int = 2000, seed: int = 0,
     expected = "better" if mean > AGREEMENT_MARGIN else "worse" if mean < -AGREEMENT_MARGIN else None
     if k < VERDICT_MINIMUM or len(groups) < k:  # never evidence: "no evidence" agrees only with no change
         return {"agreement": float(expected is None), "false_better": 0.0}
+    rule = dict(margin=VERDICT_MARGIN, confidence=confidence or VERDICT_CONFIDENCE, minimum=VERDICT_MINIMUM)
     rng = np.random.default_rng(seed)
     agreed = false_better = 0
     for _ in range(subsets):
         chosen = np.asarray([groups[i][int(rng.integers(len(groups[i])))]
                              for i in rng.choice(len(groups), k, replace=False)])
-        rule = dict(margin=VERDICT_MARGIN, confidence=confidence or VERDICT_CONFIDENCE, minimum=VERDICT_MINIMUM)
         agreed += expected is None or judge(chosen, **rule).decision == expected
         false_better += judge(chosen - mean, **rule).decision == "better"
     return {"agreement": agreed / subsets, "false_better": false_better / subsets}
