@@ -255,15 +255,21 @@ def summarise(rows: list[dict]) -> dict:
             "ceiling_false_better": float(np.mean([r["ceiling"]["false_better"] for r in rows]))}
 
 
-def print_ceilings(path: Path, confidences=(1.5, 1.0, 0.5)) -> None:
-    """Per cell of a recorded run (k >= 5): the verdict ceiling and its false "better" rate under
-    looser rules, from every draw's per-image scores."""
-    print(f"{'case':<15} {'k':>3} {'draws':>5} {'rule':>7} {'ceiling':>8} {'false better':>13}")
+def print_ceilings(path: Path, confidences=(1.5, 1.0, 0.5), counts=(5, 10, 20, 40)) -> None:
+    """Per cell of a recorded run (k >= 5), from every draw's per-image scores: the verdict ceiling
+    and its false "better" rate under looser rules, then under the fine-tune's rule had the same
+    candidates been checked on fewer or more corrections."""
+    from napari_lgms.training.finetuning import VERDICT_CONFIDENCE
+
+    print(f"{'case':<15} {'k':>3} {'draws':>5} {'rule':>7} {'checked on':>10} {'ceiling':>8} {'false better':>13}")
     for row in json.loads(Path(path).read_text())["table"]:
         draws = [d for d in row["draws"] if "per_image" in d]
-        for confidence in confidences if row["k"] >= 5 and draws else ():
-            found = [verdict_ceiling(d["per_image"], row["k"], seed=d["seed"], confidence=confidence) for d in draws]
-            print(f"{row['case']:<15} {row['k']:>3} {len(draws):>5} {confidence:>4.1f} SE "
+        if row["k"] < 5 or not draws:
+            continue
+        variants = [(c, row["k"]) for c in confidences] + [(VERDICT_CONFIDENCE, n) for n in counts if n != row["k"]]
+        for confidence, count in variants:
+            found = [verdict_ceiling(d["per_image"], count, seed=d["seed"], confidence=confidence) for d in draws]
+            print(f"{row['case']:<15} {row['k']:>3} {len(draws):>5} {confidence:>4.1f} SE {count:>10} "
                   f"{100 * np.mean([f['agreement'] for f in found]):>7.0f}% "
                   f"{100 * np.mean([f['false_better'] for f in found]):>12.0f}%")
 

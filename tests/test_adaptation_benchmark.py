@@ -1,5 +1,6 @@
 """The adaptation benchmark's verdict ceiling (benchmarks/adaptation.py), on made-up per-image scores."""
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -50,3 +51,17 @@ def test_a_clear_loss_is_agreed_with_only_when_judged_worse(benchmark):
     rng = np.random.default_rng(2)
     ceiling = benchmark.verdict_ceiling(per_image(-0.10 + 0.02 * rng.standard_normal(200)), 10, subsets=300)
     assert ceiling["agreement"] > 0.99
+
+
+def test_ceilings_of_a_recorded_run_under_other_rules_and_counts(benchmark, tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    draw = {"seed": 1, "per_image": per_image(0.05 + 0.15 * rng.standard_normal(120))}
+    run = {"table": [{"case": "shift", "k": 10, "draws": [draw]}, {"case": "shift", "k": 3, "draws": [draw]}]}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    benchmark.print_ceilings(path, confidences=(1.5, 0.5), counts=(5, 10, 40))
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [(row[3], row[5]) for row in rows] == [("1.5", "10"), ("0.5", "10"), ("1.5", "5"), ("1.5", "40")]
+    ceilings = {(row[3], row[5]): float(row[6].rstrip("%")) for row in rows}
+    assert ceilings[("0.5", "10")] > ceilings[("1.5", "10")]  # a looser rule agrees more often...
+    assert ceilings[("1.5", "40")] > ceilings[("1.5", "5")]  # ...and so do more corrections
