@@ -395,6 +395,11 @@ def finetune_steps(
     from napari_lgms.zoo import LoadedModel, load_model, sha256_of, validate_model_name
 
     started = time.monotonic()
+
+    def preparing(message: str, remaining: float | None = None) -> TrainProgress:
+        """A report of the work before the first optimiser step."""
+        return TrainProgress(0, 0, 0, 0, None, 0.0, time.monotonic() - started, remaining, None, "loading", message)
+
     settings, preset_budget = _settings(preset, lr, batch_size, freeze_encoder)
     time_budget = _positive(time_budget, "time budget (seconds)")
     steps = _positive(steps, "steps", integer=True)
@@ -439,8 +444,7 @@ def finetune_steps(
                                 dict(parent_card.normalization), tuple(spacing) if spacing else None)
     cache = data_mod.SampleCache(examples, spec)
     for done in cache.preload():
-        yield TrainProgress(0, 0, 0, 0, None, 0.0, time.monotonic() - started, time_budget, None, "loading",
-                            f"loaded {done}/{len(examples)} corrections")
+        yield preparing(f"loaded {done}/{len(examples)} corrections", time_budget)
     samples = [cache.get(i) for i in range(len(examples))]
     limit = settings.max_unlabelled
     if time_budget is not None:
@@ -450,10 +454,6 @@ def finetune_steps(
     tta = resolve(None, parent_card)
     flips = flip_sets(tta, dims)
     window = patch if mode == "patch" else None
-
-    def preparing(message: str) -> TrainProgress:
-        return TrainProgress(0, 0, 0, 0, None, 0.0, time.monotonic() - started, None, None, "loading", message)
-
     yield preparing(f"{len(samples)} corrections, {len(extra_samples)} unlabelled images")
 
     # -- the parent's scores, and its predictions on the unlabelled images -----------------------

@@ -429,7 +429,7 @@ class FinetuneSession:
         self._settings: dict = {}
         self._saving_to: str | None = None
         self._phase = ""
-        self._stage = ""  # what the run is doing, in words: the engine's message while preparing or training
+        self._said = ""  # the engine's words for what it is doing while preparing or training, else ""
         self._clock = QTimer(widget)
         self._clock.setInterval(500)
         self._clock.timeout.connect(self._show_time)
@@ -462,7 +462,7 @@ class FinetuneSession:
             self.fail(error)
             return
         self.result, self._base, self._saving_to, self._phase = None, ui.base_choice(), None, "starting"
-        self._stage = self._phase
+        self._said = ""
         ui.plot.clear()
         for button in (ui.use_button, ui.rollback_button, ui.start_button):
             button.setEnabled(False)
@@ -494,13 +494,14 @@ class FinetuneSession:
         total = f" of {estimate.total_steps}" if estimate.total_steps else ""
         left = estimate.left()
         left_text = f"about {_clock(left)} left" if left is not None else "estimating the time left"
-        self.widget.time_label.setText(f"{self._stage} · elapsed {_clock(estimate.elapsed())} · {left_text}"
+        doing = self._said or self._phase
+        self.widget.time_label.setText(f"{doing} · elapsed {_clock(estimate.elapsed())} · {left_text}"
                                        f" · step {estimate.step}{total}")
 
     def _show_progress(self, record) -> None:
         plot = self.widget.plot
         self._phase = record.phase or self._phase
-        self._stage = record.message if record.phase in ("loading", "train") and record.message else self._phase
+        self._said = record.message if record.phase in ("loading", "train") else ""
         if self._phase == "saving":
             self._saving_to = record.output or None
         step = int(record.step)
