@@ -289,9 +289,24 @@ def print_table(table: list[dict]) -> None:
 
 
 def cpu_description() -> str:
+    """The CPU as figures must name it: model, family (AMD 25: Zen 3/4, 26: Zen 5), bf16/AMX, torch's kernels."""
     import torch
 
-    return f"{platform.processor() or platform.machine()}, torch {torch.__version__}, " \
+    fields, flags = {}, set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "flags":
+                flags = set(value.split())
+                break
+            fields.setdefault(key, value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    family = f" (family {fields['cpu family']} model {fields.get('model', '?')})" if "cpu family" in fields else ""
+    extras = "".join(f", {flag}" for flag in ("avx512_bf16", "amx_bf16") if flag in flags)
+    return f"{name}{family}{extras}, torch {torch.__version__}, " \
            f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
 
 

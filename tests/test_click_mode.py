@@ -221,6 +221,23 @@ def test_positive_and_negative_clicks_undo_and_next_object(make_napari_viewer, q
 
 @pytest.mark.gui
 @needs_display
+def test_a_failed_prediction_ends_click_mode_with_one_line(make_napari_viewer, qtbot, click_models, monkeypatch):
+    # A failure travels as the worker's result: napari 0.9's own handler of a worker's error signal
+    # raises a TypeError in Qt's event loop, which pytest-qt reports as a failure of this test.
+    import napari_lgms.widgets._click_mode as click_mode
+
+    def broken(job):
+        raise MemoryError("not enough memory for this image")
+
+    viewer, widget, mode = _clicking(make_napari_viewer, qtbot, "scan", _grey((64, 64)), "tiny-2d")
+    monkeypatch.setattr(click_mode, "predict", broken)
+    _click(qtbot, mode, (20, 20))
+    assert widget.click_controls.status_label.text() == "Error: not enough memory for this image"
+    assert not mode.active and not viewer.layers["scan segmentation"].data.any()
+
+
+@pytest.mark.gui
+@needs_display
 def test_clicks_during_a_prediction_are_predicted_together_and_stale_results_never_shown(
         make_napari_viewer, qtbot, click_models, corrections_dir, monkeypatch):
     from napari_lgms.clicks import ClickSession

@@ -138,6 +138,22 @@ def test_fewer_than_five_corrections_are_never_evidence_however_consistent(paren
     assert "at least 5" in result.message and list((tmp_path / "out").iterdir()) == []
 
 
+def test_too_few_corrections_are_refused_before_training_when_a_model_is_wanted(parent, tmp_path, capsys):
+    from napari_lgms.cli import main
+    from napari_lgms.errors import InputError
+    from napari_lgms.training import finetune_steps
+
+    store = store_of(tmp_path / "store", 3)
+    steps = finetune_steps(parent, corrections=store, output=tmp_path / "out", steps=5, device="cpu",
+                           require_evidence=True)
+    with pytest.raises(InputError, match="3 corrections: .* at least 5 .* save 2 more"):
+        for report in steps:
+            assert report.phase == "loading", "nothing trained"
+    assert main(["finetune", "--model", str(parent.path), "--corrections", str(store), "--steps", "5",
+                 "--output", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    assert "save 2 more" in capsys.readouterr().err and list((tmp_path / "out").iterdir()) == []
+
+
 def test_unlabelled_images_change_what_is_learned(parent, tmp_path):
     from napari_lgms.io import write_mask
     from napari_lgms.training import finetune

@@ -489,3 +489,16 @@ def test_a_stepper_told_to_skip_non_finite_losses_leaves_the_weights_alone():
     assert weight.item() == 4.0 and stepper.skipped == 2
     stepper((weight ** 2).sum())
     assert weight.item() < 4.0 and stepper.skipped == 2
+
+
+def test_a_stepper_told_to_skip_non_finite_gradients_of_a_finite_loss_leaves_the_weights_alone():
+    from napari_lgms.training.loop import Stepper
+
+    weight = torch.nn.Parameter(torch.tensor([0.0, 1.0]))
+    optimizer = torch.optim.AdamW([weight], lr=0.1)
+    stepper = Stepper(optimizer, skip_non_finite=True)
+    loss = torch.sqrt(weight).sum()  # 1.0, with an infinite gradient at 0
+    assert stepper(loss) == 1.0 and stepper.skipped == 1
+    assert weight.tolist() == [0.0, 1.0] and weight.grad is None and not optimizer.state
+    stepper(((weight - 2) ** 2).sum())
+    assert bool(torch.isfinite(weight).all()) and weight[1].item() > 1.0 and stepper.skipped == 1

@@ -412,10 +412,21 @@ def test_finetune_runs_plots_and_states_its_verdict(make_napari_viewer, qtbot, s
     listed = [finetune.model_combo.itemText(i) for i in range(finetune.model_combo.count())]
     assert "tiny-2d (yours)" in listed
     assert str(finetune.store_root) == str(segment.corrections.store.root)
-    _store_examples(finetune.store_root)
+    _store_examples(finetune.store_root, count=3)
     finetune.set_store_root(str(finetune.store_root))
     assert finetune.store_label.text().startswith("3 in")
     assert finetune.model_combo.currentText() == "tiny-2d (yours)", "the corrections' model by default"
+    assert "save 2 more" in finetune.warning_label.text(), "says up front that 3 cannot give a model"
+    finetune.start()
+    qtbot.waitUntil(lambda: finetune.start_button.isEnabled() and "Error" in finetune.status_label.text(),
+                    timeout=30000)
+    assert "3 corrections: a new model is saved only when a check on at least 5" in finetune.status_label.text()
+    assert finetune.plot.loss == [] and finetune.result is None, "refused before any training"
+    assert finetune.time_label.text() == ""
+
+    _store_examples(finetune.store_root, count=5)
+    finetune.set_store_root(str(finetune.store_root))
+    assert finetune.store_label.text().startswith("5 in") and not finetune.warning_label.text()
 
     from napari_lgms.training.finetuning import PRESETS
 
@@ -434,7 +445,7 @@ def test_finetune_runs_plots_and_states_its_verdict(make_napari_viewer, qtbot, s
     words = {"better": "Better on your corrections", "no evidence": "No evidence either way: nothing saved",
              "worse": "Worse on your corrections: nothing saved"}
     assert finetune.status_label.text().startswith(words[result.verdict])
-    assert "3 corrections cannot show it (the check needs 5)" in finetune.status_label.text()
+    assert result.evidence["held_out"] == 5, "every correction checked"
     assert finetune.use_button.isEnabled() == offered(result) == finetune.rollback_button.isEnabled()
 
 

@@ -124,6 +124,14 @@ class FinetuneResult:
     candidate: Any = None
 
 
+def too_few_corrections(count: int) -> str | None:
+    """Why ``count`` corrections cannot give a saved model; None when they are enough."""
+    if count >= VERDICT_MINIMUM:
+        return None
+    return (f"{count} correction{'s' if count != 1 else ''}: a new model is saved only when a check on at "
+            f"least {VERDICT_MINIMUM} shows it is better; save {VERDICT_MINIMUM - count} more, then fine-tune")
+
+
 def new_version_name(parent: str, now: datetime | None = None) -> str:
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
     return f"{FT_SUFFIX.sub('', parent)}-ft-{stamp}"
@@ -374,6 +382,7 @@ def finetune_steps(
     name: str | None = None,
     precision: str = "auto",
     should_stop: Callable[[], bool] | None = None,
+    require_evidence: bool = False,
 ) -> Generator[TrainProgress, None, FinetuneResult]:
     """Fine-tune ``model`` (a name, a path or a LoadedModel); yields progress, returns :class:`FinetuneResult`.
 
@@ -384,6 +393,9 @@ def finetune_steps(
     without labels.
     ``precision``: "auto" (bf16 autocast on CPUs with native bf16 and on CUDA GPUs that have it,
     else fp32), "fp32" or "bf16". ``should_stop``: checked every step; a stopped run saves nothing.
+    ``require_evidence``: refuse (:class:`InputError`, before any training) corrections too few for the
+    check to ever save a model (the CLI and the widget); by default the run goes on, and its candidate
+    is in the result for callers who want to look at it.
     """
     from napari_lgms._device import select_device
     from napari_lgms.inference.augment import flip_sets, resolve
@@ -446,6 +458,8 @@ def finetune_steps(
     for done in cache.preload():
         yield preparing(f"loaded {done}/{len(examples)} corrections", time_budget)
     samples = [cache.get(i) for i in range(len(examples))]
+    if require_evidence and too_few_corrections(len(samples)):
+        raise InputError(too_few_corrections(len(samples)))
     limit = settings.max_unlabelled
     if time_budget is not None:
         limit = min(limit, max(4, int(settings.unlabelled_per_second * time_budget)))

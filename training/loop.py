@@ -30,8 +30,9 @@ class Budget:
 
 class Stepper:
     """One optimiser step: backward (through a grad scaler when there is one), optional gradient-norm
-    clipping, the optimiser's step. With ``skip_non_finite`` a step whose loss is NaN or infinite
-    changes nothing (its loss is still returned)."""
+    clipping, the optimiser's step. With ``skip_non_finite`` a step whose loss or gradient is NaN or
+    infinite changes nothing (its loss is still returned): one such gradient through AdamW would make
+    every weight NaN for good."""
 
     def __init__(self, optimizer, *, scaler=None, grad_clip: float = 0.0, skip_non_finite: bool = False):
         self.optimizer, self.scaler, self.grad_clip = optimizer, scaler, float(grad_clip)
@@ -47,6 +48,10 @@ class Stepper:
             return float(loss.detach())
         if self.scaler is None:
             loss.backward()
+            if self.skip_non_finite and not self._finite_gradients():
+                self.optimizer.zero_grad(set_to_none=True)
+                self.skipped += 1
+                return float(loss.detach())
             if self.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self._parameters(), self.grad_clip)
             self.optimizer.step()
@@ -61,6 +66,12 @@ class Stepper:
 
     def _parameters(self) -> list:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def _finite_gradients(self) -> bool:
+        import torch
+
+        gradients = [p.grad for p in self._parameters() if p.grad is not None]
+        return not gradients or bool(torch.isfinite(torch.stack([g.float().norm() for g in gradients]).sum()))
 
 
 def optimise(stepper: Stepper, batches: Iterable, loss_of: Callable[[Any], Any], *, budget: Budget,

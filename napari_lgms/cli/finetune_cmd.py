@@ -7,7 +7,8 @@
 Every correction is scored by a model that did not train on it (two-fold cross-fitting), and the
 verdict ("better", "no evidence either way", "worse") decides: only a better model is written,
 as ``NAME-ft-YYYYmmdd-HHMMSS`` into --output (default: the user model folder). Exit code 0 either
-way; the last line says what was decided.
+way; the last line says what was decided. Fewer corrections than the check needs (five) are
+refused before any training.
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         unlabelled=args.unlabelled, output=args.output,
         time_budget=args.time_budget, steps=args.steps, device=args.device, preset=args.preset,
         freeze_encoder=args.freeze_encoder, lr=args.lr, batch_size=args.batch_size, seed=args.seed, name=args.name,
+        require_evidence=True,
     )
     train_line_due = every(2.0, time.monotonic)
 

@@ -41,7 +41,7 @@ from napari_lgms.widgets._click_jobs import (Click, ClickTarget, Job, JobResult,
                                              predict, write_object)
 from napari_lgms.widgets._layout import Section, button_row, wrapping_label
 from napari_lgms.widgets._shared import ModelChoice, connect_while_alive, load_choice, takes_clicks
-from napari_lgms.widgets._workers import notify_error, one_line, start_engine_task
+from napari_lgms.widgets._workers import Failure, notify_error, one_line, returning_failures, start_engine_task
 
 METADATA_KEY = "napari_lgms"
 CLICKS_LAYER = "clicks"
@@ -466,14 +466,17 @@ class ClickMode:
         job = self.pending.pop(0)
         job.shown, job.labels_data = job.plane.shown, job.target.labels.data
         self.running = job
-        worker = create_worker(predict, job, _start_thread=False)
+        worker = create_worker(returning_failures(predict), job, _start_thread=False)
         connect_while_alive(worker.returned, self.controls, self._predicted)
         connect_while_alive(worker.errored, self.controls, self._failed)
         worker.start()
         self._show_state()
 
-    def _predicted(self, result: JobResult) -> None:
+    def _predicted(self, result: JobResult | Failure) -> None:
         """Main thread: keep the session; write the mask unless newer work for its plane is queued."""
+        if isinstance(result, Failure):
+            self._failed(result.error)
+            return
         started = time.perf_counter()
         job, self.running = result.job, None
         job.plane.session = result.session

@@ -11,7 +11,11 @@ napari ``GeneratorWorker`` so that:
 * Cancel works even between throttled yields: the engine gets a ``should_stop``
   callable, and the worker is asked to quit;
 * every callback (``on_progress``, ``on_done``, ``on_error``, ``on_finished``)
-  runs on the main thread, so it may touch layers; nothing else does.
+  runs on the main thread, so it may touch layers; nothing else does;
+* an engine's exception comes back as the worker's *result*, never through its
+  ``errored`` signal: napari 0.9 connects to that signal a status callback that
+  takes one argument too few, so every failure would also raise a TypeError in
+  Qt's event loop.
 """
 from __future__ import annotations
 
@@ -19,6 +23,25 @@ import threading
 from typing import Any, Callable, Generator
 
 from napari_lgms._generators import MIN_SECONDS_BETWEEN_YIELDS, throttled
+
+
+class Failure:
+    """What a worker returns instead of raising (see the module docstring)."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def returning_failures(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` returning a :class:`Failure` where it would raise an Exception."""
+
+    def guarded(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - handed to the caller's failure handler
+            return Failure(error)
+
+    return guarded
 
 
 class EngineTask:
@@ -66,9 +89,11 @@ def start_engine_task(
     stop = threading.Event()
 
     def run():
-        steps = make_steps(stop.is_set)
-        result = yield from throttled(steps, min_interval, stop.is_set, always)
-        return result
+        try:
+            steps = make_steps(stop.is_set)
+            return (yield from throttled(steps, min_interval, stop.is_set, always))
+        except Exception as error:  # noqa: BLE001 - handed to on_error on the main thread
+            return Failure(error)
 
     worker = create_worker(run, _progress={"desc": description}, _ignore_errors=True,
                            _start_thread=False)
@@ -88,7 +113,9 @@ def start_engine_task(
             on_progress(record)
 
     def returned(result):
-        if result is not None and not stop.is_set() and on_done is not None:
+        if isinstance(result, Failure):
+            errored(result.error)
+        elif result is not None and not stop.is_set() and on_done is not None:
             on_done(result)
 
     def errored(error):

@@ -241,6 +241,7 @@ class FinetuneWidget(FinetuneLayout):
         self.store_button.clicked.connect(self._pick_store)
         self.extra_button.clicked.connect(self._pick_extra)
         self.budget_combo.currentIndexChanged.connect(self._budget_changed)
+        self.source_combo.currentIndexChanged.connect(self._check_store)
         self.fast_check.toggled.connect(self._fast_toggled)
         self.model_combo.activated.connect(self._base_picked)
         self.start_button.clicked.connect(self.start)
@@ -309,8 +310,11 @@ class FinetuneWidget(FinetuneLayout):
         if self._choices:
             self.model_combo.setCurrentIndex(default_index(self._choices))
 
-    def _check_store(self) -> None:
-        """Warn when the store mixes corrections made with different models or modalities."""
+    def _check_store(self, *_) -> None:
+        """Warn when the store mixes corrections made with different models or modalities, and say
+        when it holds too few for a run to save anything."""
+        from napari_lgms.training.finetuning import too_few_corrections
+
         counts = Counter(entry.model for entry in self._store_entries())
         modality = {c.name: c.modality for c in self._choices}
         modalities = sorted({modality.get(name) for name in counts} - {None, ""})
@@ -320,6 +324,9 @@ class FinetuneWidget(FinetuneLayout):
             mixed = f" and {len(modalities)} modalities ({', '.join(modalities)})" if modalities[1:] else ""
             text = (f"Warning: these corrections come from {len(counts)} models{mixed}: {listed}. "
                     "Fine-tuning learns from all of them; keep one project per model or modality.")
+        too_few = too_few_corrections(sum(counts.values()))
+        if too_few and self.source_combo.currentText() == SOURCE_STORE:
+            text = f"{text}\n{too_few[0].upper()}{too_few[1:]}.".strip()
         self.warning_label.setText(text)
         self.warning_label.setVisible(bool(text))
 
@@ -414,6 +421,7 @@ class FinetuneWidget(FinetuneLayout):
             "steps": None if by_time else self.steps_spin.value(),
             "device": self.device_combo.currentText(),
             "preset": "fast" if self.fast_check.isChecked() else "default",
+            "require_evidence": True,
         }
 
 
@@ -575,9 +583,11 @@ class FinetuneSession:
         if self.running:  # the engine failed (not the options: nothing ran then)
             self._log("fine-tune", self._base.name, self.estimate.elapsed(),
                       {"outcome": "error", "message": one_line(error)})
+            self.estimate = None  # no "took" line for a run that failed
+            self.widget.time_label.setText("")
 
     def _finished(self, cancelled: bool) -> None:
-        if cancelled:
+        if cancelled and self.estimate is not None:
             self._log("fine-tune", self._base.name, self.estimate.elapsed(), {"outcome": "cancelled"})
         self._clock.stop()
         if self.estimate is not None:
