@@ -289,7 +289,8 @@ def print_table(table: list[dict]) -> None:
 
 
 def cpu_description() -> str:
-    """The CPU as figures must name it: model, family (AMD 25: Zen 3/4, 26: Zen 5), bf16/AMX, torch's kernels."""
+    """The CPU as figures must name it: model, family (AMD 25: Zen 3/4, 26: Zen 5), bf16 / AMX, and
+    torch's kernels."""
     import torch
 
     fields, flags = {}, set()
@@ -304,7 +305,9 @@ def cpu_description() -> str:
     except OSError:
         pass
     name = fields.get("model name") or platform.processor() or platform.machine()
-    family = f" (family {fields['cpu family']} model {fields.get('model', '?')})" if "cpu family" in fields else ""
+    family = ""
+    if "cpu family" in fields:
+        family = f" (family {fields['cpu family']} model {fields.get('model', '?')})"
     extras = "".join(f", {flag}" for flag in ("avx512_bf16", "amx_bf16") if flag in flags)
     return f"{name}{family}{extras}, torch {torch.__version__}, " \
            f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"

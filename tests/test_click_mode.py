@@ -221,7 +221,8 @@ def test_positive_and_negative_clicks_undo_and_next_object(make_napari_viewer, q
 
 @pytest.mark.gui
 @needs_display
-def test_a_failed_prediction_ends_click_mode_with_one_line(make_napari_viewer, qtbot, click_models, monkeypatch):
+def test_a_failed_prediction_ends_click_mode_with_one_line(make_napari_viewer, qtbot, click_models,
+                                                            monkeypatch):
     # A failure travels as the worker's result: napari 0.9's own handler of a worker's error signal
     # raises a TypeError in Qt's event loop, which pytest-qt reports as a failure of this test.
     import napari_lgms.widgets._click_mode as click_mode

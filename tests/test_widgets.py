@@ -420,7 +420,8 @@ def test_finetune_runs_plots_and_states_its_verdict(make_napari_viewer, qtbot, s
     finetune.start()
     qtbot.waitUntil(lambda: finetune.start_button.isEnabled() and "Error" in finetune.status_label.text(),
                     timeout=30000)
-    assert "3 corrections: a new model is saved only when a check on at least 5" in finetune.status_label.text()
+    refusal = "3 corrections: a new model is saved only when a check on at least 5"
+    assert refusal in finetune.status_label.text()
     assert finetune.plot.loss == [] and finetune.result is None, "refused before any training"
     assert finetune.time_label.text() == ""
 

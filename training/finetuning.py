@@ -128,8 +128,9 @@ def too_few_corrections(count: int) -> str | None:
     """Why ``count`` corrections cannot give a saved model; None when they are enough."""
     if count >= VERDICT_MINIMUM:
         return None
+    missing = VERDICT_MINIMUM - count
     return (f"{count} correction{'s' if count != 1 else ''}: a new model is saved only when a check on at "
-            f"least {VERDICT_MINIMUM} shows it is better; save {VERDICT_MINIMUM - count} more, then fine-tune")
+            f"least {VERDICT_MINIMUM} shows it is better; save {missing} more, then fine-tune")
 
 
 def new_version_name(parent: str, now: datetime | None = None) -> str:

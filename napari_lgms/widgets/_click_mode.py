@@ -41,7 +41,8 @@ from napari_lgms.widgets._click_jobs import (Click, ClickTarget, Job, JobResult,
                                              predict, write_object)
 from napari_lgms.widgets._layout import Section, button_row, wrapping_label
 from napari_lgms.widgets._shared import ModelChoice, connect_while_alive, load_choice, takes_clicks
-from napari_lgms.widgets._workers import Failure, notify_error, one_line, returning_failures, start_engine_task
+from napari_lgms.widgets._workers import (Failure, notify_error, one_line, returning_failures,
+                                          start_engine_task)
 
 METADATA_KEY = "napari_lgms"
 CLICKS_LAYER = "clicks"

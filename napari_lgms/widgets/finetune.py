@@ -185,7 +185,8 @@ class FinetuneLayout(DockBody):
         self.plot.setMinimumHeight(110)
         self.warning_label = wrapping_label()
         self.time_label = wrapping_label()
-        self.status_label = wrapping_label("Save a few corrections with the Segment widget, then fine-tune.",
+        self.status_label = wrapping_label("Save five corrections or more with the Segment widget, then "
+                                           "fine-tune.",
                                            lines=4)
         self.use_button = QPushButton("Use new model")
         self.rollback_button = QPushButton("Roll back")
@@ -324,7 +325,8 @@ class FinetuneWidget(FinetuneLayout):
             mixed = f" and {len(modalities)} modalities ({', '.join(modalities)})" if modalities[1:] else ""
             text = (f"Warning: these corrections come from {len(counts)} models{mixed}: {listed}. "
                     "Fine-tuning learns from all of them; keep one project per model or modality.")
-        too_few = too_few_corrections(sum(counts.values()))
+        count = sum(counts.values())
+        too_few = too_few_corrections(count) if count else None  # none saved: the status line says what to do
         if too_few and self.source_combo.currentText() == SOURCE_STORE:
             text = f"{text}\n{too_few[0].upper()}{too_few[1:]}.".strip()
         self.warning_label.setText(text)
