@@ -19,6 +19,25 @@ def parse_options(doc: str) -> argparse.Namespace:
     return options
 
 
+def cpu_info() -> dict:
+    """``name`` (the model name), ``family`` and ``model`` (AMD family 25: Zen 3/4, 26: Zen 5) and the
+    ``flags`` of the first CPU in /proc/cpuinfo; the platform's processor name where there is none."""
+    import platform
+
+    fields: dict = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if key.strip() == "flags":
+                break
+    except OSError:
+        pass
+    return {"name": fields.get("model name") or platform.processor() or "unknown",
+            "family": fields.get("cpu family"), "model": fields.get("model"),
+            "flags": set(fields.get("flags", "").split())}
+
+
 def write_rows(path: Path | None, payload: dict) -> None:
     """Write ``payload`` as JSON to ``path`` atomically (nothing when ``path`` is None)."""
     if path is not None:

@@ -27,7 +27,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -289,27 +288,14 @@ def print_table(table: list[dict]) -> None:
 
 
 def cpu_description() -> str:
-    """The CPU as figures must name it: model, family (AMD 25: Zen 3/4, 26: Zen 5), bf16 / AMX, and
-    torch's kernels."""
+    """The CPU as figures must name it: model, family, bf16 / AMX, and torch's kernels."""
     import torch
+    from _options import cpu_info
 
-    fields, flags = {}, set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "flags":
-                flags = set(value.split())
-                break
-            fields.setdefault(key, value.strip())
-    except OSError:
-        pass
-    name = fields.get("model name") or platform.processor() or platform.machine()
-    family = ""
-    if "cpu family" in fields:
-        family = f" (family {fields['cpu family']} model {fields.get('model', '?')})"
-    extras = "".join(f", {flag}" for flag in ("avx512_bf16", "amx_bf16") if flag in flags)
-    return f"{name}{family}{extras}, torch {torch.__version__}, " \
+    cpu = cpu_info()
+    family = f" (family {cpu['family']} model {cpu['model']})" if cpu["family"] else ""
+    extras = "".join(f", {flag}" for flag in ("avx512_bf16", "amx_bf16") if flag in cpu["flags"])
+    return f"{cpu['name']}{family}{extras}, torch {torch.__version__}, " \
            f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
 
 

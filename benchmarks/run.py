@@ -428,9 +428,12 @@ def describe(job: dict) -> str:
 def run_jobs(jobs: list[dict], threads: int, timeout: float, output: Path) -> dict:
     import torch
 
+    sys.path.insert(0, str(HERE))
+    from _options import cpu_info
+
     report = {
         "command": " ".join([Path(sys.executable).name, "benchmarks/run.py"] + sys.argv[1:]),
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
+        "machine": {"cpu": cpu_info()["name"], "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
                     "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "onnxruntime": _version_or_none("onnxruntime"), "load_average_start": os.getloadavg()},
         "results": [],
@@ -467,16 +470,6 @@ def _write_json(path: Path, report: dict) -> None:
     from napari_lgms._atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(report, indent=1))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _version_or_none(distribution: str) -> str | None:

@@ -459,8 +459,9 @@ def finetune_steps(
     for done in cache.preload():
         yield preparing(f"loaded {done}/{len(examples)} corrections", time_budget)
     samples = [cache.get(i) for i in range(len(examples))]
-    if require_evidence and too_few_corrections(len(samples)):
-        raise InputError(too_few_corrections(len(samples)))
+    refusal = too_few_corrections(len(samples)) if require_evidence else None
+    if refusal:
+        raise InputError(refusal)
     limit = settings.max_unlabelled
     if time_budget is not None:
         limit = min(limit, max(4, int(settings.unlabelled_per_second * time_budget)))

@@ -44,14 +44,11 @@ class Stepper:
 
         self.optimizer.zero_grad(set_to_none=True)
         if self.skip_non_finite and not bool(torch.isfinite(loss.detach()).all()):
-            self.skipped += 1
-            return float(loss.detach())
+            return self._skip(loss)
         if self.scaler is None:
             loss.backward()
             if self.skip_non_finite and not self._finite_gradients():
-                self.optimizer.zero_grad(set_to_none=True)
-                self.skipped += 1
-                return float(loss.detach())
+                return self._skip(loss)
             if self.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self._parameters(), self.grad_clip)
             self.optimizer.step()
@@ -71,7 +68,12 @@ class Stepper:
         import torch
 
         gradients = [p.grad for p in self._parameters() if p.grad is not None]
-        return not gradients or bool(torch.isfinite(torch.stack([g.float().norm() for g in gradients]).sum()))
+        return bool(torch.isfinite(torch.nn.utils.get_total_norm(gradients)))
+
+    def _skip(self, loss) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped += 1
+        return float(loss.detach())
 
 
 def optimise(stepper: Stepper, batches: Iterable, loss_of: Callable[[Any], Any], *, budget: Budget,

@@ -468,8 +468,7 @@ class ClickMode:
         job.shown, job.labels_data = job.plane.shown, job.target.labels.data
         self.running = job
         worker = create_worker(returning_failures(predict), job, _start_thread=False)
-        connect_while_alive(worker.returned, self.controls, self._predicted)
-        connect_while_alive(worker.errored, self.controls, self._failed)
+        connect_while_alive(worker.returned, self.controls, self._predicted)  # failures too: see _workers
         worker.start()
         self._show_state()
 

@@ -129,7 +129,6 @@ def start_engine_task(
 
     worker.yielded.connect(show_progress)
     worker.returned.connect(returned)
-    worker.errored.connect(errored)
     worker.finished.connect(finished)
     worker.start()
     return task

@@ -328,7 +328,7 @@ class FinetuneWidget(FinetuneLayout):
         count = sum(counts.values())
         too_few = too_few_corrections(count) if count else None  # none saved: the status line says what to do
         if too_few and self.source_combo.currentText() == SOURCE_STORE:
-            text = f"{text}\n{too_few[0].upper()}{too_few[1:]}.".strip()
+            text = f"{text}\n{too_few}.".strip()
         self.warning_label.setText(text)
         self.warning_label.setVisible(bool(text))
 
