@@ -29,62 +29,25 @@ What it does, in order:
    whose loss is not finite are skipped anyway). Otherwise nothing is written; the candidate
    stays in :attr:`FinetuneResult.candidate` for callers who want to look at it.
 
-One adaptation run (:func:`adapt_steps`): AdamW, its learning rate rising over the first 30 % of
-the run's time or steps, then falling on a cosine (a few full-rate steps wreck a trained network
-before it can learn anything: measured in ``benchmarks/README.md``); the loss weighted towards the
-pixels the user changed; the parent's (flip-averaged) predictions as targets on unlabelled images
-(at most one per 2 s of the budget, so that preparing them leaves time to train); and a pull of the
-weights back towards the parent's after every step. Those two ties to the parent are scaled by its
-mean score on the corrections (its "trust"): a parent that was nearly right stays close, one that
-was wrong (a new modality) is free to move, and a distillation weight too small to matter is
-skipped rather than computed. Every run hands back the mean of its weights over its second half
-(:class:`adaptation.TailAverage`): a run on ten images ends wherever its last few batches left
-it, and the same corrections trained twice differed by 7 to 8 IoU points on the rest of the
-domain; the average varies less, so the check's models say more about the candidate. That mean
-is then mixed with the parent's weights, the parent's share being half its trust (weight-space
-ensembling, as WiSE-FT does): a shifted scanner's candidates gained about a point more and lost
-fewer images outright, while a new modality, whose parent scores near zero, keeps almost all of
-what it learned.
-Batch-norm statistics stay frozen while training: a batch of two cannot estimate them.
+One adaptation run is :func:`.adapt_run.adapt_steps` (its docstring says how it learns); the
+model card of a saved one is :func:`.finetune_card.finetuned_card`.
 """
 from __future__ import annotations
 
 import copy
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 
 from napari_lgms.errors import InputError, OutputError
+from napari_lgms.training.adapt_run import AdaptContext, AdaptSettings, adapt_steps, predicted_logits
 from napari_lgms.training.engine import TrainProgress
-
-
-@dataclass(frozen=True)
-class AdaptSettings:
-    """How one adaptation run learns (see the module docstring)."""
-
-    lr: float = 1e-3
-    batch_size: int = 2
-    freeze_encoder: bool = False
-    # Both scaled by the parent's mean score on the corrections: a parent that was right is kept close.
-    anchor: float = 0.02  # fraction of the distance to the parent's weights pulled back per full-lr step
-    distill_weight: float = 0.5  # parent agreement on unlabelled images, relative to the labels loss
-    corrected_weight: float = 2.0  # extra pixel weight where the user changed the prediction
-    intensity: float = 0.2  # strength of the random gamma / contrast change (0: none)
-    renormalise: bool = True
-    warmup: float = 0.3  # fraction of every run over which the learning rate rises linearly
-    average_after: float = 0.5  # every run hands back its weights averaged from this fraction on (1: off)
-    parent_share: float = 0.5  # of the parent's weights mixed into every run's result, scaled by trust
-    min_distill: float = 0.05  # a scaled distillation weight below this is skipped (it would halve the steps)
-    max_unlabelled: int = 64
-    unlabelled_per_second: float = 0.5  # of the time budget: preparing them must leave time to train
+from napari_lgms.training.finetune_card import finetuned_card, new_version_name
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -96,7 +59,6 @@ VERDICT_MARGIN = 0.01  # a mean change under one score point is no change
 VERDICT_CONFIDENCE = 1.5  # standard errors between the mean change and zero
 VERDICT_MINIMUM = 5  # corrections: with fewer, the checked models learn from one or two images
 FOLD_SHARE = 0.25  # of the training time, per cross-fitting fold; the candidate gets the rest
-FT_SUFFIX = re.compile(r"-ft-\d{8}-\d{6}$")
 
 
 @dataclass
@@ -131,25 +93,6 @@ def too_few_corrections(count: int) -> str | None:
     missing = VERDICT_MINIMUM - count
     return (f"{count} correction{'s' if count != 1 else ''}: a new model is saved only when a check on at "
             f"least {VERDICT_MINIMUM} shows it is better; save {missing} more, then fine-tune")
-
-
-def new_version_name(parent: str, now: datetime | None = None) -> str:
-    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    return f"{FT_SUFFIX.sub('', parent)}-ft-{stamp}"
-
-
-def next_version(version: str) -> str:
-    text = str(version or "1")
-    return str(int(text) + 1) if text.isdigit() else f"{text}.1"
-
-
-def freeze_first_half(network) -> int:
-    """Freeze the first half of the parameter tensors in definition order; returns how many."""
-    parameters = list(network.parameters())
-    count = len(parameters) // 2
-    for parameter in parameters[:count]:
-        parameter.requires_grad_(False)
-    return count
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -192,6 +135,46 @@ def _destination(output) -> Path:
 
 
 # ----------------------------------------------------------------------------- data
+def _labelled_examples(corrections, images, masks) -> tuple[list, dict[str, Any]]:
+    """The corrections store's examples and those of the image/mask folders, and a record of both."""
+    from napari_lgms.training.data import discover_examples
+
+    examples, record = [], {}
+    if corrections is not None:
+        found, kind, _ = discover_examples(data=str(corrections))
+        examples += found
+        record.update(kind=kind, corrections=str(corrections), keys=[e.name for e in found])
+    if images is not None and masks is not None:
+        found, kind, _ = discover_examples(images=str(images), masks=str(masks))
+        examples += found
+        record.update(images=str(images), masks=str(masks), names=[e.name for e in found])
+        record.setdefault("kind", kind)
+    return examples, record
+
+
+def _prepare_spec(card):
+    """How inference prepares an image for the model of ``card``, as training's PrepareSpec."""
+    from napari_lgms.training.data import PrepareSpec
+
+    dims = card.spatial_dims
+    patch = tuple(int(s) for s in card.input.patch_size or [256] * dims)
+    mode = "resize" if (card.input.mode or "resize") == "resize" else "patch"
+    spacing = card.input.spacing
+    return PrepareSpec(card.in_channels, card.num_classes, dims, patch, mode, dict(card.normalization),
+                       tuple(spacing) if spacing else None)
+
+
+def _weights_sha256(loaded) -> str | None:
+    """The parent's weights' sha256: from its card, else hashed from the file beside it."""
+    from napari_lgms.zoo import sha256_of
+
+    known = loaded.card.weights.get("sha256")
+    if known or loaded.path is None:
+        return known
+    weights_file = Path(loaded.path).with_suffix(".safetensors")
+    return sha256_of(weights_file) if weights_file.is_file() else None
+
+
 def _unlabelled_samples(unlabelled, spec, limit: int, seed: int) -> list:
     """Prepared (mask-less) samples from a folder of images or a sequence of arrays (spatial axes
     first, channels last if any) or of :class:`~napari_lgms.io.image.ImageData`, at most ``limit``
@@ -228,139 +211,6 @@ def _choose(items: list, limit: int, seed: int) -> list:
     if len(items) <= limit:
         return items
     return [items[i] for i in sorted(np.random.default_rng(seed).choice(len(items), limit, replace=False))]
-
-
-# ----------------------------------------------------------------------------- one adaptation run
-@dataclass
-class _Context:
-    """What every adaptation run of one fine-tune shares."""
-
-    parent: Any  # torch.nn.Module, eval mode, on the device
-    device: Any
-    autocast: Callable
-    settings: AdaptSettings
-    flip_axes: tuple[int, ...]
-    patch: tuple[int, ...] | None  # patch-mode crop size, None for whole (resized) images
-    unlabelled: list  # prepared samples
-    parent_logits: list  # (K, *S) float32 per unlabelled sample: the parent's (flip-averaged) logits
-    seed: int
-    trust: float  # the parent's mean score on the corrections, in [0, 1]
-    distill_weight: float  # of the parent's logits on unlabelled images, trust-scaled; 0: not used
-    started: float  # the fine-tune's start on ``time.monotonic``, for the reports' elapsed time
-
-
-def adapt_steps(context: _Context, samples: Sequence, *, seconds: float | None, steps: int | None,
-                should_stop: Callable[[], bool] | None, label: str, steps_before: int = 0,
-                start=None) -> Generator[TrainProgress, None, tuple[Any, int]]:
-    """Adapt a copy of ``start`` (a network of an earlier run; default: the parent) to ``samples``
-    for ``seconds`` or ``steps``, pulled towards the parent's weights either way; yields a report
-    every step (numbered after ``steps_before``, the earlier runs' steps) and returns
-    ``(network, steps taken)``."""
-    import torch
-
-    from napari_lgms.models.layout import use_layout_for
-    from napari_lgms.training.adaptation import ParentAnchor, TailAverage, adaptation_loss
-    from napari_lgms.training.loop import Budget, Stepper, cosine_fraction, optimise
-
-    settings = context.settings
-    network = copy.deepcopy(context.parent)
-    use_layout_for(network, context.device, training=True)
-    if settings.freeze_encoder:
-        freeze_first_half(network)
-    trainable = [p for p in network.parameters() if p.requires_grad]
-    anchor = ParentAnchor(network, settings.anchor * context.trust)
-    if start is not None:
-        network.load_state_dict(start.state_dict())
-    average = TailAverage(network, settings.average_after)
-    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.0)
-    rng = np.random.default_rng([context.seed, len(samples), sum(map(ord, label))])
-    budget = Budget(steps=steps) if steps is not None else Budget(seconds=seconds)
-    network.eval()  # batch-norm statistics stay as estimated; there is no dropout to switch on
-
-    def loss_of(batch):
-        images, masks, weights, unlabelled, targets = batch
-        with context.autocast():
-            logits = network(torch.cat([images, unlabelled]) if unlabelled is not None else images)
-        extra = logits[len(images):] if unlabelled is not None else None
-        return adaptation_loss(logits[:len(images)], masks, weights, extra, targets,
-                               distill_weight=context.distill_weight)
-
-    def step_report(taken, loss, progress):
-        remaining = None if seconds is None else max(seconds * (1.0 - progress), 0.0)
-        return TrainProgress(steps_before + taken, 0, 0, 0, loss, optimizer.param_groups[0]["lr"],
-                             time.monotonic() - context.started, remaining, None, "train", label)
-
-    batches = iter(lambda: _batch(context, samples, rng), None)  # endless
-    schedule = partial(cosine_fraction, warmup=settings.warmup)
-    stepper = Stepper(optimizer, skip_non_finite=True)
-    step, _ = yield from optimise(stepper, batches, loss_of, budget=budget, report=step_report,
-                                  should_stop=should_stop, lr_at=lambda p: settings.lr * schedule(p),
-                                  after_step=lambda p: (anchor.pull(schedule(p)), average.update(p)))
-    average.apply()
-    anchor.blend(settings.parent_share * context.trust)
-    network.eval()
-    use_layout_for(network, context.device, training=False)
-    return network, step
-
-
-def _batch(context: _Context, samples: Sequence, rng: np.random.Generator):
-    """A batch of corrections (images, masks, pixel weights) and, when there are unlabelled images,
-    as many unlabelled views with the parent's logits as targets (the same flips and crops)."""
-    import torch
-
-    from napari_lgms.training.adaptation import pixel_weights, training_view
-    from napari_lgms.training.augment import sample_patch
-
-    settings = context.settings
-    size = settings.batch_size
-    views = []
-    for index in rng.integers(0, len(samples), size):
-        sample = samples[int(index)]
-        image, mask, weight = sample.image, sample.mask, pixel_weights(sample, settings.corrected_weight)
-        if context.patch is not None:
-            stacked, mask = sample_patch(np.concatenate([image, weight[None]]), mask, context.patch, rng,
-                                         sample.focus, 0.8)
-            image, weight = stacked[:-1], stacked[-1]
-        views.append(training_view(image, mask, weight, rng, context.flip_axes, settings.intensity))
-    images = torch.from_numpy(np.stack([v[0] for v in views])).to(context.device)
-    masks = torch.from_numpy(np.stack([v[1].astype(np.int64) for v in views])).to(context.device)
-    weights = torch.from_numpy(np.stack([v[2] for v in views])).to(context.device)
-    if not context.parent_logits:
-        return images, masks, weights, None, None
-    extra = []
-    for index in rng.integers(0, len(context.unlabelled), size):
-        sample, target = context.unlabelled[int(index)], context.parent_logits[int(index)]
-        stacked, channels = np.concatenate([sample.image, target]), sample.image.shape[0]
-        blank = np.zeros(stacked.shape[1:], dtype=np.uint8)
-        if context.patch is not None:
-            stacked, blank = sample_patch(stacked, blank, context.patch, rng, None, 0.0)
-        view, _, _ = training_view(stacked, blank, blank.astype(np.float32), rng, context.flip_axes, 0.0)
-        image = view[:channels]
-        if settings.intensity > 0:
-            image, _, _ = training_view(image, blank, blank, rng, (), settings.intensity)
-        extra.append((image, view[channels:]))
-    unlabelled = torch.from_numpy(np.stack([e[0] for e in extra])).to(context.device)
-    targets = torch.from_numpy(np.stack([e[1] for e in extra])).to(context.device)
-    return images, masks, weights, unlabelled, targets
-
-
-def _parent_logits(network, samples: Sequence, device, flips, window, autocast) -> list[np.ndarray]:
-    """The parent's logits (K, *S) float32 on each prepared sample, averaged over ``flips``."""
-    import torch
-
-    from napari_lgms.inference.sliding import network_predictor
-    from napari_lgms.training.evaluate import sliding_window_logits
-
-    network.eval()
-    predict = network_predictor(network, flips=flips, autocast=autocast)
-    size = 8 if window is None else 1  # resized samples all have the card's patch shape
-    logits = []
-    for start in range(0, len(samples), size):
-        batch = torch.from_numpy(np.stack([s.image for s in samples[start:start + size]])).to(device)
-        output = predict(batch) if window is None else sliding_window_logits(network, batch, window,
-                                                                             autocast=autocast, flips=flips)
-        logits += list(output.float().cpu().numpy())
-    return logits
 
 
 # ----------------------------------------------------------------------------- the fine-tune
@@ -401,11 +251,11 @@ def finetune_steps(
     from napari_lgms._device import select_device
     from napari_lgms.inference.augment import flip_sets, resolve
     from napari_lgms.models.layout import use_layout_for
-    from napari_lgms.training import data as data_mod
+    from napari_lgms.training.data import SampleCache
     from napari_lgms.training.adaptation import judge, renormalise
     from napari_lgms.training.engine import autocast_factory, resolve_precision
     from napari_lgms.training.evaluate import score_samples
-    from napari_lgms.zoo import LoadedModel, load_model, sha256_of, validate_model_name
+    from napari_lgms.zoo import LoadedModel, load_model, validate_model_name
 
     started = time.monotonic()
 
@@ -433,29 +283,13 @@ def finetune_steps(
     use_layout_for(parent_network, torch_device, training=False)
     for parameter in parent_network.parameters():
         parameter.requires_grad_(True)
-    parent_sha = parent_card.weights.get("sha256")
-    if not parent_sha and loaded.path is not None:
-        weights_file = Path(loaded.path).with_suffix(".safetensors")
-        parent_sha = sha256_of(weights_file) if weights_file.is_file() else None
+    parent_sha = _weights_sha256(loaded)
 
     # -- data --------------------------------------------------------------------------------
-    examples, data_record = [], {}
-    if corrections is not None:
-        found, kind, _ = data_mod.discover_examples(data=str(corrections))
-        examples += found
-        data_record.update(kind=kind, corrections=str(corrections), keys=[e.name for e in found])
-    if images is not None and masks is not None:
-        found, kind, _ = data_mod.discover_examples(images=str(images), masks=str(masks))
-        examples += found
-        data_record.update(images=str(images), masks=str(masks), names=[e.name for e in found])
-        data_record.setdefault("kind", kind)
-    dims = parent_card.spatial_dims
-    patch = tuple(int(s) for s in parent_card.input.patch_size or [256] * dims)
-    mode = "resize" if (parent_card.input.mode or "resize") == "resize" else "patch"
-    spacing = parent_card.input.spacing
-    spec = data_mod.PrepareSpec(parent_card.in_channels, parent_card.num_classes, dims, patch, mode,
-                                dict(parent_card.normalization), tuple(spacing) if spacing else None)
-    cache = data_mod.SampleCache(examples, spec)
+    examples, data_record = _labelled_examples(corrections, images, masks)
+    spec = _prepare_spec(parent_card)
+    dims, patch, mode = spec.spatial_dims, spec.patch_size, spec.input_mode
+    cache = SampleCache(examples, spec)
     for done in cache.preload():
         yield preparing(f"loaded {done}/{len(examples)} corrections", time_budget)
     samples = [cache.get(i) for i in range(len(examples))]
@@ -496,8 +330,8 @@ def finetune_steps(
     parent_logits = []
     if distill_weight > 0:
         yield preparing(f"model predictions on {len(extra_samples)} unlabelled images")
-        parent_logits = _parent_logits(start_network, extra_samples, torch_device, flips, window, autocast)
-    context = _Context(start_network, torch_device, autocast, settings,
+        parent_logits = predicted_logits(start_network, extra_samples, torch_device, flips, window, autocast)
+    context = AdaptContext(start_network, torch_device, autocast, settings,
                        tuple(range(dims)) if tta == "flips" else (), patch if mode == "patch" else None,
                        extra_samples, parent_logits, seed, trust, distill_weight, started)
 
@@ -563,9 +397,9 @@ def finetune_steps(
             decision = "no evidence"
             evidence["unfit"] = True
     new_name = name or new_version_name(parent_card.name)
-    card = _finetuned_card(parent_card, new_name, loaded, parent_sha, data_record, settings, evidence, decision,
-                           before, after, total_steps, time.monotonic() - started, time_budget, seed,
-                           torch_device, preset)
+    card = finetuned_card(parent_card, new_name, loaded, parent_sha, data_record, settings, evidence, decision,
+                          before, after, total_steps, time.monotonic() - started, time_budget, seed,
+                          torch_device, preset)
     candidate = None if candidate_network is None else LoadedModel(candidate_network.eval(), card, None, "user")
     message = _message(decision, verdict, metric, len(samples), stopped, evidence)
     card_path, saved = None, False
@@ -621,31 +455,6 @@ def _message(decision: str, verdict, metric: str, count: int, stopped: bool, rec
     if math.isfinite(smallest):
         evidence += f"; with this spread only a change beyond ±{100 * smallest:.0f} points would show"
     return f"no evidence either way ({evidence}): nothing saved; more corrections make the check surer"
-
-
-def _finetuned_card(parent, new_name, loaded, parent_sha, data_record, settings, evidence, decision, before,
-                    after, steps, elapsed, time_budget, seed, device, preset):
-    """The new version's card: the parent's network, input, normalisation, classes, output, prompt
-    and terms; this run's record, its cross-fitted scores and its lineage."""
-    from napari_lgms.training.cards import card_metrics, model_card, rounded
-
-    return model_card(
-        name=new_name, architecture=parent.architecture, arguments=parent.arguments, input_spec=parent.input,
-        normalization=parent.normalization, class_names=parent.class_names, output_spec=parent.output,
-        prompt=parent.prompt, version=next_version(parent.version),
-        description=f"{parent.description} Fine-tuned from {parent.name} on {len(data_record.get('keys', []))} "
-                    "user correction(s).".strip(),
-        training={**{k: v for k, v in parent.training.items() if k in ("data", "terms")},
-                  "finetune": {"preset": preset, "steps": steps, "seconds": round(elapsed, 1),
-                               "time_budget": time_budget, "settings": settings.__dict__, "seed": seed,
-                               "device": device.type, "data": data_record}},
-        metrics=card_metrics("two-fold cross-fitting over the corrections", "verdict", after),
-        lineage={"parent": parent.name, "parent_version": parent.version, "parent_path": str(loaded.path or ""),
-                 "parent_sha256": parent_sha, "data": data_record, "metrics_before": rounded(before),
-                 "metrics_after": rounded(after), "verdict": decision, "evidence": evidence,
-                 "improved": decision == "better", "parent_lineage": parent.lineage or None},
-        licence=parent.licence, citation=parent.citation, intended_use=parent.intended_use,
-    )
 
 
 def finetune(model, *, on_progress: Callable[[TrainProgress], None] | None = None, **options) -> FinetuneResult:

@@ -19,7 +19,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
