@@ -462,6 +462,19 @@ def test_the_verdict_says_when_the_final_model_did_not_fit_its_corrections():
     assert verdict_text(result) == "No evidence either way: nothing saved; the previous model is kept."
 
 
+def test_a_better_verdict_quotes_the_score_it_was_judged_on():
+    from types import SimpleNamespace
+
+    from napari_lgms.widgets.finetune import verdict_text
+
+    result = SimpleNamespace(saved=True, card_path="new.json", name="new", verdict="better",
+                             evidence={"metric": "iou"}, metrics_before={"iou": 0.31, "dice": 0.44},
+                             metrics_after={"iou": 0.72, "dice": 0.82})
+    assert verdict_text(result) == "Better on your corrections: IoU 0.310 → 0.720. Saved as new."
+    result.evidence = {"metric": "dice"}  # several classes: mean Dice
+    assert verdict_text(result).startswith("Better on your corrections: Dice 0.440 → 0.820.")
+
+
 @pytest.mark.gui
 @needs_display
 def test_finetune_cancel_keeps_the_previous_model(make_napari_viewer, qtbot, saved_tiny, corrections_dir):

@@ -436,7 +436,7 @@ def _mean_rows(rows: Sequence[dict[str, float]], indices) -> dict[str, float]:
 
 
 def _message(decision: str, verdict, metric: str, count: int, stopped: bool, record: dict) -> str:
-    name = metric.upper() if metric == "iou" else "Dice"
+    name = "IoU" if metric == "iou" else "Dice"
     evidence = verdict.describe(name)
     if stopped:
         return "stopped on request: nothing saved"

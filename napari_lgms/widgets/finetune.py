@@ -3,7 +3,7 @@
 Runs :func:`napari_lgms.training.finetuning.finetune_steps` in a napari thread
 worker. While it runs: a live loss / validation Dice plot and a steady time
 estimate (from the budget, shown at once). At the end, the verdict in words:
-"better on your corrections: Dice a → b" (a new version was saved), "no
+"better on your corrections: IoU a → b" (a new version was saved), "no
 evidence either way: nothing saved" or "worse: nothing saved". "Use new model"
 is offered only when a version was saved; "Roll back" deletes it, before or
 after "Use new model", and returns every Segment widget to the parent model.
@@ -71,17 +71,19 @@ def _clock(seconds) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def _dice_of(metrics: dict[str, float] | None) -> float | None:
-    """The mean Dice of an engine's metrics, None when there is none."""
-    return None if not metrics or "dice" not in metrics else float(metrics["dice"])
+def _score_of(metrics: dict[str, float] | None, metric: str) -> float | None:
+    """``metric`` of an engine's metrics, None when there is none."""
+    return None if not metrics or metric not in metrics else float(metrics[metric])
 
 
 def verdict_text(result) -> str:
     """The run's verdict (a :class:`~napari_lgms.training.finetuning.FinetuneResult`) in words."""
     if offered(result):
-        before, after = _dice_of(result.metrics_before), _dice_of(result.metrics_after)
-        dice = f": Dice {before:.3f} → {after:.3f}" if before is not None and after is not None else ""
-        return f"Better on your corrections{dice}. Saved as {result.name}."  # how: in the tooltip
+        metric = (result.evidence or {}).get("metric", "dice")  # what the verdict judged: IoU, or Dice
+        before, after = _score_of(result.metrics_before, metric), _score_of(result.metrics_after, metric)
+        name = "IoU" if metric == "iou" else "Dice"
+        scores = f": {name} {before:.3f} → {after:.3f}" if before is not None and after is not None else ""
+        return f"Better on your corrections{scores}. Saved as {result.name}."  # how: in the tooltip
     if result.verdict == "worse":
         return "Worse on your corrections: nothing saved; the previous model is kept."
     evidence = result.evidence or {}
@@ -521,7 +523,7 @@ class FinetuneSession:
             self.estimate.total_steps = total  # the engine's count (cross-fitting runs add steps)
         if self.estimate is not None and self.estimate.total_steps:
             plot.total_steps = self.estimate.total_steps
-        dice = _dice_of(record.val_metrics)
+        dice = _score_of(record.val_metrics, "dice")
         if dice is not None and (not plot.dice or plot.dice[-1] != (float(step), dice)):
             plot.add_dice(step, dice)
         if self.estimate is not None:
@@ -542,8 +544,8 @@ class FinetuneSession:
             "outcome": "done", "verdict": result.verdict, "saved": result.saved,
             "new_model": result.name if offered(result) else None,
             "card_path": str(result.card_path) if offered(result) else None,
-            "dice_before": _dice_of(result.metrics_before),
-            "dice_after": _dice_of(result.metrics_after),
+            "dice_before": _score_of(result.metrics_before, "dice"),
+            "dice_after": _score_of(result.metrics_after, "dice"),
             "steps": result.steps, "evidence": result.evidence,
         })
         if result.saved:
