@@ -1,6 +1,8 @@
 """Shared fixtures: a tiny registered network so engine tests run in milliseconds."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 
@@ -110,6 +112,10 @@ def saved_tiny(tiny_model):
 
 @pytest.fixture(autouse=True)
 def corrections_dir(tmp_path, monkeypatch):
-    """Every test's corrections store (and session log) in its own temporary folder."""
+    """Every test's corrections store (and session log) in its own temporary folder, and no widget
+    told of an earlier test's store."""
     monkeypatch.setenv("NAPARI_LGMS_CORRECTIONS_DIR", str(tmp_path / "corrections"))
+    shared = sys.modules.get("napari_lgms.widgets._shared")  # imported by widget tests only
+    if shared is not None:
+        monkeypatch.setattr(shared.hub, "store_root", None)
     return tmp_path / "corrections"

@@ -192,7 +192,7 @@ def test_positive_and_negative_clicks_undo_and_next_object(make_napari_viewer, q
     assert first[20, 20] == 1 and 20 < (first == 1).sum() < 400 and first[50, 50] == 0
     np.testing.assert_array_equal(points.data, [[20, 20]])
     np.testing.assert_allclose(points.face_color[0, :3], [0, 1, 0])
-    assert "1 clicks (1+ 0−)" in widget.click_controls.status_label.text()
+    assert "1 click (1+ 0−)" in widget.click_controls.status_label.text()
 
     _click(qtbot, mode, (20, 20), shift=True)  # Shift-click: not the object
     assert labels.data[20, 20] == 0 and (labels.data == 1).sum() < (first == 1).sum()

@@ -482,7 +482,7 @@ def test_finetune_cancel_keeps_the_previous_model(make_napari_viewer, qtbot, sav
 
     viewer = make_napari_viewer()
     finetune = _dock(viewer, "Fine-tune")
-    _store_examples(finetune.store_root)
+    _store_examples(finetune.store_root, count=5)
     before = sorted(p.name for p in user_model_dir().iterdir())
     finetune.model_combo.setCurrentText("tiny-2d (yours)")
     finetune.budget_combo.setCurrentText("Steps")

@@ -241,6 +241,21 @@ def test_a_run_without_a_better_model_offers_nothing(make_napari_viewer, qtbot, 
 
 @pytest.mark.gui
 @needs_display
+def test_finetune_with_no_corrections_yet_offers_the_model_for_the_projects_newest_image(
+        make_napari_viewer, qtbot, saved_tiny):
+    viewer = make_napari_viewer()
+    finetune = _dock(viewer, "Fine-tune", qtbot)
+    viewer.add_image(np.zeros((8, 32, 32), np.float32), name="a volume")
+    assert finetune.model_combo.currentText() == "tiny-3d (yours)"
+    viewer.add_image(_grey((32, 32)), name="a slice")
+    assert finetune.model_combo.currentText() == "tiny-2d (yours)"
+    _pick_by_hand(finetune, "tiny-3d")
+    viewer.add_image(_grey((32, 32), seed=2), name="another slice")
+    assert finetune.model_combo.currentText() == "tiny-3d (yours)", "a model picked by hand stays"
+
+
+@pytest.mark.gui
+@needs_display
 def test_finetune_defaults_to_the_corrections_model_warns_on_a_mix_and_passes_other_images(
         make_napari_viewer, qtbot, saved_tiny, tiny_model, corrections_dir, monkeypatch):
     viewer = make_napari_viewer()

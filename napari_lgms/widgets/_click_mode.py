@@ -513,7 +513,8 @@ class ClickMode:
         clicks = obj.clicks()
         self.controls.show_session(True, bool(clicks))
         positive = sum(c.positive for c in clicks)
-        text = f"Label {obj.label}: {len(clicks)} clicks ({positive}+ {len(clicks) - positive}−)"
+        count = f"{len(clicks)} click{'s' if len(clicks) != 1 else ''}"
+        text = f"Label {obj.label}: {count} ({positive}+ {len(clicks) - positive}−)"
         if self.busy:
             text += ", predicting…"
         elif self._last_latency is not None:

@@ -19,9 +19,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from napari_lgms.samples import MODEL_HINT_KEY
 from napari_lgms.widgets import _layer_geometry as geo
-from napari_lgms.widgets._shared import connect_while_alive, default_index, image_kind, suggested_index
+from napari_lgms.widgets._shared import connect_while_alive, suggested_for_layer
 
 NEW_LAYER = "New Labels layer"
 
@@ -156,12 +155,7 @@ class LayerControls:
     # -- the Model box --------------------------------------------------------------------------
     def suggestion(self) -> int:
         """The model row that suits the chosen image (see :func:`suggested_index`)."""
-        layer = self.image_layer()
-        if layer is None:
-            return default_index(self.choices)
-        spatial_ndim, channels = image_kind(layer)
-        hint = (getattr(layer, "metadata", None) or {}).get(MODEL_HINT_KEY)
-        return suggested_index(self.choices, spatial_ndim=spatial_ndim, channels=channels, hint=hint)
+        return suggested_for_layer(self.choices, self.image_layer())
 
     def index_of(self, source: str) -> int | None:
         return next((i for i, choice in enumerate(self.choices) if choice.source == str(source)), None)

@@ -277,6 +277,17 @@ def _safe_choices(include_untrained: bool) -> list[ModelChoice] | Exception:
         return error
 
 
+def suggested_for_layer(choices: list[ModelChoice], layer) -> int:
+    """The row that suits the Image ``layer`` (:func:`suggested_index`); :func:`default_index` for None."""
+    from napari_lgms.samples import MODEL_HINT_KEY
+
+    if layer is None:
+        return default_index(choices)
+    spatial_ndim, channels = image_kind(layer)
+    hint = (getattr(layer, "metadata", None) or {}).get(MODEL_HINT_KEY)
+    return suggested_index(choices, spatial_ndim=spatial_ndim, channels=channels, hint=hint)
+
+
 def image_kind(layer) -> tuple[int, int]:
     """(spatial axes 2 or 3, channels 1 or 3) of an Image layer; a grey image stored as RGB is grey."""
     from napari_lgms.io.raster import channels_are_equal

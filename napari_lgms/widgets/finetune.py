@@ -47,10 +47,10 @@ from napari_lgms.widgets._session_log import append_record
 from napari_lgms.widgets._shared import (
     DEVICE_CHOICES,
     connect_while_alive,
-    default_index,
     hub,
     image_kind,
     list_models_then,
+    suggested_for_layer,
 )
 from napari_lgms.widgets._workers import notify_error, one_line, start_engine_task
 from napari_lgms.widgets.corrections import _short_path
@@ -254,10 +254,12 @@ class FinetuneWidget(FinetuneLayout):
         self.refresh_models()
         connect_while_alive(hub.models_changed, self, self.refresh_models)
         connect_while_alive(hub.store_changed, self, self.set_store_root)
+        connect_while_alive(napari_viewer.layers.events.inserted, self, self._default_base)
 
     # what tests and other widgets read; the buttons' actions
     task = property(lambda self: self.session.task)
     result = property(lambda self: self.session.result)
+    choices = property(lambda self: tuple(self._choices))  # the Base model rows
 
     def start(self) -> None:
         self.session.start()
@@ -287,6 +289,7 @@ class FinetuneWidget(FinetuneLayout):
         if current and self.model_combo.findText(current) >= 0:
             self.model_combo.setCurrentText(current)  # a new version in the list changes nothing here
         else:
+            self._base_by_hand = False  # the model picked by hand is gone
             self._default_base()
         self._check_store()
 
@@ -301,8 +304,11 @@ class FinetuneWidget(FinetuneLayout):
         except Exception:
             return []
 
-    def _default_base(self) -> None:
-        """The model most of the corrections were made with; else the first trained model."""
+    def _default_base(self, *_) -> None:
+        """The model most of the corrections were made with; else the one the Segment widget would
+        suggest for the newest image of the project (:func:`suggested_for_layer`)."""
+        if self._base_by_hand or not self.models_ready:
+            return
         counts = Counter(entry.model for entry in self._store_entries())
         for name, _ in counts.most_common():
             index = next((i for i, c in enumerate(self._choices) if c.name == name and c.trained), None)
@@ -310,7 +316,8 @@ class FinetuneWidget(FinetuneLayout):
                 self.model_combo.setCurrentIndex(index)
                 return
         if self._choices:
-            self.model_combo.setCurrentIndex(default_index(self._choices))
+            images = [layer for layer in self.viewer.layers if type(layer).__name__ == "Image"]
+            self.model_combo.setCurrentIndex(suggested_for_layer(self._choices, images[-1] if images else None))
 
     def _check_store(self, *_) -> None:
         """Warn when the store mixes corrections made with different models or modalities, and say
@@ -349,8 +356,7 @@ class FinetuneWidget(FinetuneLayout):
         self.store_label.setText(f"{count} in {_short_path(self.store_root)}")
         self.store_label.setToolTip(str(self.store_root))
         if self.models_ready:
-            if not self._base_by_hand:
-                self._default_base()
+            self._default_base()
             self._check_store()
 
     def _pick_store(self) -> None:
