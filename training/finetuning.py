@@ -29,8 +29,8 @@ What it does, in order:
    whose loss is not finite are skipped anyway). Otherwise nothing is written; the candidate
    stays in :attr:`FinetuneResult.candidate` for callers who want to look at it.
 
-One adaptation run is :func:`.adapt_run.adapt_steps` (its docstring says how it learns); the
-model card of a saved one is :func:`.finetune_card.finetuned_card`.
+One adaptation run is :func:`.adapt_run.adapt_steps` (how it learns: :mod:`.adapt_run`); the model
+card of a saved one is :func:`.finetune_card.finetuned_card`.
 """
 from __future__ import annotations
 
