@@ -181,6 +181,20 @@ def test_corrections_keep_clicks_and_old_entries_read_without_them(tmp_path):
 # ----------------------------------------------------------------------------- on a viewer
 @pytest.mark.gui
 @needs_display
+def test_a_click_the_model_does_not_follow_is_pointed_out(make_napari_viewer, qtbot, click_models,
+                                                          corrections_dir, monkeypatch):
+    from napari_lgms.clicks import ClickSession
+
+    viewer, widget, mode = _clicking(make_napari_viewer, qtbot, "scan", _grey((64, 64)), "tiny-2d")
+    monkeypatch.setattr(ClickSession, "add_clicks", lambda session, clicks: session.mask)  # ignores clicks
+    _click(qtbot, mode, (20, 20))
+    assert not viewer.layers["scan segmentation"].data.any()
+    status = widget.click_controls.status_label.text()
+    assert "1 click (1+ 0−)" in status and "did not follow the last click" in status
+
+
+@pytest.mark.gui
+@needs_display
 def test_positive_and_negative_clicks_undo_and_next_object(make_napari_viewer, qtbot, click_models,
                                                            corrections_dir):
     viewer, widget, mode = _clicking(make_napari_viewer, qtbot, "scan", _grey((64, 64)), "tiny-2d")
@@ -193,6 +207,7 @@ def test_positive_and_negative_clicks_undo_and_next_object(make_napari_viewer, q
     np.testing.assert_array_equal(points.data, [[20, 20]])
     np.testing.assert_allclose(points.face_color[0, :3], [0, 1, 0])
     assert "1 click (1+ 0−)" in widget.click_controls.status_label.text()
+    assert "did not follow" not in widget.click_controls.status_label.text()
 
     _click(qtbot, mode, (20, 20), shift=True)  # Shift-click: not the object
     assert labels.data[20, 20] == 0 and (labels.data == 1).sum() < (first == 1).sum()

@@ -123,6 +123,7 @@ class JobResult:
     turned_on: tuple[np.ndarray, ...]
     turned_off: tuple[np.ndarray, ...]
     seconds: float
+    ignored: bool = False  # the mask disagrees with the job's last click at its own pixel
 
 
 def predict(job: Job) -> JobResult:
@@ -146,8 +147,9 @@ def predict(job: Job) -> JobResult:
         session.undo()
     clicks = [EngineClick(tuple(map(float, target.on_plane(c.position))), c.positive) for c in job.clicks]
     mask = session.add_clicks(clicks)
+    ignored = bool(clicks) and bool(mask[tuple(int(p) for p in clicks[-1].position)]) != clicks[-1].positive
     return JobResult(job, session, mask, np.nonzero(mask & ~shown), np.nonzero(shown & ~mask),
-                     time.perf_counter() - started)
+                     time.perf_counter() - started, ignored)
 
 
 def write_object(labels, target: ClickTarget, result: JobResult) -> int:

@@ -98,7 +98,7 @@ class ClickControls(Section):
         self.mode_button.setCheckable(True)
         self.undo_button = QPushButton("Undo click")
         self.next_button = QPushButton("Next object")
-        self.status_label = wrapping_label("Off.", wrap=False)
+        self.status_label = wrapping_label("Off.", lines=2)  # room kept: the panel does not jump per click
         self.undo_button.setToolTip("Take back the last click (its point and its effect on the mask)")
         self.next_button.setToolTip("Keep this object; the next clicks make a new one with a new label")
         body = QWidget()
@@ -116,7 +116,7 @@ class ClickControls(Section):
         self.next_button.setEnabled(active)
 
     def set_status(self, text: str) -> None:
-        """One line of status (whole in its tooltip, with the help)."""
+        """The status (at most two lines; in its tooltip with the help)."""
         self.status_label.setText(text)
         self.status_label.setToolTip(f"{text}\n\n{HELP}")
 
@@ -143,6 +143,7 @@ class ClickMode:
         self._models: dict[tuple[str, str], object] = {}
         self._recorded: list[dict] = []  # clicks of finished objects on the target's layer
         self._last_latency: float | None = None
+        self._last_ignored = False  # the last prediction left its click's pixel as it was
         controls.mode_button.toggled.connect(self._toggled)
         controls.undo_button.clicked.connect(self.undo)
         controls.next_button.clicked.connect(self.next_object)
@@ -487,6 +488,7 @@ class ClickMode:
             job.plane.shown = result.mask
             if job.clicks:
                 self._last_latency = time.monotonic() - job.clicks[-1].at
+            self._last_ignored = result.ignored
             self.write_ms.append((time.perf_counter() - started) * 1000)
         self._start_next()
         self._show_state()
@@ -517,10 +519,12 @@ class ClickMode:
         text = f"Label {obj.label}: {count} ({positive}+ {len(clicks) - positive}−)"
         if self.busy:
             text += ", predicting…"
-        elif self._last_latency is not None:
-            text += f", last {self._last_latency * 1000:.0f} ms"
         elif not clicks:
             text = f"Label {obj.label}: click the object (Shift-click: not the object)"
+        elif self._last_ignored:
+            text += ": the model did not follow the last one; click nearby, or paint that spot"
+        elif self._last_latency is not None:
+            text += f", last {self._last_latency * 1000:.0f} ms"
         self.controls.set_status(text)
 
 
