@@ -190,7 +190,7 @@ def test_a_click_the_model_does_not_follow_is_pointed_out(make_napari_viewer, qt
     _click(qtbot, mode, (20, 20))
     assert not viewer.layers["scan segmentation"].data.any()
     status = widget.click_controls.status_label.text()
-    assert "1 click (1+ 0−)" in status and "did not follow the last click" in status
+    assert "1 click (1+ 0−)" in status and "did not follow the last one" in status
 
 
 @pytest.mark.gui
