@@ -56,6 +56,25 @@ def test_throttled_stop_closes_the_engine_before_it_goes_on():
     assert finished.value.value is None and "saved" not in reached and len(reached) == 2
 
 
+def test_the_newest_of_the_users_models_is_listed_first_and_suggested(tiny_model):
+    import os
+
+    from napari_lgms.widgets._shared import model_choices, suggested_index
+    from napari_lgms.zoo import save_model, user_model_dir
+
+    paths = {}
+    for name in ("tiny-2d-ft-20261207-070114", "tiny-2d-ft-20261207-090000", "tiny-2d-ft-20261208-080000"):
+        loaded = tiny_model(spatial_dims=2, name=name, lineage={"parent": "tiny-2d"})
+        paths[name] = save_model(loaded.network, loaded.card, user_model_dir())
+    for age, name in enumerate(["tiny-2d-ft-20261207-090000", "tiny-2d-ft-20261208-080000",
+                                "tiny-2d-ft-20261207-070114"]):  # saved last: the newest
+        os.utime(paths[name], (1e9 + age, 1e9 + age))
+    choices = model_choices()
+    users = [c.name for c in choices if c.origin == "user"]
+    assert users == ["tiny-2d-ft-20261207-070114", "tiny-2d-ft-20261208-080000", "tiny-2d-ft-20261207-090000"]
+    assert choices[suggested_index(choices, spatial_ndim=2, channels=1)].name == "tiny-2d-ft-20261207-070114"
+
+
 def test_the_suggested_model_fits_the_image():
     from napari_lgms.widgets._shared import ModelChoice, suggested_index
 

@@ -141,11 +141,14 @@ def takes_clicks(choice: ModelChoice | None) -> bool:
 
 
 def model_choices(include_untrained: bool = True) -> list[ModelChoice]:
-    """User and shipped models first (newest user versions included), then untrained networks."""
+    """User models (the newest saved first, so that it is the one suggested), shipped models, then
+    untrained networks."""
     from napari_lgms.zoo import list_available_models
 
+    entries = list_available_models()
+    users = sorted((e for e in entries if e.origin == "user"), key=_saved_at, reverse=True)
     choices = []
-    for entry in list_available_models():
+    for entry in users + [e for e in entries if e.origin != "user"]:
         if entry.origin == "none yet":
             if include_untrained:
                 choices.append(ModelChoice(
@@ -157,6 +160,13 @@ def model_choices(include_untrained: bool = True) -> list[ModelChoice]:
         label = f"{entry.name} ({'yours' if entry.origin == 'user' else entry.origin})"
         choices.append(_choice_for_card(label, str(entry.card_path), entry.card, entry.origin))
     return choices
+
+
+def _saved_at(entry) -> float:
+    try:
+        return entry.card_path.stat().st_mtime
+    except (OSError, AttributeError):
+        return 0.0
 
 
 def default_index(choices: list[ModelChoice]) -> int:
