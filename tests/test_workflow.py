@@ -256,6 +256,22 @@ def test_finetune_with_no_corrections_yet_offers_the_model_for_the_projects_newe
 
 @pytest.mark.gui
 @needs_display
+def test_a_second_round_fine_tunes_the_newest_version_and_a_model_with_its_versions_is_no_mix(
+        make_napari_viewer, qtbot, saved_tiny, tiny_model):
+    from napari_lgms.zoo import save_model, user_model_dir
+
+    newer = tiny_model(spatial_dims=2, name="tiny-2d-ft-20261207-070114", lineage={"parent": "tiny-2d"})
+    save_model(newer.network, newer.card, user_model_dir())  # the first round's model, in use since
+    viewer = make_napari_viewer()
+    finetune = _dock(viewer, "Fine-tune", qtbot)
+    _store_examples(finetune.store_root, models=("tiny-2d",) * 3 + ("tiny-2d-ft-20261207-070114",) * 2)
+    finetune.set_store_root(str(finetune.store_root))
+    assert finetune.model_combo.currentText() == "tiny-2d-ft-20261207-070114 (yours)"
+    assert "Warning" not in finetune.warning_label.text()
+
+
+@pytest.mark.gui
+@needs_display
 def test_finetune_defaults_to_the_corrections_model_warns_on_a_mix_and_passes_other_images(
         make_napari_viewer, qtbot, saved_tiny, tiny_model, corrections_dir, monkeypatch):
     viewer = make_napari_viewer()

@@ -7,10 +7,15 @@ from datetime import datetime
 FT_SUFFIX = re.compile(r"-ft-\d{8}-\d{6}$")
 
 
+def model_family(name: str) -> str:
+    """The model a fine-tuned version descends from by name: ``X-ft-YYYYmmdd-HHMMSS`` -> ``X``."""
+    return FT_SUFFIX.sub("", name)
+
+
 def new_version_name(parent: str, now: datetime | None = None) -> str:
     """``parent`` without an earlier fine-tune's suffix, plus ``-ft-YYYYmmdd-HHMMSS``."""
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    return f"{FT_SUFFIX.sub('', parent)}-ft-{stamp}"
+    return f"{model_family(parent)}-ft-{stamp}"
 
 
 def next_version(version: str) -> str:

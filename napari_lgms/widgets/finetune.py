@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from napari_lgms.training.finetune_card import model_family
 from napari_lgms.training.finetuning import PRESETS
 from napari_lgms.widgets import _layer_geometry as geo
 from napari_lgms.widgets._layout import (
@@ -305,13 +306,16 @@ class FinetuneWidget(FinetuneLayout):
             return []
 
     def _default_base(self, *_) -> None:
-        """The model most of the corrections were made with; else the one the Segment widget would
-        suggest for the newest image of the project (:func:`suggested_for_layer`)."""
+        """The newest version of the model most of the corrections were made with (the corrections of
+        a loop of segment, correct, fine-tune, use come from one model and its fine-tuned versions);
+        else the one the Segment widget would suggest for the newest image of the project
+        (:func:`suggested_for_layer`)."""
         if self._base_by_hand or not self.models_ready:
             return
-        counts = Counter(entry.model for entry in self._store_entries())
-        for name, _ in counts.most_common():
-            index = next((i for i, c in enumerate(self._choices) if c.name == name and c.trained), None)
+        counts = Counter(model_family(entry.model) for entry in self._store_entries())
+        for family, _ in counts.most_common():  # its newest version: user models are listed newest first
+            index = next((i for i, c in enumerate(self._choices) if model_family(c.name) == family and c.trained),
+                         None)
             if index is not None:
                 self.model_combo.setCurrentIndex(index)
                 return
@@ -320,12 +324,13 @@ class FinetuneWidget(FinetuneLayout):
             self.model_combo.setCurrentIndex(suggested_for_layer(self._choices, images[-1] if images else None))
 
     def _check_store(self, *_) -> None:
-        """Warn when the store mixes corrections made with different models or modalities, and say
-        when it holds too few for a run to save anything."""
+        """Warn when the store mixes corrections made with different models (a model and its
+        fine-tuned versions count as one) or modalities, and say when it holds too few for a run
+        to save anything."""
         from napari_lgms.training.finetuning import too_few_corrections
 
-        counts = Counter(entry.model for entry in self._store_entries())
-        modality = {c.name: c.modality for c in self._choices}
+        counts = Counter(model_family(entry.model) for entry in self._store_entries())
+        modality = {model_family(c.name): c.modality for c in reversed(self._choices)}
         modalities = sorted({modality.get(name) for name in counts} - {None, ""})
         text = ""
         if len(counts) > 1:
