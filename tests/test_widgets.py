@@ -462,8 +462,8 @@ def test_finetune_runs_plots_and_states_its_verdict(make_napari_viewer, qtbot, s
     result = finetune.result
     assert result is not None, finetune.status_label.text()
     assert finetune.plot.loss and finetune.plot.dice, "live loss and validation Dice points"
-    words = {"better": "Better on your corrections", "no evidence": "No evidence either way: nothing saved",
-             "worse": "Worse on your corrections: nothing saved"}
+    words = {"better": "Better on your corrections", "no evidence": "No evidence either way (",
+             "worse": "Worse on your corrections ("}  # the check's numbers follow
     assert finetune.status_label.text().startswith(words[result.verdict])
     assert result.evidence["held_out"] == 5, "every correction checked"
     assert finetune.use_button.isEnabled() == offered(result) == finetune.rollback_button.isEnabled()
@@ -479,6 +479,12 @@ def test_the_verdict_says_when_the_final_model_did_not_fit_its_corrections():
     assert "the final model fits your corrections worse" in verdict_text(result)
     result.evidence = {"corrections": 8, "minimum": 5}
     assert verdict_text(result) == "No evidence either way: nothing saved; the previous model is kept."
+    result.evidence = {"corrections": 12, "minimum": 5, "held_out": 12, "metric": "iou",
+                       "mean_difference": 0.021, "standard_error": 0.03}
+    assert verdict_text(result) == ("No evidence either way (+2.1 ± 3.0 IoU points over 12 corrections): "
+                                    "nothing saved; the previous model is kept.")
+    result.verdict, result.evidence["mean_difference"] = "worse", -0.09
+    assert verdict_text(result).startswith("Worse on your corrections (-9.0 ± 3.0 IoU points over 12")
 
 
 def test_a_better_verdict_quotes_the_score_it_was_judged_on():

@@ -85,9 +85,10 @@ def verdict_text(result) -> str:
         name = "IoU" if metric == "iou" else "Dice"
         scores = f": {name} {before:.3f} → {after:.3f}" if before is not None and after is not None else ""
         return f"Better on your corrections{scores}. Saved as {result.name}."  # how: in the tooltip
-    if result.verdict == "worse":
-        return "Worse on your corrections: nothing saved; the previous model is kept."
     evidence = result.evidence or {}
+    spread = _spread(evidence)
+    if result.verdict == "worse":
+        return f"Worse on your corrections{spread}: nothing saved; the previous model is kept."
     if evidence.get("unfit"):
         return ("No evidence either way: nothing saved; the checks were better, but the final model fits "
                 "your corrections worse than the current one. Try again.")
@@ -95,7 +96,16 @@ def verdict_text(result) -> str:
     if count < minimum:
         return (f"No evidence either way: nothing saved; {count} correction{'s' if count != 1 else ''} "
                 f"cannot show it (the check needs {minimum}). Add corrections.")
-    return "No evidence either way: nothing saved; the previous model is kept."
+    return f"No evidence either way{spread}: nothing saved; the previous model is kept."
+
+
+def _spread(evidence: dict) -> str:
+    """' (+2.1 ± 3.0 IoU points over 12 corrections)': the check's mean change and its standard error."""
+    mean, error, count = (evidence.get(k) for k in ("mean_difference", "standard_error", "held_out"))
+    if mean is None or error is None or not count:
+        return ""
+    name = "IoU" if evidence.get("metric") == "iou" else "Dice"
+    return f" ({100 * mean:+.1f} ± {100 * error:.1f} {name} points over {count} corrections)"
 
 
 def offered(result) -> bool:
