@@ -281,7 +281,7 @@ def test_finetune_defaults_to_the_corrections_model_warns_on_a_mix_and_passes_ot
     assert finetune.model_combo.currentText() == "tiny-2d (yours)"
     _store_examples(finetune.store_root, models=("tiny-3d", "tiny-3d", "tiny-2d"))  # the same keys, replaced
     finetune.set_store_root(str(finetune.store_root))
-    assert finetune.model_combo.currentText() == "tiny-3d (yours)", "the model most corrections were made with"
+    assert finetune.model_combo.currentText() == "tiny-3d (yours)", "the model of most corrections"
     warning = finetune.warning_label.text()
     assert "2 models" in warning and "tiny-3d ×2" in warning and "tiny-2d ×1" in warning
     _store_examples(finetune.store_root, models=("lgmsnet-polyp", "lgmsnet-breast-us"))

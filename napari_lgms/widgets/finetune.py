@@ -324,14 +324,15 @@ class FinetuneWidget(FinetuneLayout):
             return
         counts = Counter(model_family(entry.model) for entry in self._store_entries())
         for family, _ in counts.most_common():  # its newest version: user models are listed newest first
-            index = next((i for i, c in enumerate(self._choices) if model_family(c.name) == family and c.trained),
-                         None)
+            index = next((i for i, c in enumerate(self._choices)
+                          if model_family(c.name) == family and c.trained), None)
             if index is not None:
                 self.model_combo.setCurrentIndex(index)
                 return
         if self._choices:
             images = [layer for layer in self.viewer.layers if type(layer).__name__ == "Image"]
-            self.model_combo.setCurrentIndex(suggested_for_layer(self._choices, images[-1] if images else None))
+            newest = images[-1] if images else None
+            self.model_combo.setCurrentIndex(suggested_for_layer(self._choices, newest))
 
     def _check_store(self, *_) -> None:
         """Warn when the store mixes corrections made with different models (a model and its
