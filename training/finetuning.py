@@ -435,8 +435,13 @@ def _mean_rows(rows: Sequence[dict[str, float]], indices) -> dict[str, float]:
     return {key: float(np.mean([row[key] for row in chosen])) for key in chosen[0]} if chosen else {}
 
 
+def metric_name(metric: str) -> str:
+    """How a verdict's ``evidence["metric"]`` reads: "IoU" (one class) or "Dice" (the mean over several)."""
+    return "IoU" if metric == "iou" else "Dice"
+
+
 def _message(decision: str, verdict, metric: str, count: int, stopped: bool, record: dict) -> str:
-    name = "IoU" if metric == "iou" else "Dice"
+    name = metric_name(metric)
     evidence = verdict.describe(name)
     if stopped:
         return "stopped on request: nothing saved"

@@ -211,7 +211,8 @@ class CorrectionsPanel(QGroupBox):
         self.entry_list.clear()
         for entry in entries:
             when = entry.timestamp[:19].replace("T", " ")
-            clicks = f" · {len(entry.clicks)} clicks" if entry.clicks else ""
+            count = len(entry.clicks or [])
+            clicks = f" · {count} click{'s' if count != 1 else ''}" if count else ""
             self.entry_list.addItem(f"{entry.key}\n{entry.model} · {when}{clicks}")
         self._keys = [entry.key for entry in entries]
         noun = "correction" if len(entries) == 1 else "corrections"

@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_lgms.training.finetune_card import model_family
-from napari_lgms.training.finetuning import PRESETS
+from napari_lgms.training.finetuning import PRESETS, metric_name, too_few_corrections
 from napari_lgms.widgets import _layer_geometry as geo
 from napari_lgms.widgets._layout import (
     DockBody,
@@ -82,8 +82,8 @@ def verdict_text(result) -> str:
     if offered(result):
         metric = (result.evidence or {}).get("metric", "dice")  # what the verdict judged: IoU, or Dice
         before, after = _score_of(result.metrics_before, metric), _score_of(result.metrics_after, metric)
-        name = "IoU" if metric == "iou" else "Dice"
-        scores = f": {name} {before:.3f} → {after:.3f}" if before is not None and after is not None else ""
+        known = before is not None and after is not None
+        scores = f": {metric_name(metric)} {before:.3f} → {after:.3f}" if known else ""
         return f"Better on your corrections{scores}. Saved as {result.name}."  # how: in the tooltip
     evidence = result.evidence or {}
     spread = _spread(evidence)
@@ -104,7 +104,7 @@ def _spread(evidence: dict) -> str:
     mean, error, count = (evidence.get(k) for k in ("mean_difference", "standard_error", "held_out"))
     if mean is None or error is None or not count:
         return ""
-    name = "IoU" if evidence.get("metric") == "iou" else "Dice"
+    name = metric_name(evidence.get("metric", "dice"))
     return f" ({100 * mean:+.1f} ± {100 * error:.1f} {name} points over {count} corrections)"
 
 
@@ -249,6 +249,7 @@ class FinetuneWidget(FinetuneLayout):
         self.models_ready = False
         self._base_by_hand = False
         self.store_root: Path | None = None
+        self._entries: list = []  # the store's entries, read once per store change (set_store_root)
         self.lay_out()
         self.session = FinetuneSession(self)
         self.store_button.clicked.connect(self._pick_store)
@@ -265,7 +266,7 @@ class FinetuneWidget(FinetuneLayout):
         self.refresh_models()
         connect_while_alive(hub.models_changed, self, self.refresh_models)
         connect_while_alive(hub.store_changed, self, self.set_store_root)
-        connect_while_alive(napari_viewer.layers.events.inserted, self, self._default_base)
+        connect_while_alive(napari_viewer.layers.events.inserted, self, self._image_added)
 
     # what tests and other widgets read; the buttons' actions
     task = property(lambda self: self.session.task)
@@ -304,6 +305,11 @@ class FinetuneWidget(FinetuneLayout):
             self._default_base()
         self._check_store()
 
+    def _image_added(self, event) -> None:
+        """A new image may call for another base model while no correction is saved."""
+        if type(event.value).__name__ == "Image":
+            self._default_base()
+
     def _base_picked(self, *_) -> None:
         self._base_by_hand = True
 
@@ -322,7 +328,7 @@ class FinetuneWidget(FinetuneLayout):
         (:func:`suggested_for_layer`)."""
         if self._base_by_hand or not self.models_ready:
             return
-        counts = Counter(model_family(entry.model) for entry in self._store_entries())
+        counts = Counter(model_family(entry.model) for entry in self._entries)
         for family, _ in counts.most_common():  # its newest version: user models are listed newest first
             index = next((i for i, c in enumerate(self._choices)
                           if model_family(c.name) == family and c.trained), None)
@@ -338,9 +344,7 @@ class FinetuneWidget(FinetuneLayout):
         """Warn when the store mixes corrections made with different models (a model and its
         fine-tuned versions count as one) or modalities, and say when it holds too few for a run
         to save anything."""
-        from napari_lgms.training.finetuning import too_few_corrections
-
-        counts = Counter(model_family(entry.model) for entry in self._store_entries())
+        counts = Counter(model_family(entry.model) for entry in self._entries)
         modality = {model_family(c.name): c.modality for c in reversed(self._choices)}
         modalities = sorted({modality.get(name) for name in counts} - {None, ""})
         text = ""
@@ -368,7 +372,8 @@ class FinetuneWidget(FinetuneLayout):
 
     def set_store_root(self, root: str) -> None:
         self.store_root = Path(root)
-        count = len(self._store_entries())
+        self._entries = self._store_entries()
+        count = len(self._entries)
         self.store_label.setText(f"{count} in {_short_path(self.store_root)}")
         self.store_label.setToolTip(str(self.store_root))
         if self.models_ready:
