@@ -19,7 +19,8 @@ worst draw, the candidate's own gain, wall time, steps, the verdicts and whether
 agreed with the candidate's real gain (beyond +-1 point), and the verdict ceiling: how often the
 same rule could agree were the k corrections scored by the candidate itself (from every scored
 image's parent and candidate scores, which the JSON keeps; ``--ceilings JSON`` re-reads them under
-looser rules). Data are never copied anywhere.
+looser rules). ``--rejudge JSON`` prints a recorded run's table with its verdicts decided again by
+the current rule from the recorded check. Data are never copied anywhere.
 """
 from __future__ import annotations
 
@@ -207,20 +208,20 @@ def run_draw(case: Case, parent, parent_scores: ParentScores, items: list[Item],
 
 
 def verdict_ceiling(per_image: list, k: int, subsets: int = 2000, seed: int = 0,
-                    confidence: float | None = None) -> dict:
+                    level: float | None = None) -> dict:
     """How often the run's own paired test could agree with this candidate's real gain, were its k
     corrections scored by the candidate itself instead of by models trained on half of them.
 
     ``per_image``: ``[name, group, parent score, candidate score]`` on the rest of the domain.
     Draws ``subsets`` seeded sets of k images (one per patient) and judges each with
-    :func:`~napari_lgms.training.adaptation.judge` at the fine-tune's margin and ``confidence``
+    :func:`~napari_lgms.training.adaptation.judge` at the fine-tune's margin and ``level``
     (default: the fine-tune's):
     ``agreement`` is the share whose verdict agrees with the mean gain (as a run's verdict is
     counted), ``false_better`` the share judged "better" once the mean gain is removed (a candidate
     exactly as good as its parent, with the same per-image spread).
     """
     from napari_lgms.training.adaptation import judge
-    from napari_lgms.training.finetuning import VERDICT_CONFIDENCE, VERDICT_MARGIN, VERDICT_MINIMUM
+    from napari_lgms.training.finetuning import VERDICT_LEVEL, VERDICT_MARGIN, VERDICT_MINIMUM
 
     by_group: dict[str, list[float]] = {}
     for _, group, parent_score, candidate_score in per_image:
@@ -230,7 +231,7 @@ def verdict_ceiling(per_image: list, k: int, subsets: int = 2000, seed: int = 0,
     expected = "better" if mean > AGREEMENT_MARGIN else "worse" if mean < -AGREEMENT_MARGIN else None
     if k < VERDICT_MINIMUM or len(groups) < k:  # never evidence: "no evidence" agrees only with no change
         return {"agreement": float(expected is None), "false_better": 0.0}
-    rule = dict(margin=VERDICT_MARGIN, confidence=confidence or VERDICT_CONFIDENCE, minimum=VERDICT_MINIMUM)
+    rule = dict(margin=VERDICT_MARGIN, level=level or VERDICT_LEVEL, minimum=VERDICT_MINIMUM)
     rng = np.random.default_rng(seed)
     agreed = false_better = 0
     for _ in range(subsets):
@@ -254,23 +255,50 @@ def summarise(rows: list[dict]) -> dict:
             "ceiling_false_better": float(np.mean([r["ceiling"]["false_better"] for r in rows]))}
 
 
-def print_ceilings(path: Path, confidences=(1.5, 1.0, 0.5), counts=(5, 10, 20, 40)) -> None:
+def print_ceilings(path: Path, levels=(0.1, 0.2, 0.3), counts=(5, 10, 20, 40)) -> None:
     """Per cell of a recorded run (k >= 5), from every draw's per-image scores: the verdict ceiling
     and its false "better" rate under looser rules, then under the fine-tune's rule had the same
     candidates been checked on fewer or more corrections."""
-    from napari_lgms.training.finetuning import VERDICT_CONFIDENCE
+    from napari_lgms.training.finetuning import VERDICT_LEVEL
 
-    print(f"{'case':<15} {'k':>3} {'draws':>5} {'rule':>7} {'checked on':>10} {'ceiling':>8} {'false better':>13}")
+    print(f"{'case':<15} {'k':>3} {'draws':>5} {'p <=':>5} {'checked on':>10} {'ceiling':>8} {'false better':>13}")
     for row in json.loads(Path(path).read_text())["table"]:
         draws = [d for d in row["draws"] if "per_image" in d]
         if row["k"] < 5 or not draws:
             continue
-        variants = [(c, row["k"]) for c in confidences] + [(VERDICT_CONFIDENCE, n) for n in counts if n != row["k"]]
-        for confidence, count in variants:
-            found = [verdict_ceiling(d["per_image"], count, seed=d["seed"], confidence=confidence) for d in draws]
-            print(f"{row['case']:<15} {row['k']:>3} {len(draws):>5} {confidence:>4.1f} SE {count:>10} "
+        variants = [(v, row["k"]) for v in levels] + [(VERDICT_LEVEL, n) for n in counts if n != row["k"]]
+        for level, count in variants:
+            found = [verdict_ceiling(d["per_image"], count, seed=d["seed"], level=level) for d in draws]
+            print(f"{row['case']:<15} {row['k']:>3} {len(draws):>5} {level:>5.2f} {count:>10} "
                   f"{100 * np.mean([f['agreement'] for f in found]):>7.0f}% "
                   f"{100 * np.mean([f['false_better'] for f in found]):>12.0f}%")
+
+
+def rejudge(path: Path) -> list[dict]:
+    """A recorded run's table with every draw's verdict judged again by today's rule from the
+    check's recorded per-correction differences (the rule decides only what is handed back, not how
+    anything trains). A draw newly judged "better" is assumed to pass the candidate's fit check,
+    which the recorded run did not need to make; ceilings are recomputed where per-image scores exist."""
+    from napari_lgms.training.adaptation import judge
+    from napari_lgms.training.finetuning import VERDICT_LEVEL, VERDICT_MARGIN, VERDICT_MINIMUM
+
+    table = []
+    for row in json.loads(Path(path).read_text())["table"]:
+        draws = []
+        for draw in row["draws"]:
+            evidence = draw.get("evidence", {})
+            verdict = judge(evidence.get("differences", []), margin=VERDICT_MARGIN, level=VERDICT_LEVEL,
+                            minimum=VERDICT_MINIMUM).decision
+            if verdict == "better" and evidence.get("unfit"):
+                verdict = "no evidence"
+            gain = draw["candidate_gain"]
+            expected = "better" if gain > AGREEMENT_MARGIN else "worse" if gain < -AGREEMENT_MARGIN else None
+            ceiling = (verdict_ceiling(draw["per_image"], row["k"], seed=draw["seed"]) if "per_image" in draw
+                       else {"agreement": 0.0, "false_better": 0.0})
+            draws.append(dict(draw, verdict=verdict, gain=gain if verdict == "better" else 0.0,
+                              agrees=expected is None or verdict == expected, ceiling=ceiling))
+        table.append(dict(row, draws=draws, summary=summarise(draws)))
+    return table
 
 
 def print_table(table: list[dict]) -> None:
@@ -325,9 +353,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="write the table and every draw as JSON")
     parser.add_argument("--ceilings", type=Path, metavar="JSON",
                         help="print a recorded run's verdict ceilings under looser rules, and stop")
+    parser.add_argument("--rejudge", type=Path, metavar="JSON",
+                        help="print a recorded run's table with its verdicts judged by today's rule, and stop")
     known, _ = parser.parse_known_args(argv)
     if known.ceilings:
         print_ceilings(known.ceilings)
+        return 0
+    if known.rejudge:
+        print_table(rejudge(known.rejudge))
         return 0
     options = parse_data_options(parser, argv)
 

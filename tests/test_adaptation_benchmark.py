@@ -1,4 +1,5 @@
-"""The adaptation benchmark's verdict ceiling (benchmarks/adaptation.py), on made-up per-image scores."""
+"""The adaptation benchmark (benchmarks/adaptation.py): its verdict ceiling on made-up per-image scores,
+and recorded runs judged again by the current rule."""
 import importlib.util
 import json
 import sys
@@ -59,9 +60,28 @@ def test_ceilings_of_a_recorded_run_under_other_rules_and_counts(benchmark, tmp_
     run = {"table": [{"case": "shift", "k": 10, "draws": [draw]}, {"case": "shift", "k": 3, "draws": [draw]}]}
     path = tmp_path / "run.json"
     path.write_text(json.dumps(run))
-    benchmark.print_ceilings(path, confidences=(1.5, 0.5), counts=(5, 10, 40))
+    benchmark.print_ceilings(path, levels=(0.1, 0.3), counts=(5, 10, 40))
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
-    assert [(row[3], row[5]) for row in rows] == [("1.5", "10"), ("0.5", "10"), ("1.5", "5"), ("1.5", "40")]
-    ceilings = {(row[3], row[5]): float(row[6].rstrip("%")) for row in rows}
-    assert ceilings[("0.5", "10")] > ceilings[("1.5", "10")]  # a looser rule agrees more often...
-    assert ceilings[("1.5", "40")] > ceilings[("1.5", "5")]  # ...and so do more corrections
+    assert [(row[3], row[4]) for row in rows] == [("0.10", "10"), ("0.30", "10"), ("0.10", "5"), ("0.10", "40")]
+    ceilings = {(row[3], row[4]): float(row[5].rstrip("%")) for row in rows}
+    assert ceilings[("0.30", "10")] > ceilings[("0.10", "10")]  # a looser rule agrees more often...
+    assert ceilings[("0.10", "40")] > ceilings[("0.10", "5")]  # ...and so do more corrections
+
+
+def test_a_recorded_run_rejudged_by_the_current_rule(benchmark, tmp_path):
+    consistent = [0.05] * 9 + [-0.30]  # most corrections gained; one large loss
+    mixed = [0.2, -0.2, 0.1, -0.1, 0.05, -0.05, 0.01, -0.01, 0.3, -0.25]
+
+    def recorded(seed, differences, verdict, unfit=False):
+        return {"seed": seed, "before": 0.6, "candidate_gain": 0.05, "gain": 0.0, "verdict": verdict,
+                "wall_s": 100.0, "steps": 300, "evidence": {"differences": differences, "unfit": unfit}}
+
+    draws = [recorded(1, consistent, "no evidence"), recorded(2, mixed, "no evidence"),
+             recorded(3, consistent, "no evidence", unfit=True)]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"table": [{"case": "shift", "k": 10, "budget": 120.0, "draws": draws}]}))
+    (row,) = benchmark.rejudge(path)
+    assert [d["verdict"] for d in row["draws"]] == ["better", "no evidence", "no evidence"]
+    assert [d["gain"] for d in row["draws"]] == [0.05, 0.0, 0.0]
+    assert row["summary"]["agreement"] == pytest.approx(1 / 3)
+    assert row["summary"]["mean_gain"] == pytest.approx(0.05 / 3)

@@ -16,8 +16,8 @@ What it does, in order:
 3. **cross-fits**: splits the corrections into two folds and adapts a copy of the parent on each
    fold (a quarter of the budget each), scoring it on the other. Every correction is then scored
    once by the parent and once by a model that never saw it; :func:`adaptation.judge` turns those
-   paired differences into "better", "no evidence" or "worse" (never either with fewer than
-   five corrections);
+   paired differences into "better", "no evidence" or "worse" by a signed-rank test (never either
+   with fewer than five corrections);
 4. continues the last checked model on all corrections (the rest of the budget): that is the
    candidate. It learns from twice the corrections the checked models had, the same way and for
    longer, so the check is a cautious estimate of it (started from the parent instead, it
@@ -56,7 +56,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fast": dict(time_budget=60.0),
 }
 VERDICT_MARGIN = 0.01  # a mean change under one score point is no change
-VERDICT_CONFIDENCE = 1.5  # standard errors between the mean change and zero
+VERDICT_LEVEL = 0.10  # one-sided signed-rank p-value the paired differences must reach
 VERDICT_MINIMUM = 5  # corrections: with fewer, the checked models learn from one or two images
 FOLD_SHARE = 0.25  # of the training time, per cross-fitting fold; the candidate gets the rest
 
@@ -362,7 +362,7 @@ def finetune_steps(
                             f"check {number} of {len(folds)}: scored on its {len(held_out)} held-out corrections")
     checked = [i for i, row in enumerate(after_rows) if row is not None]
     verdict = judge([after_rows[i][metric] - before_rows[i][metric] for i in checked],
-                    margin=VERDICT_MARGIN, confidence=VERDICT_CONFIDENCE, minimum=VERDICT_MINIMUM)
+                    margin=VERDICT_MARGIN, level=VERDICT_LEVEL, minimum=VERDICT_MINIMUM)
     candidate_network = None
     if not stopped:
         left = None if time_budget is None else max(time_budget - (time.monotonic() - started) - reserve, 1.0)
@@ -379,8 +379,8 @@ def finetune_steps(
                 "parent_trust": trust, "renormalised": renormalised,
                 "mean_difference": verdict.mean_difference,
                 "standard_error": verdict.standard_error if math.isfinite(verdict.standard_error) else None,
-                "differences": list(verdict.differences), "margin": VERDICT_MARGIN,
-                "confidence": VERDICT_CONFIDENCE, "minimum": VERDICT_MINIMUM, "per_correction": [
+                "differences": list(verdict.differences), "gained": verdict.gained, "p_value": verdict.p_value,
+                "margin": VERDICT_MARGIN, "level": VERDICT_LEVEL, "minimum": VERDICT_MINIMUM, "per_correction": [
                     {"name": samples[i].name, "before": before_rows[i][metric], "after": after_rows[i][metric],
                      "loss_before": before_rows[i]["loss"], "loss_after": after_rows[i]["loss"]}
                     for i in checked]}
@@ -456,9 +456,6 @@ def _message(decision: str, verdict, metric: str, count: int, stopped: bool, rec
     if count < VERDICT_MINIMUM:
         return (f"{count} correction{'s' if count != 1 else ''} cannot show whether a new model is better "
                 f"(the check needs at least {VERDICT_MINIMUM}): nothing saved; add corrections")
-    smallest = verdict.smallest_confirmable(VERDICT_MARGIN, VERDICT_CONFIDENCE)
-    if math.isfinite(smallest):
-        evidence += f"; with this spread only a change beyond ±{100 * smallest:.0f} points would show"
     return f"no evidence either way ({evidence}): nothing saved; more corrections make the check surer"
 
 

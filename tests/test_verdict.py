@@ -1,0 +1,64 @@
+"""The fine-tune's verdict: a paired signed-rank test on every held-out correction's change."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from napari_lgms.training.adaptation import judge, signed_rank_p
+
+RULE = dict(margin=0.01, level=0.10, minimum=5)
+
+
+def enumerated_p(differences, greater: bool) -> float:
+    """The same p-value by listing every sign pattern of the non-zero differences' mean ranks."""
+    values = [d for d in differences if d != 0]
+    magnitudes = sorted(abs(v) for v in values)
+    rank_of = {m: np.mean([i + 1 for i, other in enumerate(magnitudes) if other == m]) for m in magnitudes}
+    ranks = [rank_of[abs(v)] for v in values]
+    observed = sum(r for r, v in zip(ranks, values) if (v > 0) == greater)
+    patterns = list(itertools.product([False, True], repeat=len(values)))
+    return sum(sum(r for r, s in zip(ranks, signs) if s) >= observed - 1e-9 for signs in patterns) / len(patterns)
+
+
+@pytest.mark.parametrize("differences", [
+    [0.05, 0.02, -0.01, 0.03, 0.04],
+    [0.1, 0.1, -0.1, 0.2, 0.0, 0.3, -0.05],  # tied magnitudes and a zero
+    [-0.2, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09],
+    [0.03] * 4 + [-0.03] * 4 + [0.5],
+])
+@pytest.mark.parametrize("greater", [True, False])
+def test_signed_rank_p_is_exact_with_ties_and_zeros(differences, greater):
+    assert signed_rank_p(differences, greater=greater) == pytest.approx(enumerated_p(differences, greater))
+
+
+def test_every_gain_of_five_is_the_smallest_p_five_can_give():
+    assert signed_rank_p([0.01, 0.02, 0.03, 0.04, 0.05], greater=True) == pytest.approx(1 / 32)
+    assert signed_rank_p([0.0, 0.0], greater=True) == 1.0
+
+
+def test_most_corrections_gaining_is_better_though_one_large_loss_swells_the_spread():
+    differences = [0.05] * 9 + [-0.30]  # mean +1.5 points, standard error 3.5 points
+    verdict = judge(differences, **RULE)
+    assert verdict.decision == "better" and verdict.gained == 9
+    assert verdict.p_value < 0.10 and verdict.standard_error > verdict.mean_difference
+
+
+def test_a_mixed_change_is_no_evidence_and_a_consistent_loss_is_worse():
+    rng = np.random.default_rng(0)
+    mixed = judge(0.01 + 0.1 * rng.standard_normal(10), **RULE)
+    assert mixed.decision == "no evidence" and mixed.p_value > 0.10
+    assert judge([-0.04, -0.02, -0.06, 0.01, -0.03, -0.05], **RULE).decision == "worse"
+
+
+def test_tiny_or_too_few_changes_are_never_evidence():
+    assert judge([0.005] * 10, **RULE).decision == "no evidence"  # under the one-point margin
+    assert judge([0.2, 0.3, 0.25, 0.2], **RULE).decision == "no evidence"  # four corrections
+    assert judge([], **RULE).count == 0
+
+
+def test_under_no_change_better_is_rare():
+    rng = np.random.default_rng(1)
+    decisions = [judge(0.1 * rng.standard_normal(10), **RULE).decision for _ in range(400)]
+    assert decisions.count("better") / len(decisions) <= 0.12
