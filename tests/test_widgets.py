@@ -461,7 +461,8 @@ def test_finetune_runs_plots_and_states_its_verdict(make_napari_viewer, qtbot, s
     qtbot.waitUntil(lambda: finetune.task.finished, timeout=60000)
     result = finetune.result
     assert result is not None, finetune.status_label.text()
-    assert finetune.plot.loss and finetune.plot.dice, "live loss and validation Dice points"
+    assert finetune.plot.loss and finetune.plot.dice, "live loss and held-out score points"
+    assert finetune.plot.score_label == "held-out IoU", "the score the verdict judges (one class: IoU)"
     words = {"better": "Better on your corrections", "no evidence": "No evidence either way (",
              "worse": "Worse on your corrections ("}  # the check's numbers follow
     assert finetune.status_label.text().startswith(words[result.verdict])

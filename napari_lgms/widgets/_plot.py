@@ -1,8 +1,9 @@
-"""A light live plot of training loss and validation Dice (QPainter, no matplotlib).
+"""A light live plot of training loss and a validation score (QPainter, no matplotlib).
 
 Two curves over the training step: loss on the left axis (auto-scaled, blue)
-and validation Dice on the right axis (0..1, orange dots joined by lines).
-``add_loss`` / ``add_dice`` append points and repaint; ``clear`` starts over.
+and a score on the right axis (0..1, orange dots joined by lines; Dice unless
+``score_label`` says otherwise). ``add_loss`` / ``add_dice`` append points and
+repaint; ``clear`` starts over.
 """
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ AXIS_COLOUR = QColor(170, 170, 170)
 
 
 class TrainingPlot(QWidget):
-    """Loss and validation Dice against the step, drawn with QPainter."""
+    """Loss and a validation score against the step, drawn with QPainter."""
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, score_label: str = "validation Dice"):
         super().__init__(parent)
+        self.score_label = score_label  # what the right axis shows (a score in 0..1)
         self.loss: list[tuple[float, float]] = []
         self.dice: list[tuple[float, float]] = []
         self.total_steps: int | None = None
@@ -70,7 +72,7 @@ class TrainingPlot(QWidget):
         painter.setPen(QPen(LOSS_COLOUR, 1))
         painter.drawText(QRectF(area.left() + 4, 0, 80, 16), Qt.AlignLeft, "loss")
         painter.setPen(QPen(DICE_COLOUR, 1))
-        painter.drawText(QRectF(area.right() - 120, 0, 120, 16), Qt.AlignRight, "validation Dice")
+        painter.drawText(QRectF(area.right() - 120, 0, 120, 16), Qt.AlignRight, self.score_label)
 
         for series, colour, low, high, dots in ((self.loss, LOSS_COLOUR, loss_low, loss_high, False),
                                                 (self.dice, DICE_COLOUR, 0.0, 1.0, True)):

@@ -552,9 +552,11 @@ class FinetuneSession:
             self.estimate.total_steps = total  # the engine's count (cross-fitting runs add steps)
         if self.estimate is not None and self.estimate.total_steps:
             plot.total_steps = self.estimate.total_steps
-        dice = _score_of(record.val_metrics, "dice")
-        if dice is not None and (not plot.dice or plot.dice[-1] != (float(step), dice)):
-            plot.add_dice(step, dice)
+        metric = "iou" if record.val_metrics and "iou" in record.val_metrics else "dice"  # the verdict's
+        score = _score_of(record.val_metrics, metric)
+        if score is not None and (not plot.dice or plot.dice[-1] != (float(step), score)):
+            plot.score_label = f"held-out {metric_name(metric)}"
+            plot.add_dice(step, score)
         if self.estimate is not None:
             self.estimate.update(step)
         self._show_time()
