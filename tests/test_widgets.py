@@ -485,7 +485,8 @@ def test_the_verdict_says_when_the_final_model_did_not_fit_its_corrections():
     assert verdict_text(result) == ("No evidence either way (+2.1 ± 3.0 IoU points over 12 corrections): "
                                     "nothing saved; the previous model is kept.")
     result.evidence["gained"] = 8
-    assert verdict_text(result).startswith("No evidence either way (+2.1 ± 3.0 IoU points over 12 corrections, 8 better)")
+    assert verdict_text(result).startswith("No evidence either way (+2.1 ± 3.0 IoU points over 12 corrections, "
+                                           "8 better)")
     result.verdict, result.evidence["mean_difference"] = "worse", -0.09
     assert verdict_text(result).startswith("Worse on your corrections (-9.0 ± 3.0 IoU points over 12")
 

@@ -80,7 +80,7 @@ def judge(differences: Sequence[float], *, margin: float, level: float, minimum:
     zero at one-sided ``level``; "worse" symmetrically; else "no evidence". The rank test, not the
     mean over its standard error: a few images that change a lot swell the standard error while
     most move together, and on the recorded runs' per-image gains the rank test confirmed more
-    real gains at a lower false "better" rate (``benchmarks/README.md``). Fewer than ``minimum``
+    real gains with no more false "better"s (``benchmarks/README.md``). Fewer than ``minimum``
     differences (at least two) are never evidence: three corrections that each gained a point
     looked like proof while the model lost 16 points on the rest of the domain.
     """
