@@ -63,3 +63,13 @@ def test_under_no_change_better_is_rare():
     rng = np.random.default_rng(1)
     decisions = [judge(0.1 * rng.standard_normal(10), **RULE).decision for _ in range(400)]
     assert decisions.count("better") / len(decisions) <= 0.12
+
+
+def test_many_corrections_use_the_normal_approximation_and_it_matches_the_exact_test(monkeypatch):
+    import napari_lgms.training.adaptation as adaptation
+
+    rng = np.random.default_rng(2)
+    differences = np.round(rng.normal(0.005, 0.1, 450), 3)  # many tied magnitudes
+    approximate = signed_rank_p(differences, greater=True)
+    monkeypatch.setattr(adaptation, "EXACT_RANKS_UP_TO", 10_000)
+    assert approximate == pytest.approx(signed_rank_p(differences, greater=True), abs=2e-3)

@@ -44,10 +44,14 @@ class Verdict:
         return f"{spread} over {self.count} held-out correction(s), {self.gained} of them better"
 
 
+EXACT_RANKS_UP_TO = 400  # differences; beyond, the normal approximation (the exact sum grows as n^3)
+
+
 def signed_rank_p(differences: Sequence[float], *, greater: bool) -> float:
     """One-sided p-value of the Wilcoxon signed-rank test that ``differences`` centre above zero
-    (``greater``) or below it; exact at every size (tied magnitudes get their mean rank), zeros
-    dropped. 1.0 when no difference is non-zero."""
+    (``greater``) or below it; exact up to :data:`EXACT_RANKS_UP_TO` non-zero differences, normal
+    beyond (tied magnitudes get their mean rank either way), zeros dropped. 1.0 when no difference
+    is non-zero."""
     values = np.asarray(list(differences), dtype=np.float64)
     values = values[values != 0]
     if len(values) == 0:
@@ -61,6 +65,10 @@ def signed_rank_p(differences: Sequence[float], *, greater: bool) -> float:
         ranks[tied] = ranks[tied].mean()
     doubled = np.rint(2 * ranks).astype(np.int64)  # mean ranks are whole or halves
     observed = int(doubled[values > 0].sum()) if greater else int(doubled[values < 0].sum())
+    if len(values) > EXACT_RANKS_UP_TO:
+        # Each rank joins the sum with probability 1/2: mean sum/2, variance sum of squares/4.
+        mean, spread = doubled.sum() / 2, math.sqrt(float((doubled.astype(np.float64) ** 2).sum()) / 4)
+        return float(0.5 * math.erfc((observed - 1 - mean) / (spread * math.sqrt(2))))
     # Under the null every rank carries either sign with probability 1/2: the distribution of the
     # positive ranks' sum, built one rank at a time.
     distribution = np.zeros(int(doubled.sum()) + 1)
