@@ -197,7 +197,7 @@ def run_draw(case: Case, parent, parent_scores: ParentScores, items: list[Item],
     delivered = candidate_score if result.saved else before
     gain = candidate_score - before
     per_image = [[item.name, item.group, p, c] for item, p, c in zip(rest, parent_rest, candidate_rest)]
-    expected = "better" if gain > AGREEMENT_MARGIN else "worse" if gain < -AGREEMENT_MARGIN else None
+    expected = expected_verdict(gain)
     agrees = expected is None or result.verdict == expected
     return {"seed": seed, "corrections": [item.name for item in corrections], "unlabelled": len(pool),
             "evaluated": len(rest), "before": before, "candidate": candidate_score, "after": delivered,
@@ -205,6 +205,11 @@ def run_draw(case: Case, parent, parent_scores: ParentScores, items: list[Item],
             "agrees": agrees, "saved": result.saved, "steps": result.steps, "wall_s": wall,
             "evidence": result.evidence,
             "ceiling": verdict_ceiling(per_image, k, seed=seed), "per_image": per_image}
+
+
+def expected_verdict(gain: float) -> str | None:
+    """The verdict a real gain calls for: None within +-1 point, where every verdict agrees."""
+    return "better" if gain > AGREEMENT_MARGIN else "worse" if gain < -AGREEMENT_MARGIN else None
 
 
 def verdict_ceiling(per_image: list, k: int, subsets: int = 2000, seed: int = 0,
@@ -228,7 +233,7 @@ def verdict_ceiling(per_image: list, k: int, subsets: int = 2000, seed: int = 0,
         by_group.setdefault(group, []).append(candidate_score - parent_score)
     groups = list(by_group.values())
     mean = float(np.mean([d for g in groups for d in g]))
-    expected = "better" if mean > AGREEMENT_MARGIN else "worse" if mean < -AGREEMENT_MARGIN else None
+    expected = expected_verdict(mean)
     if k < VERDICT_MINIMUM or len(groups) < k:  # never evidence: "no evidence" agrees only with no change
         return {"agreement": float(expected is None), "false_better": 0.0}
     rule = dict(margin=VERDICT_MARGIN, level=level or VERDICT_LEVEL, minimum=VERDICT_MINIMUM)
@@ -243,7 +248,10 @@ def verdict_ceiling(per_image: list, k: int, subsets: int = 2000, seed: int = 0,
 
 
 def summarise(rows: list[dict]) -> dict:
+    """A cell's figures. ``claims``: the "better" and "worse" verdicts; ``claims_right``: those whose
+    sign the candidate's real gain bore out (or within +-1 point of none)."""
     gains = [r["gain"] for r in rows]
+    claims = [r for r in rows if r["verdict"] != "no evidence"]
     return {"draws": len(rows), "mean_gain": float(np.mean(gains)), "worst_gain": float(np.min(gains)),
             "mean_candidate_gain": float(np.mean([r["candidate_gain"] for r in rows])),
             "mean_before": float(np.mean([r["before"] for r in rows])),
@@ -251,6 +259,8 @@ def summarise(rows: list[dict]) -> dict:
             "steps": float(np.mean([r["steps"] for r in rows])),
             "verdicts": {v: sum(r["verdict"] == v for r in rows) for v in ("better", "no evidence", "worse")},
             "agreement": float(np.mean([r["agrees"] for r in rows])),
+            "claims": len(claims),
+            "claims_right": sum(expected_verdict(r["candidate_gain"]) in (None, r["verdict"]) for r in claims),
             "verdict_ceiling": float(np.mean([r["ceiling"]["agreement"] for r in rows])),
             "ceiling_false_better": float(np.mean([r["ceiling"]["false_better"] for r in rows]))}
 
@@ -292,7 +302,7 @@ def rejudge(path: Path) -> list[dict]:
             if verdict == "better" and evidence.get("unfit"):
                 verdict = "no evidence"
             gain = draw["candidate_gain"]
-            expected = "better" if gain > AGREEMENT_MARGIN else "worse" if gain < -AGREEMENT_MARGIN else None
+            expected = expected_verdict(gain)
             ceiling = (verdict_ceiling(draw["per_image"], row["k"], seed=draw["seed"]) if "per_image" in draw
                        else {"agreement": 0.0, "false_better": 0.0})
             draws.append(dict(draw, verdict=verdict, gain=gain if verdict == "better" else 0.0,
@@ -303,7 +313,7 @@ def rejudge(path: Path) -> list[dict]:
 
 def print_table(table: list[dict]) -> None:
     header = (f"{'case':<15} {'k':>3} {'budget':>6} {'draws':>5} {'before':>7} {'gain':>7} {'worst':>7} "
-              f"{'cand.':>7} {'wall s':>7} {'steps':>6}  verdicts (better/none/worse)  agree  ceiling")
+              f"{'cand.':>7} {'wall s':>7} {'steps':>6}  verdicts (better/none/worse)  agree  ceiling  claims right")
     print(header)
     print("-" * len(header))
     for row in table:
@@ -312,7 +322,8 @@ def print_table(table: list[dict]) -> None:
         print(f"{row['case']:<15} {row['k']:>3} {row['budget']:>6.0f} {s['draws']:>5} {s['mean_before']:>7.3f} "
               f"{100 * s['mean_gain']:>+7.1f} {100 * s['worst_gain']:>+7.1f} {100 * s['mean_candidate_gain']:>+7.1f} "
               f"{s['wall_s']:>7.0f} {s['steps']:>6.0f}  {v['better']}/{v['no evidence']}/{v['worse']:<22} "
-              f"{100 * s['agreement']:>4.0f}%  {100 * s.get('verdict_ceiling', 0):>5.0f}%")
+              f"{100 * s['agreement']:>4.0f}%  {100 * s.get('verdict_ceiling', 0):>5.0f}%  "
+              f"{s.get('claims_right', 0):>6}/{s.get('claims', 0)}")
 
 
 def cpu_description() -> str:

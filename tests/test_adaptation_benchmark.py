@@ -85,3 +85,4 @@ def test_a_recorded_run_rejudged_by_the_current_rule(benchmark, tmp_path):
     assert [d["gain"] for d in row["draws"]] == [0.05, 0.0, 0.0]
     assert row["summary"]["agreement"] == pytest.approx(1 / 3)
     assert row["summary"]["mean_gain"] == pytest.approx(0.05 / 3)
+    assert (row["summary"]["claims"], row["summary"]["claims_right"]) == (1, 1)  # the one "better" was right
