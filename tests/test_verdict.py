@@ -57,6 +57,7 @@ def test_tiny_or_too_few_changes_are_never_evidence():
     assert judge([0.005] * 10, **RULE).decision == "no evidence"  # under the one-point margin
     assert judge([0.2, 0.3, 0.25, 0.2], **RULE).decision == "no evidence"  # four corrections
     assert judge([], **RULE).count == 0
+    assert judge([0.1, float("nan"), 0.2, 0.1, 0.3, 0.2], **RULE).decision == "no evidence"
 
 
 def test_under_no_change_better_is_rare():

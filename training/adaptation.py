@@ -97,6 +97,8 @@ def judge(differences: Sequence[float], *, margin: float, level: float, minimum:
         return Verdict("no evidence", 0.0, math.inf, 0, ())
     mean = float(values.mean())
     error = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.inf
+    if not math.isfinite(mean):  # a score that is not a number is no evidence either way
+        return Verdict("no evidence", mean, math.inf, len(values), tuple(float(v) for v in values))
     p_value = signed_rank_p(values, greater=mean >= 0)
     decision = "no evidence"
     if len(values) >= max(minimum, 2) and abs(mean) > margin and p_value <= level:
