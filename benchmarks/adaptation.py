@@ -312,14 +312,15 @@ def rejudge(path: Path) -> list[dict]:
 
 
 def print_table(table: list[dict]) -> None:
-    header = (f"{'case':<15} {'k':>3} {'budget':>6} {'draws':>5} {'before':>7} {'gain':>7} {'worst':>7} "
+    width = max([15] + [len(row["case"]) for row in table])
+    header = (f"{'case':<{width}} {'k':>3} {'budget':>6} {'draws':>5} {'before':>7} {'gain':>7} {'worst':>7} "
               f"{'cand.':>7} {'wall s':>7} {'steps':>6}  verdicts (better/none/worse)  agree  ceiling  claims right")
     print(header)
     print("-" * len(header))
     for row in table:
         s = row["summary"]
         v = s["verdicts"]
-        print(f"{row['case']:<15} {row['k']:>3} {row['budget']:>6.0f} {s['draws']:>5} {s['mean_before']:>7.3f} "
+        print(f"{row['case']:<{width}} {row['k']:>3} {row['budget']:>6.0f} {s['draws']:>5} {s['mean_before']:>7.3f} "
               f"{100 * s['mean_gain']:>+7.1f} {100 * s['worst_gain']:>+7.1f} {100 * s['mean_candidate_gain']:>+7.1f} "
               f"{s['wall_s']:>7.0f} {s['steps']:>6.0f}  {v['better']}/{v['no evidence']}/{v['worse']:<22} "
               f"{100 * s['agreement']:>4.0f}%  {100 * s.get('verdict_ceiling', 0):>5.0f}%  "

@@ -52,18 +52,13 @@ def signed_rank_p(differences: Sequence[float], *, greater: bool) -> float:
     (``greater``) or below it; exact up to :data:`EXACT_RANKS_UP_TO` non-zero differences, normal
     beyond (tied magnitudes get their mean rank either way), zeros dropped. 1.0 when no difference
     is non-zero."""
+    from scipy.stats import rankdata
+
     values = np.asarray(list(differences), dtype=np.float64)
     values = values[values != 0]
     if len(values) == 0:
         return 1.0
-    magnitudes = np.abs(values)
-    order = np.argsort(magnitudes, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(1, len(values) + 1, dtype=np.float64)
-    for magnitude in np.unique(magnitudes):  # ties share their mean rank
-        tied = magnitudes == magnitude
-        ranks[tied] = ranks[tied].mean()
-    doubled = np.rint(2 * ranks).astype(np.int64)  # mean ranks are whole or halves
+    doubled = np.rint(2 * rankdata(np.abs(values))).astype(np.int64)  # mean ranks: whole or halves
     observed = int(doubled[values > 0].sum()) if greater else int(doubled[values < 0].sum())
     if len(values) > EXACT_RANKS_UP_TO:
         # Each rank joins the sum with probability 1/2: mean sum/2, variance sum of squares/4.
