@@ -347,6 +347,7 @@ def test_a_cancelled_run_leaves_nothing_behind(parent, tmp_path):
     ({"steps": 0}, "steps"),
     ({"name": "../../x"}, "not a plain name"),
     ({"preset": "slow"}, "unknown preset"),
+    ({"unlabelled": "/no/such/folder"}, "unlabelled images: /no/such/folder is not a folder"),
 ])
 def test_bad_arguments_fail_before_any_work(parent, tmp_path, options, words):
     from napari_lgms.errors import InputError

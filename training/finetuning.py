@@ -188,9 +188,7 @@ def _unlabelled_samples(unlabelled, spec, limit: int, seed: int) -> list:
         from napari_lgms.io import read_image
         from napari_lgms.training.data import visible_files
 
-        folder = Path(unlabelled).expanduser()
-        if not folder.is_dir():
-            raise InputError(f"unlabelled images: {folder} is not a folder")
+        folder = Path(unlabelled).expanduser()  # checked with the other arguments
         chosen = _choose([p for p in visible_files(folder) if p.is_file()], limit, seed)
         arrays = [(image.array, p.name, image.spacing) for p, image in ((p, read_image(p)) for p in chosen)]
     else:
@@ -272,6 +270,8 @@ def finetune_steps(
         validate_model_name(name)
     if corrections is None and (images is None or masks is None):
         raise InputError("give corrections (a corrections store folder), images and masks folders, or both")
+    if isinstance(unlabelled, (str, os.PathLike)) and not Path(unlabelled).expanduser().is_dir():
+        raise InputError(f"unlabelled images: {Path(unlabelled).expanduser()} is not a folder")
     destination = _destination(output)
     torch_device = select_device(device)
     amp_dtype, needs_scaler = resolve_precision(precision, torch_device)
