@@ -86,3 +86,21 @@ def test_a_recorded_run_rejudged_by_the_current_rule(benchmark, tmp_path):
     assert row["summary"]["agreement"] == pytest.approx(1 / 3)
     assert row["summary"]["mean_gain"] == pytest.approx(0.05 / 3)
     assert (row["summary"]["claims"], row["summary"]["claims_right"]) == (1, 1)  # the one "better" was right
+
+
+def test_the_simulated_endoscope_crops_image_and_mask_alike_and_repeats_with_its_seed(benchmark):
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    mask = np.zeros((120, 160), np.uint8)
+    mask[40:80, 50:110] = 1
+    changed, cropped = benchmark._simulated_endoscope(image, mask, seed=7)
+    assert changed.dtype == np.uint8 and changed.shape[:2] == cropped.shape and changed.shape[2] == 3
+    assert 0.6 * 120 < cropped.shape[0] < 0.85 * 120 and 0.6 * 160 < cropped.shape[1] < 0.85 * 160
+    assert set(np.unique(cropped)) == {0, 1}  # labels are cut, never interpolated
+    top, left = (120 - cropped.shape[0]) // 2, (160 - cropped.shape[1]) // 2
+    assert np.array_equal(cropped, mask[top:top + cropped.shape[0], left:left + cropped.shape[1]])
+    noise_left = changed.astype(float).std(axis=(0, 1)) / image.astype(float).std(axis=(0, 1))
+    assert (noise_left < 0.5).all()  # motion blur averages the noise out
+    again, _ = benchmark._simulated_endoscope(image, mask, seed=7)
+    other, _ = benchmark._simulated_endoscope(image, mask, seed=8)
+    assert np.array_equal(changed, again) and not np.array_equal(changed, other)
