@@ -8,7 +8,9 @@ images under a simulated device change) and each cell (k corrections, a time bud
 draws), every draw:
 
 1. picks k patients (cases, near-duplicate groups or volumes; seeded) and one image of each: the
-   "corrections", saved into a corrections store with the parent's prediction as a user would;
+   "corrections", saved into a corrections store with the parent's prediction as a user would
+   (``--worst-of N``: the k the parent scored worst of N * k patients, as a user correcting its
+   failures would pick them);
 2. picks up to ``--unlabelled`` further patients as the user's unlabelled images of the domain;
 3. fine-tunes through the public :func:`napari_lgms.finetune` on the CPU within the budget;
 4. scores the parent, the fine-tuned candidate and the model the run handed back (the candidate
@@ -171,15 +173,26 @@ def load_domain(case: Case, data_root: Path) -> list[Item]:
             for (name, axis, mask, spacing), array, group in zip(rows, images, groups)]
 
 
-def draw(items: list[Item], k: int, unlabelled: int, eval_limit: int, seed: int):
+def draw(items: list[Item], k: int, unlabelled: int, eval_limit: int, seed: int,
+         worst_of: int = 1, parent_scores=None):
     """(corrections, unlabelled, evaluation) items: k patients with one image each, then up to
-    ``unlabelled`` further patients, then at most ``eval_limit`` images of every other patient."""
+    ``unlabelled`` further patients, then at most ``eval_limit`` images of every other patient.
+
+    ``worst_of`` > 1 draws as a user who looked at ``worst_of * k`` patients' images and corrected
+    the k the parent scored worst (``parent_scores``); the others become unlabelled images first.
+    """
     rng = np.random.default_rng(seed)
     by_group: dict[str, list[Item]] = {}
     for item in items:
         by_group.setdefault(item.group, []).append(item)
     order = [list(by_group)[i] for i in rng.permutation(len(by_group))]
-    corrections = [by_group[g][int(rng.integers(len(by_group[g])))] for g in order[:k]]
+    seen = worst_of * k
+    looked_at = [by_group[g][int(rng.integers(len(by_group[g])))] for g in order[:seen]]
+    if worst_of > 1:
+        ranked = sorted(range(seen), key=lambda i: parent_scores(looked_at[i]))
+        order[:seen] = [order[i] for i in ranked]
+        looked_at = [looked_at[i] for i in ranked]
+    corrections = looked_at[:k]
     pool = [item for g in order[k:k + unlabelled] for item in by_group[g]]
     rest = [item for g in order[k + unlabelled:] for item in by_group[g]]
     if len(rest) > eval_limit:
@@ -218,7 +231,8 @@ def run_draw(case: Case, parent, parent_scores: ParentScores, items: list[Item],
     from napari_lgms import finetune, segment
     from napari_lgms.corrections import CorrectionsStore
 
-    corrections, pool, rest = draw(items, k, options.unlabelled, options.eval_limit, seed)
+    corrections, pool, rest = draw(items, k, options.unlabelled, options.eval_limit, seed,
+                                   options.worst_of, parent_scores)
     with tempfile.TemporaryDirectory() as tmp:
         store = CorrectionsStore(Path(tmp) / "corrections")
         for item in corrections:
@@ -326,11 +340,13 @@ def print_ceilings(path: Path, levels=(0.1, 0.2, 0.3), counts=(5, 10, 20, 40)) -
 
 def rejudge(path: Path) -> list[dict]:
     """A recorded run's table with every draw's verdict judged again by today's rule from the
-    check's recorded per-correction differences (the rule decides only what is handed back, not how
-    anything trains). A draw newly judged "better" is assumed to pass the candidate's fit check,
-    which the recorded run did not need to make; ceilings are recomputed where per-image scores exist."""
+    check's recorded per-correction scores (the rule decides only what is handed back, not how
+    anything trains), including the corrections the parent had right not getting worse. A draw newly
+    judged "better" is assumed to pass the candidate's fit check, which the recorded run did not need
+    to make; ceilings are recomputed where per-image scores exist."""
     from napari_lgms.training.adaptation import judge
-    from napari_lgms.training.finetuning import VERDICT_LEVEL, VERDICT_MARGIN, VERDICT_MINIMUM
+    from napari_lgms.training.finetuning import (VERDICT_LEVEL, VERDICT_MARGIN, VERDICT_MINIMUM,
+                                                 successes_change)
 
     table = []
     for row in json.loads(Path(path).read_text())["table"]:
@@ -339,7 +355,9 @@ def rejudge(path: Path) -> list[dict]:
             evidence = draw.get("evidence", {})
             verdict = judge(evidence.get("differences", []), margin=VERDICT_MARGIN, level=VERDICT_LEVEL,
                             minimum=VERDICT_MINIMUM).decision
-            if verdict == "better" and evidence.get("unfit"):
+            kept = successes_change(evidence.get("per_correction", []))
+            hurt = kept is not None and kept[0] < -VERDICT_MARGIN
+            if verdict == "better" and (evidence.get("unfit") or hurt):
                 verdict = "no evidence"
             gain = draw["candidate_gain"]
             expected = expected_verdict(gain)
@@ -401,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", nargs="+", metavar="K:SECONDS:DRAWS", help="override the cells")
     parser.add_argument("--unlabelled", type=int, default=20, help="unlabelled patients per draw (0: none)")
     parser.add_argument("--eval-limit", type=int, default=150, help="images scored per draw at most")
+    parser.add_argument("--worst-of", type=int, default=1, metavar="N",
+                        help="correct the k images the parent scored worst of N * k patients (1: at random)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, help="write the table and every draw as JSON")
     parser.add_argument("--ceilings", type=Path, metavar="JSON",
@@ -438,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name} k={k} draw {index}: before {row['before']:.3f} candidate {row['candidate']:.3f} "
                       f"verdict {row['verdict']} ({row['steps']} steps, {row['wall_s']:.0f} s)", flush=True)
                 rows.append(row)
-            table.append({"case": name, "model": case.model, "domain": case.domain, "k": k, "budget": budget,
+            label = name if options.worst_of == 1 else f"{name} (the {k} worst of {options.worst_of * k})"
+            table.append({"case": label, "model": case.model, "domain": case.domain, "k": k, "budget": budget,
                           "summary": summarise(rows), "draws": rows})
     print()
     print_table(table)

@@ -104,3 +104,18 @@ def test_the_simulated_endoscope_crops_image_and_mask_alike_and_repeats_with_its
     again, _ = benchmark._simulated_endoscope(image, mask, seed=7)
     other, _ = benchmark._simulated_endoscope(image, mask, seed=8)
     assert np.array_equal(changed, again) and not np.array_equal(changed, other)
+
+
+def test_a_user_who_corrects_the_worst_images_gets_them_as_corrections_and_the_rest_as_unlabelled(benchmark):
+    items = [benchmark.Item(f"image {i}", f"patient {i}", np.zeros((4, 4)), None, np.zeros((4, 4), np.uint8))
+             for i in range(60)]
+    score = {item.name: (7 * i % 60) / 60 for i, item in enumerate(items)}.__getitem__
+    scores = lambda item: score(item.name)  # noqa: E731
+    at_random = benchmark.draw(items, 5, 10, 100, seed=4)
+    worst = benchmark.draw(items, 5, 10, 100, seed=4, worst_of=3, parent_scores=scores)
+    looked_at = at_random[0] + at_random[1][:10]  # the same 15 patients, one image each
+    assert {i.name for i in worst[0] + worst[1]} == {i.name for i in looked_at}
+    assert max(scores(i) for i in worst[0]) <= min(scores(i) for i in worst[1])
+    assert {i.name for i in worst[2]} == {i.name for i in at_random[2]}  # scored on the same other patients
+    again = benchmark.draw(items, 5, 10, 100, seed=4, worst_of=1)
+    assert [i.name for i in again[0]] == [i.name for i in at_random[0]]

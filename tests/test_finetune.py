@@ -73,6 +73,8 @@ def test_learnable_corrections_give_a_better_model_judged_on_every_correction(pa
     evidence = result.evidence
     assert evidence["held_out"] == 8 and len(evidence["differences"]) == 8
     assert sorted(row["name"] for row in evidence["per_correction"]) == [f"img{i}" for i in range(8)]
+    failed = sum(row["before"] < 0.5 for row in evidence["per_correction"])
+    assert evidence["parent_failed"] == failed, "the parent's failures among the checked corrections"
     card = json.loads(result.card_path.read_text())
     assert card["name"] == result.name and card["name"].startswith("tiny-test-ft-") and card["version"] == "2"
     lineage = card["lineage"]
@@ -80,6 +82,18 @@ def test_learnable_corrections_give_a_better_model_judged_on_every_correction(pa
     assert lineage["parent_sha256"] == sha256_of(parent.path.with_suffix(".safetensors"))
     assert lineage["data"]["kind"] == "corrections" and len(lineage["data"]["keys"]) == 8
     assert load_model(result.card_path).card.name == card["name"]
+
+
+def test_a_check_better_overall_but_worse_where_the_parent_was_right_saves_nothing(parent, tmp_path, monkeypatch):
+    from napari_lgms.training import finetuning
+
+    monkeypatch.setattr(finetuning, "successes_change", lambda rows: (-0.2, 3))
+    result = finetuning.finetune(parent, corrections=store_of(tmp_path / "store", 8), output=tmp_path / "out",
+                                 steps=120, lr=0.02, batch_size=4, device="cpu", seed=1)
+    assert result.evidence["mean_difference"] > 0.1, "the checked models were better overall"
+    assert result.verdict == "no evidence" and not result.saved and list((tmp_path / "out").iterdir()) == []
+    assert result.evidence["hurt_successes"] and result.evidence["successes"] == 3
+    assert "worse on the 3 the current model had right (-20.0 IoU points): nothing saved" in result.message
 
 
 def test_a_final_model_that_diverged_after_a_better_check_is_not_saved(parent, tmp_path, monkeypatch):

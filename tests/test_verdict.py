@@ -74,3 +74,29 @@ def test_many_corrections_use_the_normal_approximation_and_it_matches_the_exact_
     approximate = signed_rank_p(differences, greater=True)
     monkeypatch.setattr(adaptation, "EXACT_RANKS_UP_TO", 10_000)
     assert approximate == pytest.approx(signed_rank_p(differences, greater=True), abs=2e-3)
+
+
+def test_a_better_message_says_when_most_corrections_were_the_parents_failures():
+    from napari_lgms.training.adaptation import judge
+    from napari_lgms.training.finetuning import _message, failures_caution
+
+    changes = [0.3, 0.2, 0.25, 0.4, 0.1, 0.02, 0.01, 0.03, 0.02, 0.01]
+    verdict = judge(changes, margin=0.01, level=0.1, minimum=5)
+    mostly_failures = {"held_out": 10, "parent_failed": 5}
+    message = _message("better", verdict, "iou", 10, False, mostly_failures)
+    assert message.startswith("better on your corrections (") and message.endswith(
+        "saved as a new model; 5 of your 10 corrections are images the old model had failed on, so the check "
+        "speaks for images like those: try the new model on a few the old one got right")
+    assert failures_caution({"held_out": 10, "parent_failed": 4}) is None
+    assert failures_caution({"held_out": 10, "parent_failed": 10}) is None  # nothing it had right to try
+    assert failures_caution({}) is None  # a card written before the count was kept
+
+
+def test_only_the_corrections_the_parent_had_right_say_whether_it_kept_what_worked():
+    from napari_lgms.training.finetuning import successes_change
+
+    rows = [{"before": 0.1, "after": 0.9}, {"before": 0.2, "after": 0.8},  # failures, fixed
+            {"before": 0.7, "after": 0.1}, {"before": 0.9, "after": 0.8}]  # two it had right: -0.35 on average
+    change, count = successes_change(rows)
+    assert count == 2 and change == pytest.approx(-0.35)
+    assert successes_change(rows[:2]) is None  # none it had right: nothing to say

@@ -504,6 +504,23 @@ def test_a_better_verdict_quotes_the_score_it_was_judged_on():
     assert verdict_text(result).startswith("Better on your corrections: Dice 0.440 → 0.820.")
 
 
+def test_a_better_verdict_from_mostly_failures_says_what_it_cannot_vouch_for():
+    from types import SimpleNamespace
+
+    from napari_lgms.widgets.finetune import verdict_text
+
+    result = SimpleNamespace(saved=True, card_path="new.json", name="new", verdict="better",
+                             evidence={"metric": "iou", "held_out": 10, "parent_failed": 6},
+                             metrics_before={"iou": 0.31}, metrics_after={"iou": 0.72})
+    assert verdict_text(result) == (
+        "Better on your corrections: IoU 0.310 → 0.720. Saved as new. 6 of your 10 corrections are "
+        "images the old model had failed on, so the check speaks for images like those: try the new "
+        "model on a few the old one got right.")
+    for failed in (4, 10):  # mostly right, or wrong on every one (a new kind of image): nothing to add
+        result.evidence["parent_failed"] = failed
+        assert verdict_text(result) == "Better on your corrections: IoU 0.310 → 0.720. Saved as new."
+
+
 @pytest.mark.gui
 @needs_display
 def test_finetune_cancel_keeps_the_previous_model(make_napari_viewer, qtbot, saved_tiny, corrections_dir):
@@ -544,3 +561,17 @@ def test_finetune_cancel_during_save_removes_the_new_version(make_napari_viewer,
     assert finetune.result is None
     assert sorted(p.name for p in user_model_dir().iterdir()) == before
     assert "previous model is kept" in finetune.status_label.text()
+
+
+def test_the_verdict_says_when_the_check_lost_what_the_model_had_right():
+    from types import SimpleNamespace
+
+    from napari_lgms.widgets.finetune import verdict_text
+
+    result = SimpleNamespace(saved=False, card_path=None, verdict="no evidence", evidence={
+        "corrections": 10, "minimum": 5, "held_out": 10, "metric": "iou", "mean_difference": 0.15,
+        "standard_error": 0.05, "gained": 8, "hurt_successes": True, "successes": 2, "successes_change": -0.32})
+    assert verdict_text(result) == (
+        "No evidence either way (+15.0 ± 5.0 IoU points over 10 corrections, 8 better): nothing saved; better "
+        "on your corrections overall, but -32.0 IoU points on the 2 the current model had right. Save "
+        "corrections of images it gets right too, then try again.")

@@ -24,7 +24,9 @@ What it does, in order:
    gained 4 to 9 IoU points less on a new modality; averaging the two checked models was
    rejected too: see ``benchmarks/README.md``);
 5. saves the candidate as a new version ``NAME-ft-YYYYmmdd-HHMMSS`` (lineage, the evidence) only
-   when the verdict is "better" and the candidate itself fits the corrections it learned from at
+   when the verdict is "better", the checked models kept what the parent had right (their mean
+   change on the held-out corrections it scored 0.5 or more is above minus one point:
+   :func:`successes_change`), and the candidate itself fits the corrections it learned from at
    least as well as the parent did (a run that diverged after the check is caught there; steps
    whose loss is not finite are skipped anyway). Otherwise nothing is written; the candidate
    stays in :attr:`FinetuneResult.candidate` for callers who want to look at it.
@@ -59,6 +61,7 @@ VERDICT_MARGIN = 0.01  # a mean change under one score point is no change
 VERDICT_LEVEL = 0.10  # one-sided signed-rank p-value the paired differences must reach
 VERDICT_MINIMUM = 5  # corrections: with fewer, the checked models learn from one or two images
 FOLD_SHARE = 0.25  # of the training time, per cross-fitting fold; the candidate gets the rest
+FAILED_BELOW = 0.5  # a correction the parent scored below this was one of its failures
 
 
 @dataclass
@@ -84,6 +87,27 @@ class FinetuneResult:
     saved: bool = False
     evidence: dict[str, Any] = field(default_factory=dict)
     candidate: Any = None
+
+
+def successes_change(per_correction: Sequence[dict[str, float]]) -> tuple[float, int] | None:
+    """The checked models' mean change on the held-out corrections the parent had right (scored
+    :data:`FAILED_BELOW` or more), and how many; None when it had none right. A "better" verdict needs
+    it above ``-VERDICT_MARGIN``: a model that fixes failures while losing what already worked is
+    not handed back (a user's corrections tend to be failures, and then the verdict's mean speaks
+    for them: ``benchmarks/README.md``, the endoscope change)."""
+    changes = [row["after"] - row["before"] for row in per_correction if row["before"] >= FAILED_BELOW]
+    return (float(np.mean(changes)), len(changes)) if changes else None
+
+
+def failures_caution(evidence: dict[str, Any]) -> str | None:
+    """What a "better" verdict cannot say when at least half of the checked corrections were the
+    parent's failures and some were not: the check then speaks for failures, and a model that fixes
+    them may lose images the parent had right (``benchmarks/README.md``, the endoscope change)."""
+    failed, checked = int(evidence.get("parent_failed", 0)), int(evidence.get("held_out", 0))
+    if not checked or 2 * failed < checked or failed == checked:
+        return None
+    return (f"{failed} of your {checked} corrections are images the old model had failed on, so the check "
+            "speaks for images like those: try the new model on a few the old one got right")
 
 
 def too_few_corrections(count: int) -> str | None:
@@ -380,11 +404,19 @@ def finetune_steps(
                 "mean_difference": verdict.mean_difference,
                 "standard_error": verdict.standard_error if math.isfinite(verdict.standard_error) else None,
                 "differences": list(verdict.differences), "gained": verdict.gained, "p_value": verdict.p_value,
-                "margin": VERDICT_MARGIN, "level": VERDICT_LEVEL, "minimum": VERDICT_MINIMUM, "per_correction": [
+                "margin": VERDICT_MARGIN, "level": VERDICT_LEVEL, "minimum": VERDICT_MINIMUM,
+                "parent_failed": sum(before_rows[i][metric] < FAILED_BELOW for i in checked),
+                "per_correction": [
                     {"name": samples[i].name, "before": before_rows[i][metric], "after": after_rows[i][metric],
                      "loss_before": before_rows[i]["loss"], "loss_after": after_rows[i]["loss"]}
                     for i in checked]}
     decision = "no evidence" if stopped else verdict.decision
+    kept = successes_change(evidence["per_correction"])
+    if kept is not None:
+        evidence["successes_change"], evidence["successes"] = kept
+    if decision == "better" and kept is not None and kept[0] < -VERDICT_MARGIN:
+        decision = "no evidence"
+        evidence["hurt_successes"] = True
     if decision == "better":
         # The check judged models trained on half the corrections; the candidate trained on after
         # it. One that fits its own corrections worse than the parent did (or diverged) is not
@@ -445,12 +477,19 @@ def _message(decision: str, verdict, metric: str, count: int, stopped: bool, rec
     evidence = verdict.describe(name)
     if stopped:
         return "stopped on request: nothing saved"
+    if record.get("hurt_successes"):
+        change = 100 * record["successes_change"]
+        return (f"the checks were better on your corrections ({evidence}), but worse on the "
+                f"{record['successes']} the current model had right ({change:+.1f} {name} points): nothing "
+                "saved; save corrections of images it gets right too, then try again")
     if record.get("unfit"):
         return (f"the checks were better ({evidence}), but the final model fits your corrections worse than "
                 f"the current one ({name} {record['candidate_fit']:.2f} against {record['parent_fit']:.2f}): "
                 "nothing saved; try again or add corrections")
     if decision == "better":
-        return f"better on your corrections ({evidence}): saved as a new model"
+        caution = failures_caution(record)
+        saved = f"better on your corrections ({evidence}): saved as a new model"
+        return f"{saved}; {caution}" if caution else saved
     if decision == "worse":
         return f"worse on your corrections ({evidence}): nothing saved, keep the current model"
     if count < VERDICT_MINIMUM:

@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_lgms.training.finetune_card import model_family
-from napari_lgms.training.finetuning import PRESETS, metric_name, too_few_corrections
+from napari_lgms.training.finetuning import PRESETS, failures_caution, metric_name, too_few_corrections
 from napari_lgms.widgets import _layer_geometry as geo
 from napari_lgms.widgets._layout import (
     DockBody,
@@ -84,11 +84,19 @@ def verdict_text(result) -> str:
         before, after = _score_of(result.metrics_before, metric), _score_of(result.metrics_after, metric)
         known = before is not None and after is not None
         scores = f": {metric_name(metric)} {before:.3f} → {after:.3f}" if known else ""
-        return f"Better on your corrections{scores}. Saved as {result.name}."  # how: in the tooltip
+        caution = failures_caution(result.evidence or {})
+        saved = f"Better on your corrections{scores}. Saved as {result.name}."  # how: in the tooltip
+        return f"{saved} {caution[0].upper()}{caution[1:]}." if caution else saved
     evidence = result.evidence or {}
     spread = _spread(evidence)
     if result.verdict == "worse":
         return f"Worse on your corrections{spread}: nothing saved; the previous model is kept."
+    if evidence.get("hurt_successes"):
+        count, change = evidence["successes"], 100 * evidence["successes_change"]
+        name = metric_name(evidence.get("metric", "dice"))
+        return (f"No evidence either way{spread}: nothing saved; better on your corrections overall, but "
+                f"{change:+.1f} {name} points on the {count} the current model had right. Save corrections "
+                "of images it gets right too, then try again.")
     if evidence.get("unfit"):
         return ("No evidence either way: nothing saved; the checks were better, but the final model fits "
                 "your corrections worse than the current one. Try again.")
