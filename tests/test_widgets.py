@@ -572,6 +572,6 @@ def test_the_verdict_says_when_the_check_lost_what_the_model_had_right():
         "corrections": 10, "minimum": 5, "held_out": 10, "metric": "iou", "mean_difference": 0.15,
         "standard_error": 0.05, "gained": 8, "hurt_successes": True, "successes": 2, "successes_change": -0.32})
     assert verdict_text(result) == (
-        "No evidence either way (+15.0 ± 5.0 IoU points over 10 corrections, 8 better): nothing saved; better "
-        "on your corrections overall, but -32.0 IoU points on the 2 the current model had right. Save "
-        "corrections of images it gets right too, then try again.")
+        "No evidence either way (+15.0 ± 5.0 IoU points over 10 corrections, 8 better): nothing saved; the "
+        "checks were better overall but -32.0 IoU points on the 2 corrections the current model had right. "
+        "Save corrections of images it gets right too, then try again.")

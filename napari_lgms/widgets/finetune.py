@@ -94,9 +94,9 @@ def verdict_text(result) -> str:
     if evidence.get("hurt_successes"):
         count, change = evidence["successes"], 100 * evidence["successes_change"]
         name = metric_name(evidence.get("metric", "dice"))
-        return (f"No evidence either way{spread}: nothing saved; better on your corrections overall, but "
-                f"{change:+.1f} {name} points on the {count} the current model had right. Save corrections "
-                "of images it gets right too, then try again.")
+        return (f"No evidence either way{spread}: nothing saved; the checks were better overall but "
+                f"{change:+.1f} {name} points on the {count} corrections the current model had right. Save "
+                "corrections of images it gets right too, then try again.")
     if evidence.get("unfit"):
         return ("No evidence either way: nothing saved; the checks were better, but the final model fits "
                 "your corrections worse than the current one. Try again.")
