@@ -84,14 +84,22 @@ def test_learnable_corrections_give_a_better_model_judged_on_every_correction(pa
     assert load_model(result.card_path).card.name == card["name"]
 
 
-def test_a_check_better_overall_but_worse_where_the_parent_was_right_saves_nothing(parent, tmp_path, monkeypatch):
+def refused_after_better_checks(parent, tmp_path):
+    """A run on learnable corrections whose checked models gain, which must still save nothing."""
     from napari_lgms.training import finetuning
 
-    monkeypatch.setattr(finetuning, "successes_change", lambda rows: (-0.2, 3))
     result = finetuning.finetune(parent, corrections=store_of(tmp_path / "store", 8), output=tmp_path / "out",
                                  steps=120, lr=0.02, batch_size=4, device="cpu", seed=1)
     assert result.evidence["mean_difference"] > 0.1, "the checked models were better overall"
     assert result.verdict == "no evidence" and not result.saved and list((tmp_path / "out").iterdir()) == []
+    return result
+
+
+def test_a_check_better_overall_but_worse_where_the_parent_was_right_saves_nothing(parent, tmp_path, monkeypatch):
+    from napari_lgms.training import finetuning
+
+    monkeypatch.setattr(finetuning, "successes_change", lambda rows: (-0.2, 3))
+    result = refused_after_better_checks(parent, tmp_path)
     assert result.evidence["hurt_successes"] and result.evidence["successes"] == 3
     assert "worse on the 3 the current model had right (-20.0 IoU points): nothing saved" in result.message
 
@@ -110,10 +118,7 @@ def test_a_final_model_that_diverged_after_a_better_check_is_not_saved(parent, t
         return network, taken
 
     monkeypatch.setattr(finetuning, "adapt_steps", diverging)
-    result = finetuning.finetune(parent, corrections=store_of(tmp_path / "store", 8), output=tmp_path / "out",
-                                 steps=120, lr=0.02, batch_size=4, device="cpu", seed=1)
-    assert result.evidence["mean_difference"] > 0.1, "the checked models were better"
-    assert result.verdict == "no evidence" and not result.saved and list((tmp_path / "out").iterdir()) == []
+    result = refused_after_better_checks(parent, tmp_path)
     assert result.evidence["unfit"] and result.evidence["candidate_fit"] == 0.0
     assert "fits your corrections worse" in result.message
 
