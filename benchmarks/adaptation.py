@@ -345,19 +345,17 @@ def rejudge(path: Path) -> list[dict]:
     judged "better" is assumed to pass the candidate's fit check, which the recorded run did not need
     to make; ceilings are recomputed where per-image scores exist."""
     from napari_lgms.training.adaptation import judge
-    from napari_lgms.training.finetuning import (VERDICT_LEVEL, VERDICT_MARGIN, VERDICT_MINIMUM,
-                                                 successes_change)
+    from napari_lgms.training.finetuning import VERDICT_LEVEL, VERDICT_MARGIN, VERDICT_MINIMUM, check_decision
 
     table = []
     for row in json.loads(Path(path).read_text())["table"]:
         draws = []
         for draw in row["draws"]:
             evidence = draw.get("evidence", {})
-            verdict = judge(evidence.get("differences", []), margin=VERDICT_MARGIN, level=VERDICT_LEVEL,
-                            minimum=VERDICT_MINIMUM).decision
-            kept = successes_change(evidence.get("per_correction", []))
-            hurt = kept is not None and kept[0] < -VERDICT_MARGIN
-            if verdict == "better" and (evidence.get("unfit") or hurt):
+            judged = judge(evidence.get("differences", []), margin=VERDICT_MARGIN, level=VERDICT_LEVEL,
+                           minimum=VERDICT_MINIMUM)
+            verdict, _ = check_decision(judged, evidence.get("per_correction", []))
+            if verdict == "better" and evidence.get("unfit"):
                 verdict = "no evidence"
             gain = draw["candidate_gain"]
             expected = expected_verdict(gain)

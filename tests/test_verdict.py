@@ -100,3 +100,16 @@ def test_only_the_corrections_the_parent_had_right_say_whether_it_kept_what_work
     change, count = successes_change(rows)
     assert count == 2 and change == pytest.approx(-0.35)
     assert successes_change(rows[:2]) is None  # none it had right: nothing to say
+
+
+def test_the_checks_decision_needs_what_the_parent_had_right_kept_only_for_better():
+    from napari_lgms.training.adaptation import Verdict
+    from napari_lgms.training.finetuning import check_decision
+
+    lost = [{"before": 0.1, "after": 0.9}, {"before": 0.8, "after": 0.5}]
+    kept = [{"before": 0.1, "after": 0.9}, {"before": 0.8, "after": 0.81}]
+    better, worse = Verdict("better", 0.2, 0.1, 2, (0.8, -0.3)), Verdict("worse", -0.2, 0.1, 2, (-0.8, 0.3))
+    assert check_decision(better, lost) == ("no evidence", pytest.approx((-0.3, 1)))
+    assert check_decision(better, kept)[0] == "better"
+    assert check_decision(worse, lost)[0] == "worse"
+    assert check_decision(better, lost[:1]) == ("better", None)  # it had none right: nothing to keep

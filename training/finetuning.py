@@ -99,6 +99,17 @@ def successes_change(per_correction: Sequence[dict[str, float]]) -> tuple[float,
     return (float(np.mean(changes)), len(changes)) if changes else None
 
 
+def check_decision(verdict, per_correction: Sequence[dict[str, float]]
+                   ) -> tuple[str, tuple[float, int] | None]:
+    """The check's decision from its :class:`~.adaptation.Verdict` and the held-out corrections'
+    scores: the verdict's, except that "better" also needs the corrections the parent had right to
+    keep their score (:func:`successes_change` above ``-VERDICT_MARGIN``); and that change."""
+    kept = successes_change(per_correction)
+    if verdict.decision == "better" and kept is not None and kept[0] < -VERDICT_MARGIN:
+        return "no evidence", kept
+    return verdict.decision, kept
+
+
 def failures_caution(evidence: dict[str, Any]) -> str | None:
     """What a "better" verdict cannot say when at least half of the checked corrections were the
     parent's failures and some were not: the check then speaks for failures, and a model that fixes
@@ -410,12 +421,12 @@ def finetune_steps(
                     {"name": samples[i].name, "before": before_rows[i][metric], "after": after_rows[i][metric],
                      "loss_before": before_rows[i]["loss"], "loss_after": after_rows[i]["loss"]}
                     for i in checked]}
-    decision = "no evidence" if stopped else verdict.decision
-    kept = successes_change(evidence["per_correction"])
+    decision, kept = check_decision(verdict, evidence["per_correction"])
     if kept is not None:
         evidence["successes_change"], evidence["successes"] = kept
-    if decision == "better" and kept is not None and kept[0] < -VERDICT_MARGIN:
+    if stopped:
         decision = "no evidence"
+    elif decision != verdict.decision:
         evidence["hurt_successes"] = True
     if decision == "better":
         # The check judged models trained on half the corrections; the candidate trained on after
