@@ -23,7 +23,9 @@ agreed with the candidate's real gain (beyond +-1 point), and the verdict ceilin
 same rule could agree were the k corrections scored by the candidate itself (from every scored
 image's parent and candidate scores, which the JSON keeps; ``--ceilings JSON`` re-reads them under
 looser rules). ``--rejudge JSON`` prints a recorded run's table with its verdicts decided again by
-the current rule from the recorded check. Data are never copied anywhere.
+the current rule from the recorded check. ``--review N``: after each run, a simulated user reviews
+the N unlabelled images whose masks the candidate changes most (:func:`simulated_review`), and
+each cell gets a second line: what the user got after that review. Data are never copied anywhere.
 """
 from __future__ import annotations
 
@@ -204,12 +206,17 @@ def draw(items: list[Item], k: int, unlabelled: int, eval_limit: int, seed: int,
 def score(model, item: Item) -> float:
     """IoU (binary) or mean Dice over the foreground classes, through the public segment()."""
     from napari_lgms import segment
-    from napari_lgms.metrics import binary_scores, class_dice
 
     labels = segment(item.image, model, channel_axis=item.channel_axis, spacing=item.spacing).labels
-    if model.card.num_classes == 1:
-        return binary_scores(labels > 0, item.mask > 0)["iou"]
-    return float(np.mean(list(class_dice(labels, item.mask, list(range(1, model.card.num_classes))).values())))
+    return mask_score(labels, item.mask, model.card.num_classes)
+
+
+def mask_score(labels: np.ndarray, truth: np.ndarray, num_classes: int) -> float:
+    from napari_lgms.metrics import binary_scores, class_dice
+
+    if num_classes == 1:
+        return binary_scores(labels > 0, truth > 0)["iou"]
+    return float(np.mean(list(class_dice(labels, truth, list(range(1, num_classes))).values())))
 
 
 class ParentScores:
@@ -245,6 +252,7 @@ def run_draw(case: Case, parent, parent_scores: ParentScores, items: list[Item],
                           output=Path(tmp) / "models", seed=seed, **extra)
         wall = time.monotonic() - started
         candidate = result.candidate
+        review = simulated_review(result, parent, pool, seed, options.review, Path(tmp) / "models")
     parent_rest = [parent_scores(item) for item in rest]
     candidate_rest = [score(candidate, item) for item in rest]
     before, candidate_score = float(np.mean(parent_rest)), float(np.mean(candidate_rest))
@@ -253,12 +261,57 @@ def run_draw(case: Case, parent, parent_scores: ParentScores, items: list[Item],
     per_image = [[item.name, item.group, p, c] for item, p, c in zip(rest, parent_rest, candidate_rest)]
     expected = expected_verdict(gain)
     agrees = expected is None or result.verdict == expected
-    return {"seed": seed, "corrections": [item.name for item in corrections], "unlabelled": len(pool),
-            "evaluated": len(rest), "before": before, "candidate": candidate_score, "after": delivered,
-            "gain": delivered - before, "candidate_gain": gain, "verdict": result.verdict,
-            "agrees": agrees, "saved": result.saved, "steps": result.steps, "wall_s": wall,
-            "evidence": result.evidence,
-            "ceiling": verdict_ceiling(per_image, k, seed=seed), "per_image": per_image}
+    if review is not None:
+        review.update(gain=gain if review["saved"] else 0.0,
+                      agrees=expected is None or review["verdict"] == expected)
+    row = {"seed": seed, "corrections": [item.name for item in corrections], "unlabelled": len(pool),
+           "evaluated": len(rest), "before": before, "candidate": candidate_score, "after": delivered,
+           "gain": delivered - before, "candidate_gain": gain, "verdict": result.verdict,
+           "agrees": agrees, "saved": result.saved, "steps": result.steps, "wall_s": wall,
+           "evidence": result.evidence,
+           "ceiling": verdict_ceiling(per_image, k, seed=seed), "per_image": per_image}
+    return row if review is None else {"review": review, **row}
+
+
+REVIEW_VISIBLE = 0.05  # score difference at which the simulated reviewer prefers one mask
+
+
+def simulated_review(result, parent, pool: list, seed: int, count: int, output: Path) -> dict | None:
+    """The run after a user's blind A/B review (:mod:`napari_lgms.training.review`) of the ``count``
+    unlabelled images whose masks the candidate changes most, the user played by the truth: the
+    mask that scores :data:`REVIEW_VISIBLE` more is preferred, else "same". None when there is no
+    review to make (``count`` 0, no candidate, a "worse" check, no unlabelled images). ``fewer``:
+    the decisions had the user stopped after the 4, 6... most changed images."""
+    from types import SimpleNamespace
+
+    from napari_lgms.training.review import accept_review, review_items, review_verdict, reviewed_decision
+
+    if not count or result.candidate is None or result.verdict == "worse" or not pool:
+        return None
+    images = [SimpleNamespace(array=item.image, spacing=item.spacing) for item in pool]
+    items = review_items(result, images, names=[item.name for item in pool],
+                         parent=parent, count=count, seed=seed)
+    answers = []
+    for entry in items:
+        truth = pool[entry.index]
+        first, second = (mask_score(labels, truth.mask, parent.card.num_classes)
+                         for labels in (entry.first, entry.second))
+        answers.append("A" if first - second > REVIEW_VISIBLE else "B" if second - first > REVIEW_VISIBLE
+                       else "same")
+    reviewed = accept_review(result, items, answers, output=output)
+    found = reviewed.evidence["review"]
+    fewer = {str(n): reviewed_decision(result.verdict, review_verdict(items[:n], answers[:n]))
+             for n in range(4, len(items), 2)}  # the same review stopped after the n most changed images
+    return {"verdict": reviewed.verdict, "saved": reviewed.saved, "images": len(items),
+            "new_better": found["new_better"], "old_better": found["old_better"], "same": found["same"],
+            "fewer": fewer}
+
+
+def reviewed_line(review: dict | None) -> str:
+    if review is None:
+        return ""
+    return (f"; after review {review['verdict']} (new {review['new_better']}, old {review['old_better']}, "
+            f"same {review['same']})")
 
 
 def expected_verdict(gain: float) -> str | None:
@@ -306,17 +359,35 @@ def summarise(rows: list[dict]) -> dict:
     sign the candidate's real gain bore out (or within +-1 point of none)."""
     gains = [r["gain"] for r in rows]
     claims = [r for r in rows if r["verdict"] != "no evidence"]
-    return {"draws": len(rows), "mean_gain": float(np.mean(gains)), "worst_gain": float(np.min(gains)),
-            "mean_candidate_gain": float(np.mean([r["candidate_gain"] for r in rows])),
-            "mean_before": float(np.mean([r["before"] for r in rows])),
-            "wall_s": float(np.mean([r["wall_s"] for r in rows])),
-            "steps": float(np.mean([r["steps"] for r in rows])),
-            "verdicts": {v: sum(r["verdict"] == v for r in rows) for v in ("better", "no evidence", "worse")},
-            "agreement": float(np.mean([r["agrees"] for r in rows])),
-            "claims": len(claims),
-            "claims_right": sum(expected_verdict(r["candidate_gain"]) in (None, r["verdict"]) for r in claims),
-            "verdict_ceiling": float(np.mean([r["ceiling"]["agreement"] for r in rows])),
-            "ceiling_false_better": float(np.mean([r["ceiling"]["false_better"] for r in rows]))}
+    summary = {"draws": len(rows), "mean_gain": float(np.mean(gains)), "worst_gain": float(np.min(gains)),
+               "mean_candidate_gain": float(np.mean([r["candidate_gain"] for r in rows])),
+               "mean_before": float(np.mean([r["before"] for r in rows])),
+               "wall_s": float(np.mean([r["wall_s"] for r in rows])),
+               "steps": float(np.mean([r["steps"] for r in rows])),
+               "verdicts": {v: sum(r["verdict"] == v for r in rows)
+                            for v in ("better", "no evidence", "worse")},
+               "agreement": float(np.mean([r["agrees"] for r in rows])),
+               "claims": len(claims),
+               "claims_right": sum(expected_verdict(r["candidate_gain"]) in (None, r["verdict"])
+                                   for r in claims),
+               "verdict_ceiling": float(np.mean([r["ceiling"]["agreement"] for r in rows])),
+               "ceiling_false_better": float(np.mean([r["ceiling"]["false_better"] for r in rows]))}
+    return summary | reviewed_summary(rows)
+
+
+def reviewed_summary(rows: list[dict]) -> dict:
+    """The cell's figures after the simulated review; a draw without one (no candidate, a "worse"
+    check) keeps its run's outcome. Empty when no draw was reviewed."""
+    if not any("review" in r for r in rows):
+        return {}
+    outcomes = [r.get("review") or {"verdict": r["verdict"], "gain": r["gain"], "agrees": r["agrees"]}
+                for r in rows]
+    gains = [o["gain"] for o in outcomes]
+    return {"reviewed": {
+        "mean_gain": float(np.mean(gains)), "worst_gain": float(np.min(gains)),
+        "verdicts": {v: sum(o["verdict"] == v for o in outcomes) for v in ("better", "no evidence", "worse")},
+        "agreement": float(np.mean([o["agrees"] for o in outcomes])),
+        "images": float(np.mean([o.get("images", 0) for o in outcomes]))}}
 
 
 def print_ceilings(path: Path, levels=(0.1, 0.2, 0.3), counts=(5, 10, 20, 40)) -> None:
@@ -381,6 +452,12 @@ def print_table(table: list[dict]) -> None:
               f"{s['wall_s']:>7.0f} {s['steps']:>6.0f}  {v['better']}/{v['no evidence']}/{v['worse']:<22} "
               f"{100 * s['agreement']:>4.0f}%  {100 * s.get('verdict_ceiling', 0):>5.0f}%  "
               f"{s.get('claims_right', 0):>6}/{s.get('claims', 0)}")
+        if "reviewed" in s:
+            r, v = s["reviewed"], s["reviewed"]["verdicts"]
+            print(f"{'  after review':<{width + 25}} {100 * r['mean_gain']:>+7.1f} "
+                  f"{100 * r['worst_gain']:>+7.1f} {'':>7} {'':>7} {'':>6}  "
+                  f"{v['better']}/{v['no evidence']}/{v['worse']:<22} {100 * r['agreement']:>4.0f}%  "
+                  f"({r['images']:.1f} images reviewed)")
 
 
 def cpu_description() -> str:
@@ -419,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-limit", type=int, default=150, help="images scored per draw at most")
     parser.add_argument("--worst-of", type=int, default=1, metavar="N",
                         help="correct the k images the parent scored worst of N * k patients (1: at random)")
+    parser.add_argument("--review", type=int, default=0, metavar="N",
+                        help="after each run, a simulated user reviews the N unlabelled images the new "
+                             "model changes most (0: no review)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, help="write the table and every draw as JSON")
     parser.add_argument("--ceilings", type=Path, metavar="JSON",
@@ -454,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = run_draw(case, parent, parent_scores, items, k, budget, seed=1000 * k + index,
                                options=options)
                 print(f"  {name} k={k} draw {index}: before {row['before']:.3f} candidate {row['candidate']:.3f} "
-                      f"verdict {row['verdict']} ({row['steps']} steps, {row['wall_s']:.0f} s)", flush=True)
+                      f"verdict {row['verdict']} ({row['steps']} steps, {row['wall_s']:.0f} s)"
+                      + reviewed_line(row.get("review")), flush=True)
                 rows.append(row)
             label = name if options.worst_of == 1 else f"{name} (the {k} worst of {options.worst_of * k})"
             table.append({"case": label, "model": case.model, "domain": case.domain, "k": k, "budget": budget,

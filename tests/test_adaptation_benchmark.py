@@ -119,3 +119,43 @@ def test_a_user_who_corrects_the_worst_images_gets_them_as_corrections_and_the_r
     assert {i.name for i in worst[2]} == {i.name for i in at_random[2]}  # scored on the same other patients
     again = benchmark.draw(items, 5, 10, 100, seed=4, worst_of=1)
     assert [i.name for i in again[0]] == [i.name for i in at_random[0]]
+
+
+def test_the_simulated_reviewer_prefers_the_mask_closer_to_the_truth(benchmark, monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from napari_lgms.training import review
+    from napari_lgms.training.review import ReviewItem
+
+    truth = np.zeros((10, 10), np.uint8)
+    truth[2:8, 2:8] = 1
+    near, far = truth.copy(), np.zeros_like(truth)
+    near[2, 2:8] = 0  # IoU 30/36 against 0
+    pool = [benchmark.Item(f"image {i}", f"patient {i}", truth.astype(np.float32), None, truth)
+            for i in range(3)]
+    offered = [ReviewItem(0, "image 0", None, near, far, True, 0.5),  # A (new) is right
+               ReviewItem(1, "image 1", None, far, near, True, 0.5),  # B (old) is right
+               ReviewItem(2, "image 2", None, near, near, False, 0.0)]
+    monkeypatch.setattr(review, "review_items", lambda result, images, **options: offered)
+    taken = {}
+
+    def accept(result, items, answers, output):
+        taken.update(answers=answers, output=output)
+        return SimpleNamespace(verdict="no evidence", saved=False,
+                               evidence={"review": {"new_better": 1, "old_better": 1, "same": 1}})
+
+    monkeypatch.setattr(review, "accept_review", accept)
+    parent = SimpleNamespace(card=SimpleNamespace(num_classes=1))
+    result = SimpleNamespace(candidate=object(), verdict="no evidence")
+    found = benchmark.simulated_review(result, parent, pool, seed=0, count=6, output=tmp_path)
+    assert taken["answers"] == ["A", "B", "same"] and taken["output"] == tmp_path
+    assert found == {"verdict": "no evidence", "saved": False, "images": 3, "new_better": 1, "old_better": 1,
+                     "same": 1, "fewer": {}}
+    worse = SimpleNamespace(candidate=object(), verdict="worse")
+    assert benchmark.simulated_review(worse, parent, pool, 0, 6, tmp_path) is None, "a worse check: no review"
+    rows = [{"verdict": "no evidence", "gain": 0.0, "agrees": False,
+             "review": {"verdict": "better", "gain": 0.06, "agrees": True, "images": 6}},
+            {"verdict": "worse", "gain": 0.0, "agrees": True}]
+    summary = benchmark.reviewed_summary(rows)["reviewed"]
+    assert summary["mean_gain"] == pytest.approx(0.03) and summary["agreement"] == 1.0
+    assert summary["verdicts"] == {"better": 1, "no evidence": 0, "worse": 1} and summary["images"] == 3.0

@@ -42,13 +42,18 @@ def store_of(root, count: int, seed: int = 0, random_labels: bool = False):
     return root
 
 
-@pytest.fixture
-def parent(tiny_model, tmp_path):
-    """A saved tiny model (resize to 32x32) the tests fine-tune."""
+def saved_parent(tiny_model, folder):
+    """A tiny model (resize to 32x32) saved in ``folder`` and loaded from there."""
     from napari_lgms.zoo import load_model, save_model
 
     loaded = tiny_model(input=RESIZE_TO_32)
-    return load_model(save_model(loaded.network, loaded.card, tmp_path / "parent"))
+    return load_model(save_model(loaded.network, loaded.card, folder))
+
+
+@pytest.fixture
+def parent(tiny_model, tmp_path):
+    """A saved tiny model (resize to 32x32) the tests fine-tune."""
+    return saved_parent(tiny_model, tmp_path / "parent")
 
 
 def run(generator):

@@ -484,6 +484,10 @@ def test_the_verdict_says_when_the_final_model_did_not_fit_its_corrections():
                        "mean_difference": 0.021, "standard_error": 0.03}
     assert verdict_text(result) == ("No evidence either way (+2.1 ± 3.0 IoU points over 12 corrections): "
                                     "nothing saved; the previous model is kept.")
+    result.candidate = object()
+    hint = "kept. Review on open images can still show if the new one is better."
+    assert verdict_text(result).endswith(hint), "a new model the user can still review"
+    result.candidate = None
     result.evidence["gained"] = 8
     assert verdict_text(result).startswith("No evidence either way (+2.1 ± 3.0 IoU points over 12 corrections, "
                                            "8 better)")
@@ -575,3 +579,97 @@ def test_the_verdict_says_when_the_check_lost_what_the_model_had_right():
         "No evidence either way (+15.0 ± 5.0 IoU points over 10 corrections, 8 better): nothing saved; the "
         "checks were better overall but -32.0 IoU points on the 2 corrections the current model had right. "
         "Save corrections of images it gets right too, then try again.")
+
+
+def _fake_review(tiny_model, monkeypatch, new_first):
+    """A run with an unsaved candidate, and a review engine that offers one item per image layer
+    (``new_first``: which side shows the new mask), without segmenting anything."""
+    from napari_lgms.training.finetuning import FinetuneResult
+    from napari_lgms.training.review import ReviewItem, ReviewProgress
+    from napari_lgms.zoo import user_model_dir
+
+    def review_items_steps(result, images, *, names, parent, **options):
+        review_items_steps.parent = parent
+        for index in range(len(images)):
+            yield ReviewProgress(index + 1, len(images), "segmented")
+        masks = [np.zeros((32, 32), np.uint8) for _ in range(2)]
+        masks[1][8:20, 8:20] = 1
+        return [ReviewItem(i, names[i], images[i], *masks, flag, 0.5) for i, flag in enumerate(new_first)]
+
+    monkeypatch.setattr("napari_lgms.training.review.review_items_steps", review_items_steps)
+    candidate = tiny_model(spatial_dims=2, name="tiny-2d-ft-20261207-120000", lineage={"parent": "tiny-2d"})
+    return review_items_steps, FinetuneResult(
+        None, "tiny-2d", {"iou": 0.5}, {"iou": 0.5}, 3, 0.1, "no evidence either way", user_model_dir(),
+        verdict="no evidence", saved=False, evidence={"metric": "iou"}, candidate=candidate)
+
+
+@pytest.mark.gui
+@needs_display
+def test_a_blind_review_on_the_open_images_can_save_the_new_model(make_napari_viewer, qtbot, saved_tiny,
+                                                                   tiny_model, monkeypatch):
+    from napari_lgms.widgets._review import LAYER_A, LAYER_B
+    from napari_lgms.widgets._session_log import read_records
+
+    viewer = make_napari_viewer()
+    images = [viewer.add_image(np.random.default_rng(i).random((32, 32)).astype(np.float32), name=f"open {i}")
+              for i in range(4)]
+    labels = viewer.add_labels(np.zeros((32, 32), np.uint8), name="my labels")
+    images[3].visible = False
+    finetune = _dock(viewer, "Fine-tune")
+    qtbot.waitUntil(lambda: finetune.models_ready, timeout=10000)
+    finetune.model_combo.setCurrentText("tiny-2d (yours)")
+    fake, result = _fake_review(tiny_model, monkeypatch, [True, False, True, False])
+    finetune.session.result, finetune.session._base = result, finetune.base_choice()
+    finetune.review_button.setEnabled(True)
+    finetune.review_button.click()
+    qtbot.waitUntil(lambda: finetune.a_button.isEnabled(), timeout=10000)
+    assert fake.parent == finetune.base_choice().source, "compared with the model the run started from"
+    assert not finetune.start_button.isEnabled()
+    assert finetune.status_label.text().startswith("Image 1 of 4 (open 0)")
+    assert [layer.visible for layer in images] == [True, False, False, False], "the image judged, alone"
+    assert not labels.visible, "no other mask in view to tell which is which"
+    assert viewer.layers[LAYER_A].visible and not viewer.layers[LAYER_B].visible
+    finetune.flip_button.click()
+    assert not viewer.layers[LAYER_A].visible and viewer.layers[LAYER_B].visible
+    for button in (finetune.a_button, finetune.b_button, finetune.a_button):  # the new mask each time
+        button.click()
+    assert finetune.status_label.text().startswith("Image 4 of 4 (open 3)") and images[3].visible
+    finetune.b_button.click()
+    assert LAYER_A not in viewer.layers and LAYER_B not in viewer.layers
+    assert [layer.visible for layer in images] == [True, True, True, False] and labels.visible, "as before"
+    reviewed = finetune.result
+    assert reviewed.saved and reviewed.card_path.is_file() and reviewed.verdict == "better"
+    assert finetune.status_label.text().startswith(
+        "Better by your review (the new model's mask was better on 4 of the 4 images you reviewed, the "
+        "current one's on 0)")
+    assert finetune.status_label.text().endswith(f"New model: {reviewed.name}.")
+    assert finetune.use_button.isEnabled() and finetune.rollback_button.isEnabled()
+    assert finetune.start_button.isEnabled() and not finetune.review_button.isEnabled()
+    record = read_records(finetune.store_root)[-1]
+    assert record["action"] == "review" and record["result"]["review"]["new_better"] == 4
+
+
+@pytest.mark.gui
+@needs_display
+def test_a_stopped_review_changes_nothing(make_napari_viewer, qtbot, saved_tiny, tiny_model, monkeypatch):
+    from napari_lgms.widgets._review import LAYER_A
+
+    viewer = make_napari_viewer()
+    finetune = _dock(viewer, "Fine-tune")
+    qtbot.waitUntil(lambda: finetune.models_ready, timeout=10000)
+    finetune.model_combo.setCurrentText("tiny-2d (yours)")
+    _, result = _fake_review(tiny_model, monkeypatch, [True, True])
+    finetune.session.result, finetune.session._base = result, finetune.base_choice()
+    finetune.review_button.setEnabled(True)
+    finetune.review_button.click()
+    assert "Open some other images of this kind" in finetune.status_label.text(), "no image open"
+    for i in range(2):
+        viewer.add_image(np.zeros((32, 32), np.float32), name=f"open {i}")
+    finetune.review_button.click()
+    qtbot.waitUntil(lambda: finetune.a_button.isEnabled(), timeout=10000)
+    finetune.a_button.click()
+    finetune.stop_review_button.click()
+    assert LAYER_A not in viewer.layers and not finetune.review_panel.isVisible()
+    assert finetune.result is result and not result.saved and finetune.start_button.isEnabled()
+    assert finetune.review_button.isEnabled() and not finetune.use_button.isEnabled(), "as the run left them"
+    assert finetune.status_label.text() == "Review stopped; nothing changed."

@@ -3,7 +3,8 @@
 Import is cheap (no torch until a function runs):
 
 * :func:`train` / :func:`train_steps` with a :class:`TrainConfig` (or a dict);
-* :func:`finetune` / :func:`finetune_steps` from a corrections store or folders.
+* :func:`finetune` / :func:`finetune_steps` from a corrections store or folders;
+* :func:`review_items` / :func:`accept_review`: the user's blind A/B review of a run's new model.
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ _LAZY = {
     "finetune": "napari_lgms.training.finetuning",
     "finetune_steps": "napari_lgms.training.finetuning",
     "FinetuneResult": "napari_lgms.training.finetuning",
+    "review_items": "napari_lgms.training.review",
+    "review_items_steps": "napari_lgms.training.review",
+    "accept_review": "napari_lgms.training.review",
 }
 
 

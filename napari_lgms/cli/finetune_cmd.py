@@ -2,17 +2,25 @@
 
     napari-lgms finetune --model NAME_OR_PATH (--corrections DIR | --images DIR --masks DIR)
                          [--unlabelled DIR] [--output DIR] [--time-budget SECONDS | --steps N]
-                         [--device cpu] [--preset fast]
+                         [--device cpu] [--preset fast] [--review DIR]
 
 Every correction is scored by a model that did not train on it (two-fold cross-fitting), and the
 verdict ("better", "no evidence either way", "worse") decides: only a better model is written,
 as ``NAME-ft-YYYYmmdd-HHMMSS`` into --output (default: the user model folder). Exit code 0 either
 way; the last line says what was decided. Fewer corrections than the check needs (five) are
 refused before any training.
+
+``--review DIR`` (with ``--unlabelled``): after the run, the unlabelled images whose masks the new
+model changes most are written to DIR as two pictures each, "A" and "B" (the image with each
+model's mask outlined; masks beside the image for volumes), in an order that does not say which
+model made which; the command asks which is better for each, and the answers can save a model
+the check could not vouch for, or withdraw one it did (:mod:`napari_lgms.training.review`).
 """
 from __future__ import annotations
 
 import argparse
+import io
+from pathlib import Path
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,6 +36,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--unlabelled", metavar="DIR",
                         help="images of the same domain without masks (the rest of the folder you segment)")
     parser.add_argument("--output", metavar="DIR", help="where the new version goes (default: user model folder)")
+    parser.add_argument("--review", metavar="DIR",
+                        help="after the run, compare both models' masks on the unlabelled images it changes "
+                             "most (pictures go to DIR) and answer which is better")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--time-budget", type=float, metavar="SECONDS", help="wall-clock budget for the whole run")
     budget.add_argument("--steps", type=int, help="optimiser steps of the final model (each of the two checks takes half as many)")
@@ -53,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give --corrections DIR, or both --images DIR and --masks DIR")
     if args.corrections and (args.images or args.masks):
         raise InputError("give either --corrections or --images/--masks, not both")
+    if args.review and not args.unlabelled:
+        raise InputError("--review compares the models on your unlabelled images: give --unlabelled DIR too")
+    if args.review and Path(args.review).expanduser().is_file():
+        raise InputError(f"--review {args.review} is a file; give a folder for the pictures to compare")
     generator = finetune_steps(
         args.model, corrections=args.corrections, images=args.images, masks=args.masks,
         unlabelled=args.unlabelled, output=args.output,
@@ -72,4 +87,101 @@ def run(args: argparse.Namespace) -> int:
     if result.saved:
         print(f"model: {result.card_path}")
     print(f"verdict: {result.verdict}: {result.message}")
+    if args.review:
+        review(result, args.unlabelled, args.review, args.model)
     return 0
+
+
+def review(result, unlabelled: str, folder: str, model: str) -> None:
+    """Ask which mask is better on the unlabelled images the new model changes most; print the outcome."""
+    import time
+
+    from napari_lgms._generators import every, run_to_end
+    from napari_lgms.errors import OutputError
+    from napari_lgms.io import read_image
+    from napari_lgms.training.data import visible_files
+    from napari_lgms.training.review import accept_review, review_items_steps
+
+    if result.candidate is None or result.verdict == "worse":
+        print("review: nothing to review (the run was stopped or its check found the new model worse)")
+        return
+    files = [p for p in visible_files(Path(unlabelled).expanduser()) if p.is_file()]
+    print(f"review: segmenting {len(files)} unlabelled image(s) with both models", flush=True)
+    images = [read_image(path) for path in files]
+    line_due = every(2.0, time.monotonic)
+
+    def report(progress) -> None:
+        if line_due() or progress.done == progress.total:
+            print(f"review: {progress.done}/{progress.total} segmented by both models", flush=True)
+
+    items = run_to_end(review_items_steps(result, images, names=[path.name for path in files], parent=model),
+                       report)
+    if not items:
+        print("review: the new model's masks match the current one's on these images: nothing to review")
+        return
+    destination = Path(folder).expanduser()
+    try:
+        destination.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or error
+        raise OutputError(f"cannot create the review folder {destination} ({reason})") from None
+    answers = []
+    for number, item in enumerate(items, 1):
+        pictures = write_pair(item, destination, number)
+        question = (f"[{number}/{len(items)}] {item.name}: {pictures[0].name} or {pictures[1].name}, "
+                    "which mask is better? (a / b / s for the same) ")
+        answers.append(ask(question))
+    reviewed = accept_review(result, items, answers)
+    if reviewed.saved:
+        print(f"model: {reviewed.card_path}")
+    print(f"after review: {reviewed.verdict}: {reviewed.message}")
+
+
+def ask(question: str) -> str:
+    """"A", "B" or "same" from the terminal; asks again until the answer is one of them."""
+    from napari_lgms.errors import InputError
+
+    while True:
+        try:
+            answer = input(question).strip().lower()
+        except EOFError:
+            raise InputError("--review asks which mask is better at the terminal, and its input ended: "
+                             "run it where you can answer, or without --review") from None
+        if answer in ("a", "b"):
+            return answer.upper()
+        if answer in ("s", "same"):
+            return "same"
+        print("answer a, b or s")
+
+
+def write_pair(item, folder, number: int):
+    """The review pictures of ``item``: PNGs of the image with mask A and with mask B outlined (2D),
+    or the two masks as NIfTI beside the image's geometry (3D); returns their paths."""
+    from napari_lgms.io import write_mask
+
+    stem = f"{number:02d}-{Path(item.name).stem}"
+    if item.first.ndim == 3:
+        reference = item.image if hasattr(item.image, "affine") else None
+        return [write_mask(labels, folder / f"{stem}-{side}.nii.gz", reference)
+                for side, labels in (("A", item.first), ("B", item.second))]
+    return [outlined(item.image, labels, folder / f"{stem}-{side}.png")
+            for side, labels in (("A", item.first), ("B", item.second))]
+
+
+def outlined(image, labels, path):
+    """Write ``image`` (2D grey or RGB) as an 8-bit RGB PNG with the outline of ``labels`` in yellow."""
+    import numpy as np
+    from PIL import Image
+    from skimage.segmentation import find_boundaries
+
+    from napari_lgms._atomic import atomic_write_bytes
+
+    array = np.asarray(getattr(image, "array", image), dtype=np.float32)
+    array = np.repeat(array[..., None], 3, axis=-1) if array.ndim == 2 else array[..., :3]
+    low, high = np.percentile(array, (0.5, 99.5))
+    rgb = (np.clip((array - low) / max(high - low, 1e-6), 0, 1) * 255).astype(np.uint8)
+    rgb[find_boundaries(np.asarray(labels), mode="thick")] = (255, 220, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path

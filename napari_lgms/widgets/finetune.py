@@ -11,7 +11,10 @@ after "Use new model", and returns every Segment widget to the parent model.
 The base model defaults to the model the corrections were made with; a store
 that mixes models or modalities gets a warning. With "Learn from the project's
 other images", the viewer's other image layers that fit the model go to the
-engine as unlabelled images. Every run and roll back goes to the session log.
+engine as unlabelled images. **Review on open images** (:mod:`._review`) then shows the open
+images the new model changes most, with its mask and the current one's as "A" and "B" in a hidden
+order; the answers can save a model the check could not vouch for, or withdraw a saved one. Every
+run, review and roll back goes to the session log.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
+    QWidget,
 )
 
 from napari_lgms.training.finetune_card import model_family
@@ -44,6 +48,7 @@ from napari_lgms.widgets._layout import (
     wrapping_label,
 )
 from napari_lgms.widgets._plot import TrainingPlot
+from napari_lgms.widgets._review import ReviewSession, reviewable
 from napari_lgms.widgets._session_log import append_record
 from napari_lgms.widgets._shared import (
     DEVICE_CHOICES,
@@ -79,6 +84,9 @@ def _score_of(metrics: dict[str, float] | None, metric: str) -> float | None:
 
 def verdict_text(result) -> str:
     """The run's verdict (a :class:`~napari_lgms.training.finetuning.FinetuneResult`) in words."""
+    if "review" in (result.evidence or {}):
+        said = result.message[0].upper() + result.message[1:]
+        return f"{said}. New model: {result.name}." if offered(result) else f"{said}."
     if offered(result):
         metric = (result.evidence or {}).get("metric", "dice")  # what the verdict judged: IoU, or Dice
         before, after = _score_of(result.metrics_before, metric), _score_of(result.metrics_after, metric)
@@ -104,7 +112,8 @@ def verdict_text(result) -> str:
     if count < minimum:
         return (f"No evidence either way: nothing saved; {count} correction{'s' if count != 1 else ''} "
                 f"cannot show it (the check needs {minimum}). Add corrections.")
-    return f"No evidence either way{spread}: nothing saved; the previous model is kept."
+    hint = " Review on open images can still show if the new one is better." if reviewable(result) else ""
+    return f"No evidence either way{spread}: nothing saved; the previous model is kept.{hint}"
 
 
 def _spread(evidence: dict) -> str:
@@ -120,7 +129,7 @@ def _spread(evidence: dict) -> str:
 
 def offered(result) -> bool:
     """A run offers a new model only when it saved one (the engine saves only a better one)."""
-    return result.saved and result.card_path is not None
+    return result is not None and result.saved and result.card_path is not None
 
 
 def _always_shown(record) -> bool:
@@ -212,8 +221,16 @@ class FinetuneLayout(DockBody):
                                            lines=4)
         self.use_button = QPushButton("Use new model")
         self.rollback_button = QPushButton("Roll back")
-        for button in (self.use_button, self.rollback_button):
+        self.review_button = QPushButton("Review on open images")
+        self.review_button.setToolTip(
+            "Compare the new model's masks with the current one's, without knowing which is which, on the "
+            "open images it changes most: your answers can save a model the check could not vouch for, "
+            "or withdraw one")
+        for button in (self.use_button, self.rollback_button, self.review_button):
             button.setEnabled(False)
+        self.a_button, self.b_button = QPushButton("A is better"), QPushButton("B is better")
+        self.same_button, self.flip_button = QPushButton("Same"), QPushButton("Flip A/B")
+        self.stop_review_button = QPushButton("Stop review")
         for combo in (self.model_combo, self.source_combo, self.budget_combo, self.device_combo):
             narrow_combo(combo)
 
@@ -246,6 +263,14 @@ class FinetuneLayout(DockBody):
         footer.addWidget(self.time_label)
         footer.addWidget(self.status_label)
         footer.addLayout(button_row(self.use_button, self.rollback_button))
+        footer.addWidget(self.review_button)
+        self.review_panel = QWidget()
+        review = QVBoxLayout(self.review_panel)
+        review.setContentsMargins(0, 0, 0, 0)
+        review.addLayout(button_row(self.a_button, self.b_button, self.same_button))
+        review.addLayout(button_row(self.flip_button, self.stop_review_button))
+        self.review_panel.setVisible(False)
+        footer.addWidget(self.review_panel)
         self.scroll = scrolling_dock(self, body, footer, stretch=False)
 
 
@@ -262,6 +287,13 @@ class FinetuneWidget(FinetuneLayout):
         self._entries: list = []  # the store's entries, read once per store change (set_store_root)
         self.lay_out()
         self.session = FinetuneSession(self)
+        self.review = ReviewSession(self, self.session)
+        self.review_button.clicked.connect(self.review.start)
+        self.a_button.clicked.connect(lambda: self.review.answer("A"))
+        self.b_button.clicked.connect(lambda: self.review.answer("B"))
+        self.same_button.clicked.connect(lambda: self.review.answer("same"))
+        self.flip_button.clicked.connect(self.review.flip)
+        self.stop_review_button.clicked.connect(self.review.stop)
         self.store_button.clicked.connect(self._pick_store)
         self.extra_button.clicked.connect(self._pick_extra)
         self.budget_combo.currentIndexChanged.connect(self._budget_changed)
@@ -277,6 +309,17 @@ class FinetuneWidget(FinetuneLayout):
         connect_while_alive(hub.models_changed, self, self.refresh_models)
         connect_while_alive(hub.store_changed, self, self.set_store_root)
         connect_while_alive(napari_viewer.layers.events.inserted, self, self._image_added)
+
+    def set_reviewing(self, on: bool, asking: bool = False) -> None:
+        """The buttons during a review (``asking``: an image is shown), and as the run left them after it."""
+        self.review_panel.setVisible(on)
+        for button in (self.a_button, self.b_button, self.same_button, self.flip_button):
+            button.setEnabled(asking)
+        self.start_button.setEnabled(not on)
+        result = self.session.result
+        self.use_button.setEnabled(not on and offered(result))
+        self.rollback_button.setEnabled(not on and offered(result))
+        self.review_button.setEnabled(not on and reviewable(result))
 
     # what tests and other widgets read; the buttons' actions
     task = property(lambda self: self.session.task)
@@ -409,28 +452,23 @@ class FinetuneWidget(FinetuneLayout):
         self.budget_combo.setCurrentText(BUDGET_MINUTES)
         self.minutes_spin.setValue(FAST_MINUTES if checked else DEFAULT_MINUTES)
 
-    def unlabelled_images(self, choice) -> list:
-        """The viewer's image layers that fit ``choice`` (its dimensions and channels), not corrected ones,
-        spatial axes first and channels last, with their spacing in mm where the layer has one (an
-        ``ImageData``), else as arrays; at most :data:`MAX_UNLABELLED`."""
-        from napari_lgms.io.image import ImageData
-
+    def unlabelled_layers(self, choice) -> list:
+        """The viewer's image layers that fit ``choice`` (its dimensions and channels), not corrected
+        ones; at most :data:`MAX_UNLABELLED`."""
         corrected = {(entry.geometry or {}).get("layer") for entry in self._store_entries()}
-        images = []
+        layers = []
         for layer in self.viewer.layers:
-            if type(layer).__name__ != "Image" or layer.name in corrected or len(images) >= MAX_UNLABELLED:
+            if type(layer).__name__ != "Image" or layer.name in corrected or len(layers) >= MAX_UNLABELLED:
                 continue
             spatial_ndim, channels = image_kind(layer)
-            if layer.ndim != choice.spatial_dims or channels != choice.in_channels:
-                continue
-            array = geo.image_array(layer)
-            array = array[..., 0] if getattr(layer, "rgb", False) and channels == 1 else array
-            spacing = geo.spacing_in_mm(layer, list(range(spatial_ndim)))
-            axes = "ZYX"[-spatial_ndim:] + ("C" if array.ndim > spatial_ndim else "")
-            images.append(array if spacing is None else ImageData(
-                array=array, axes=axes, spacing=spacing, units=("mm",) * spatial_ndim, affine=None, source=None,
-                format="napari"))
-        return images
+            if layer.ndim == choice.spatial_dims and channels == choice.in_channels:
+                layers.append(layer)
+        return layers
+
+    def unlabelled_images(self, choice) -> list:
+        """:meth:`unlabelled_layers` as the engine takes them: spatial axes first and channels last,
+        with their spacing in mm where the layer has one (an ``ImageData``), else as arrays."""
+        return [layer_image(layer, choice) for layer in self.unlabelled_layers(choice)]
 
     def options(self) -> dict:
         """The keyword arguments of ``finetune_steps`` from the widget's fields (``model`` included)."""
@@ -465,6 +503,22 @@ class FinetuneWidget(FinetuneLayout):
         }
 
 
+def layer_image(layer, choice):
+    """An image layer's pixels for a model of ``choice``: spatial axes first, channels last, a grey
+    image stored as RGB as one channel; an ``ImageData`` with its spacing in mm where it has one."""
+    from napari_lgms.io.image import ImageData
+
+    spatial_ndim, channels = image_kind(layer)
+    array = geo.image_array(layer)
+    array = array[..., 0] if getattr(layer, "rgb", False) and choice.in_channels == 1 else array
+    spacing = geo.spacing_in_mm(layer, list(range(spatial_ndim)))
+    if spacing is None:
+        return array
+    axes = "ZYX"[-spatial_ndim:] + ("C" if array.ndim > spatial_ndim else "")
+    return ImageData(array=array, axes=axes, spacing=spacing, units=("mm",) * spatial_ndim, affine=None,
+                     source=None, format="napari")
+
+
 class FinetuneSession:
     """One Fine-tune widget's runs: the worker, the clock, the verdict, Use / Roll back, the log."""
 
@@ -485,6 +539,11 @@ class FinetuneSession:
     @property
     def running(self) -> bool:
         return self.task is not None and not self.task.finished
+
+    @property
+    def base(self):
+        """The base model (a ModelChoice) of the last run: the model a review compares with."""
+        return self._base
 
     def _call(self):
         """(model source, keyword arguments, settings for the log) of the run the widget describes."""
@@ -512,7 +571,7 @@ class FinetuneSession:
         self.result, self._base, self._saving_to, self._phase = None, ui.base_choice(), None, "starting"
         self._said = ""
         ui.plot.clear()
-        for button in (ui.use_button, ui.rollback_button, ui.start_button):
+        for button in (ui.use_button, ui.rollback_button, ui.start_button, ui.review_button):
             button.setEnabled(False)
         ui.cancel_button.setEnabled(True)
         ui.status_label.setText(f"Fine-tuning {self._base.name}…")
@@ -579,6 +638,7 @@ class FinetuneSession:
         ui.status_label.setToolTip(result.message)  # the engine's evidence, on demand
         ui.use_button.setEnabled(offered(result))
         ui.rollback_button.setEnabled(offered(result))
+        ui.review_button.setEnabled(reviewable(result))
         self._log("fine-tune", self._base.name, self.estimate.elapsed(), {
             "outcome": "done", "verdict": result.verdict, "saved": result.saved,
             "new_model": result.name if offered(result) else None,
@@ -589,6 +649,16 @@ class FinetuneSession:
         })
         if result.saved:
             hub.models_changed.emit()
+
+    def reviewed(self, result) -> None:
+        """Main thread: the run's outcome after the user's review."""
+        ui = self.widget
+        self.result = result
+        ui.status_label.setText(verdict_text(result))
+        ui.status_label.setToolTip(result.message)
+        ui.use_button.setEnabled(offered(result))
+        ui.rollback_button.setEnabled(offered(result))
+        ui.review_button.setEnabled(False)  # one review per run: answers are not taken back
 
     def _log(self, action: str, model: str, seconds, result: dict) -> None:
         settings = {**self._settings, "base_source": self._base.source if self._base else None}
@@ -616,8 +686,8 @@ class FinetuneSession:
         self._log("roll back", card.stem, time.monotonic() - started,
                   {"deleted": str(card), "back_to": self._base.name})
         self.result = None
-        self.widget.use_button.setEnabled(False)
-        self.widget.rollback_button.setEnabled(False)
+        for button in (self.widget.use_button, self.widget.rollback_button, self.widget.review_button):
+            button.setEnabled(False)
 
     def fail(self, error: BaseException) -> None:
         notify_error(error)
