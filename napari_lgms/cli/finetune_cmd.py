@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import re
 from pathlib import Path
 
 
@@ -159,7 +160,8 @@ def write_pair(item, folder, number: int):
     or the two masks as NIfTI beside the image's geometry (3D); returns their paths."""
     from napari_lgms.io import write_mask
 
-    stem = f"{number:02d}-{Path(item.name).stem}"
+    base = re.sub(r"(\.nii)?\.[^.]*$", "", item.name)  # scan.nii.gz -> scan
+    stem = f"{number:02d}-{base}"
     if item.first.ndim == 3:
         reference = item.image if hasattr(item.image, "affine") else None
         return [write_mask(labels, folder / f"{stem}-{side}.nii.gz", reference)
