@@ -207,3 +207,35 @@ def test_cli_review_writes_the_pictures_asks_and_reports(parent, tmp_path, capsy
     at = arguments.index("--unlabelled")
     assert main(arguments[:at] + arguments[at + 2:]) == 2
     assert "give --unlabelled DIR too" in capsys.readouterr().err
+
+
+def test_volumes_are_reviewed_whole_at_their_spacing_and_written_as_nifti(tiny_model, tmp_path):
+    import copy
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from napari_lgms.cli.finetune_cmd import write_pair
+    from napari_lgms.io import read_image
+    from napari_lgms.io.image import ImageData
+    from napari_lgms.training.review import review_items
+    from napari_lgms.zoo import LoadedModel
+
+    parent = tiny_model(spatial_dims=3, num_classes=3)
+    network = copy.deepcopy(parent.network)
+    with torch.no_grad():
+        network.head.bias[1] += 3.0  # the new model calls more voxels class 1
+    card = replace(parent.card, lineage={"parent": "tiny-test"})
+    result = SimpleNamespace(candidate=LoadedModel(network, card, None, "user"))
+    rng = np.random.default_rng(0)
+    volumes = [ImageData(array=rng.normal(50, 10, (12, 16, 20)).astype(np.float32), axes="ZYX",
+                         spacing=(2.0, 1.0, 1.0), units=("mm",) * 3, affine=None, source=None, format="test")
+               for _ in range(2)]
+    items = review_items(result, volumes + [rng.normal(size=(32, 32))],
+                         names=["v0.nii.gz", "v1.nii.gz", "flat"], parent=parent)
+    assert sorted(item.name for item in items) == ["v0.nii.gz", "v1.nii.gz"], "the 2D image is skipped"
+    assert all(item.first.shape == (12, 16, 20) and item.changed > 0 for item in items)
+    pictures = write_pair(items[0], tmp_path, 1)
+    stem = items[0].name[:2]  # v0 or v1: scan.nii.gz -> scan
+    assert [p.name for p in pictures] == [f"01-{stem}-A.nii.gz", f"01-{stem}-B.nii.gz"]
+    written = read_image(pictures[0])
+    assert written.array.shape == (12, 16, 20) and tuple(written.spacing) == (2.0, 1.0, 1.0)
