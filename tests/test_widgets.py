@@ -629,6 +629,7 @@ def test_a_blind_review_on_the_open_images_can_save_the_new_model(make_napari_vi
     assert [layer.visible for layer in images] == [True, False, False, False], "the image judged, alone"
     assert not labels.visible, "no other mask in view to tell which is which"
     assert viewer.layers[LAYER_A].visible and not viewer.layers[LAYER_B].visible
+    assert viewer.layers[LAYER_A].contour > 0, "outlined: the image under the mask stays visible"
     finetune.flip_button.click()
     assert not viewer.layers[LAYER_A].visible and viewer.layers[LAYER_B].visible
     for button in (finetune.a_button, finetune.b_button, finetune.a_button):  # the new mask each time

@@ -3,7 +3,7 @@
 :class:`ReviewSession` runs :func:`napari_lgms.training.review.review_items_steps` in a thread
 worker over the viewer's image layers that fit the model (not the corrected ones), then shows each
 chosen image alone (every other layer hidden: another mask in view could tell which is new) with
-the two masks as labels layers "review A" and "review B", one visible at a time (Flip swaps them),
+the two masks as outlined labels layers "review A" and "review B", one visible at a time (Flip swaps them),
 asks which is better, and hands the answers to :func:`~napari_lgms.training.review.accept_review`,
 which saves a model the review confirms or deletes a saved one it contradicts. Stop ends a review
 with nothing changed; either way the review layers go and every layer's visibility comes back.
@@ -18,6 +18,19 @@ from napari_lgms.widgets._shared import hub
 from napari_lgms.widgets._workers import notify_error, one_line, start_engine_task
 
 LAYER_A, LAYER_B = "review A", "review B"
+
+
+OUTLINE_WIDTH = 2  # pixels: the image under a mask stays visible, as in the command line's pictures
+BRIGHT = ("yellow", "cyan", "magenta", "lime")
+
+
+def outline_colours(classes: int):
+    """A labels colormap in colours that stand out on ultrasound, endoscopy and MRI alike."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colours = {None: "transparent", 0: "transparent"}
+    colours.update({label: BRIGHT[(label - 1) % len(BRIGHT)] for label in range(1, max(classes, 1) + 1)})
+    return DirectLabelColormap(color_dict=colours)
 
 
 def reviewable(result) -> bool:
@@ -89,8 +102,9 @@ class ReviewSession:
         for name, labels, visible in ((LAYER_A, item.first, True), (LAYER_B, item.second, False)):
             if name in ui.viewer.layers:
                 ui.viewer.layers.remove(name)
-            layer = ui.viewer.add_labels(labels.astype("uint8", copy=False), name=name, opacity=0.5,
+            layer = ui.viewer.add_labels(labels.astype("uint8", copy=False), name=name, opacity=1.0,
                                          **geometry)
+            layer.colormap, layer.contour = outline_colours(int(labels.max())), OUTLINE_WIDTH
             layer.visible = visible
         ui.viewer.reset_view()
         ui.set_reviewing(True, asking=True)
