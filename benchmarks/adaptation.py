@@ -284,9 +284,10 @@ def simulated_review(result, parent, pool: list, seed: int, count: int, output: 
     the decisions had the user stopped after the 4, 6... most changed images."""
     from types import SimpleNamespace
 
-    from napari_lgms.training.review import accept_review, review_items, review_verdict, reviewed_decision
+    from napari_lgms.training.review import (accept_review, review_items, review_verdict, reviewable,
+                                             reviewed_decision)
 
-    if not count or result.candidate is None or result.verdict == "worse" or not pool:
+    if not count or not reviewable(result) or not pool:
         return None
     images = [SimpleNamespace(array=item.image, spacing=item.spacing) for item in pool]
     items = review_items(result, images, names=[item.name for item in pool],

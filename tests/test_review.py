@@ -32,6 +32,19 @@ def test_mask_change_is_the_share_of_the_foreground_union_that_differs():
     assert mask_change(a, 1 - a) == 1.0
 
 
+def test_a_stopped_run_or_a_worse_check_has_nothing_to_review():
+    from types import SimpleNamespace
+
+    from napari_lgms.training.review import review_items, reviewable
+
+    assert reviewable(SimpleNamespace(candidate=object(), verdict="no evidence"))
+    for result in (SimpleNamespace(candidate=None, verdict="no evidence"),
+                   SimpleNamespace(candidate=object(), verdict="worse")):
+        assert not reviewable(result)
+        with pytest.raises(InputError, match="no new model to review"):
+            review_items(result, [np.zeros((8, 8))])
+
+
 def test_the_sign_test_is_exact():
     from napari_lgms.training.review import sign_test_p
 
@@ -225,7 +238,7 @@ def test_volumes_are_reviewed_whole_at_their_spacing_and_written_as_nifti(tiny_m
     with torch.no_grad():
         network.head.bias[1] += 3.0  # the new model calls more voxels class 1
     card = replace(parent.card, lineage={"parent": "tiny-test"})
-    result = SimpleNamespace(candidate=LoadedModel(network, card, None, "user"))
+    result = SimpleNamespace(candidate=LoadedModel(network, card, None, "user"), verdict="no evidence")
     rng = np.random.default_rng(0)
     volumes = [ImageData(array=rng.normal(50, 10, (12, 16, 20)).astype(np.float32), axes="ZYX",
                          spacing=(2.0, 1.0, 1.0), units=("mm",) * 3, affine=None, source=None, format="test")

@@ -81,6 +81,12 @@ class ReviewVerdict:
                 "same": self.same, "p_value": self.p_value}
 
 
+def reviewable(result) -> bool:
+    """Whether a run's new model can be reviewed: it has one (the run was not stopped) and the
+    check did not find it worse (a "worse" check stands whatever a review says)."""
+    return getattr(result, "candidate", None) is not None and result.verdict != "worse"
+
+
 def mask_change(first: np.ndarray, second: np.ndarray) -> float:
     """The fraction of the two label images' foreground union whose label differs (0: identical)."""
     first, second = np.asarray(first), np.asarray(second)
@@ -112,8 +118,8 @@ def review_items_steps(result, images: Sequence, *, names: Sequence[str] | None 
     """
     from napari_lgms import load_model, segment
 
-    if result.candidate is None:
-        raise InputError("this run has no new model to review (it was stopped before the end)")
+    if not reviewable(result):
+        raise InputError("this run has no new model to review (it was stopped, or its check found it worse)")
     candidate = result.candidate
     if parent is None:
         lineage = candidate.card.lineage or {}

@@ -19,7 +19,6 @@ the check could not vouch for, or withdraw one it did (:mod:`napari_lgms.trainin
 from __future__ import annotations
 
 import argparse
-import io
 import re
 from pathlib import Path
 
@@ -69,9 +68,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--review compares the models on your unlabelled images: give --unlabelled DIR too")
     if args.review and Path(args.review).expanduser().is_file():
         raise InputError(f"--review {args.review} is a file; give a folder for the pictures to compare")
+    unlabelled = read_unlabelled(args.unlabelled) if args.review else args.unlabelled  # read once for both
     generator = finetune_steps(
         args.model, corrections=args.corrections, images=args.images, masks=args.masks,
-        unlabelled=args.unlabelled, output=args.output,
+        unlabelled=unlabelled, output=args.output,
         time_budget=args.time_budget, steps=args.steps, device=args.device, preset=args.preset,
         freeze_encoder=args.freeze_encoder, lr=args.lr, batch_size=args.batch_size, seed=args.seed, name=args.name,
         require_evidence=True,
@@ -89,34 +89,42 @@ def run(args: argparse.Namespace) -> int:
         print(f"model: {result.card_path}")
     print(f"verdict: {result.verdict}: {result.message}")
     if args.review:
-        review(result, args.unlabelled, args.review, args.model)
+        review(result, unlabelled, args.review, args.model)
     return 0
 
 
-def review(result, unlabelled: str, folder: str, model: str) -> None:
-    """Ask which mask is better on the unlabelled images the new model changes most; print the outcome."""
+def read_unlabelled(folder: str) -> list:
+    """Every image of ``folder`` (:class:`~napari_lgms.io.image.ImageData`, with its file name as
+    ``source``); a folder that is not one is left to the fine-tune's own one-line error."""
+    from napari_lgms.io import read_image
+    from napari_lgms.training.data import visible_files
+
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        return folder
+    return [read_image(p) for p in visible_files(path) if p.is_file()]
+
+
+def review(result, images: list, folder: str, model: str) -> None:
+    """Ask which mask is better on the unlabelled ``images`` the new model changes most; print the outcome."""
     import time
 
     from napari_lgms._generators import every, run_to_end
     from napari_lgms.errors import OutputError
-    from napari_lgms.io import read_image
-    from napari_lgms.training.data import visible_files
-    from napari_lgms.training.review import accept_review, review_items_steps
+    from napari_lgms.training.review import accept_review, review_items_steps, reviewable
 
-    if result.candidate is None or result.verdict == "worse":
+    if not reviewable(result):
         print("review: nothing to review (the run was stopped or its check found the new model worse)")
         return
-    files = [p for p in visible_files(Path(unlabelled).expanduser()) if p.is_file()]
-    print(f"review: segmenting {len(files)} unlabelled image(s) with both models", flush=True)
-    images = [read_image(path) for path in files]
+    print(f"review: segmenting {len(images)} unlabelled image(s) with both models", flush=True)
     line_due = every(2.0, time.monotonic)
 
     def report(progress) -> None:
         if line_due() or progress.done == progress.total:
             print(f"review: {progress.done}/{progress.total} segmented by both models", flush=True)
 
-    items = run_to_end(review_items_steps(result, images, names=[path.name for path in files], parent=model),
-                       report)
+    names = [Path(str(image.source)).name for image in images]
+    items = run_to_end(review_items_steps(result, images, names=names, parent=model), report)
     if not items:
         print("review: the new model's masks match the current one's on these images: nothing to review")
         return
@@ -173,17 +181,14 @@ def write_pair(item, folder, number: int):
 def outlined(image, labels, path):
     """Write ``image`` (2D grey or RGB) as an 8-bit RGB PNG with the outline of ``labels`` in yellow."""
     import numpy as np
-    from PIL import Image
     from skimage.segmentation import find_boundaries
 
-    from napari_lgms._atomic import atomic_write_bytes
+    from napari_lgms.io.raster import write_png
 
     array = np.asarray(getattr(image, "array", image), dtype=np.float32)
     array = np.repeat(array[..., None], 3, axis=-1) if array.ndim == 2 else array[..., :3]
     low, high = np.percentile(array, (0.5, 99.5))
     rgb = (np.clip((array - low) / max(high - low, 1e-6), 0, 1) * 255).astype(np.uint8)
     rgb[find_boundaries(np.asarray(labels), mode="thick")] = (255, 220, 0)
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
+    write_png(rgb, path)
     return path

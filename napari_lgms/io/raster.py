@@ -120,8 +120,13 @@ def read_raster_labels(path: str | Path) -> np.ndarray:
 
 def write_png_mask(labels: np.ndarray, path: Path) -> None:
     """2D uint8/uint16 labels -> grey PNG with the exact label values."""
+    write_png(labels, path)
+
+
+def write_png(pixels: np.ndarray, path: Path) -> None:
+    """(H, W) uint8/uint16 grey or (H, W, 3) uint8 RGB pixels -> a PNG, written atomically."""
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(labels)).save(buffer, format="PNG")
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())

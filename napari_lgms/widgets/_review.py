@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+from napari_lgms.training.review import reviewable
 from napari_lgms.widgets import _layer_geometry as geo
 from napari_lgms.widgets._session_log import append_record
 from napari_lgms.widgets._shared import hub
@@ -33,11 +34,6 @@ def outline_colours(classes: int):
     return DirectLabelColormap(color_dict=colours)
 
 
-def reviewable(result) -> bool:
-    """A run whose new model can be reviewed: it has one, and its check did not find it worse."""
-    return getattr(result, "candidate", None) is not None and result.verdict != "worse"
-
-
 class ReviewSession:
     """One review of a fine-tune's new model (see the module docstring)."""
 
@@ -47,7 +43,7 @@ class ReviewSession:
         self.task = None
         self.items: list = []
         self.answers: list[str] = []
-        self._layers: dict = {}  # item index -> the image layer it came from
+        self._layers: list = []  # the image layers reviewed, in the order the engine got them
         self._visible: dict = {}  # layer -> its visibility before the review
         self._started = 0.0
 
@@ -69,7 +65,7 @@ class ReviewSession:
             return
         images = [layer_image(layer, base) for layer in layers]
         names = [layer.name for layer in layers]
-        self._layers = dict(enumerate(layers))
+        self._layers = layers
         self._started = time.monotonic()
         ui.set_reviewing(True, asking=False)
         ui.status_label.setText(f"Segmenting {len(layers)} open image(s) with both models…")
@@ -106,7 +102,7 @@ class ReviewSession:
                                          **geometry)
             layer.colormap, layer.contour = outline_colours(int(labels.max())), OUTLINE_WIDTH
             layer.visible = visible
-        ui.viewer.reset_view()
+        ui.viewer.reset_view(layers=[image_layer])  # the image judged fills the canvas
         ui.set_reviewing(True, asking=True)
         ui.status_label.setText(f"Image {number + 1} of {len(self.items)} ({item.name}): which mask is "
                                 "better? A is shown; Flip shows B. The masks do not say which model made "
@@ -168,7 +164,7 @@ class ReviewSession:
         for layer, visible in self._visible.items():
             if layer in viewer.layers:
                 layer.visible = visible
-        self.items, self.answers, self._visible, self._layers = [], [], {}, {}
+        self.items, self.answers, self._visible, self._layers = [], [], {}, []
         self.widget.set_reviewing(False)
 
     def _failed(self, error: BaseException) -> None:

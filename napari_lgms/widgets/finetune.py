@@ -48,7 +48,8 @@ from napari_lgms.widgets._layout import (
     wrapping_label,
 )
 from napari_lgms.widgets._plot import TrainingPlot
-from napari_lgms.widgets._review import ReviewSession, reviewable
+from napari_lgms.training.review import reviewable
+from napari_lgms.widgets._review import ReviewSession
 from napari_lgms.widgets._session_log import append_record
 from napari_lgms.widgets._shared import (
     DEVICE_CHOICES,
