@@ -6,14 +6,17 @@ import json
 from pathlib import Path
 
 
-def parse_options(doc: str) -> argparse.Namespace:
-    """``--threads`` (also applied to torch), ``--repeats`` and ``--output``; ``doc``: the script's docstring."""
+def parse_options(doc: str, add_arguments=None) -> argparse.Namespace:
+    """``--threads`` (also applied to torch), ``--repeats`` and ``--output``; ``doc``: the script's
+    docstring; ``add_arguments(parser)``: the script's own options."""
     import torch
 
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", type=Path, help="also write the rows as JSON")
+    if add_arguments is not None:
+        add_arguments(parser)
     options = parser.parse_args()
     torch.set_num_threads(options.threads)
     return options

@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from napari_lgms.errors import InputError
+from napari_lgms.models.layout import channels_last_input
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
@@ -32,6 +33,33 @@ def conv(spatial_dims: int, c_in: int, c_out: int, kernel_size: int = 3, *, stri
         padding = kernel_size // 2
     return _CONV[_check(spatial_dims)](c_in, c_out, kernel_size, stride=stride, padding=padding,
                                        groups=groups, bias=bias)
+
+
+class _LayoutChoice:
+    """A depthwise convolution that can run on a channels-last copy of its input (``channels_last``,
+    set by :mod:`napari_lgms.models.layout` where it pays) and returns a standard-layout tensor;
+    a plain Conv2d/Conv3d otherwise, with the same parameter names."""
+
+    channels_last = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.channels_last:
+            return super().forward(x)
+        return super().forward(channels_last_input(x)).contiguous()
+
+
+class DepthwiseConv2d(_LayoutChoice, nn.Conv2d):
+    pass
+
+
+class DepthwiseConv3d(_LayoutChoice, nn.Conv3d):
+    pass
+
+
+def depthwise_conv(spatial_dims: int, channels: int, kernel_size: int, *, bias: bool = True) -> nn.Module:
+    """A depthwise ``kernel_size`` convolution, "same" padding: (N, C, *S) -> (N, C, *S)."""
+    kind = {2: DepthwiseConv2d, 3: DepthwiseConv3d}[_check(spatial_dims)]
+    return kind(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=bias)
 
 
 def conv_transpose(spatial_dims: int, c_in: int, c_out: int, kernel_size: int = 2, *, stride: int = 2,

@@ -43,9 +43,7 @@ class LocalMultiScale(nn.Module):
             raise InputError(f"an LMS block needs a channel count divisible by 4, got {channels}")
         group = channels // 4
         self.group_channels = group
-        self.depthwise = nn.ModuleList(
-            layers.conv(spatial_dims, group, group, k, groups=group, bias=True) for k in LMS_KERNELS
-        )
+        self.depthwise = nn.ModuleList(layers.depthwise_conv(spatial_dims, group, k) for k in LMS_KERNELS)
         self.norm = nn.GroupNorm(4, channels)
         self.act = nn.GELU()
         self.squeeze = ConvNormAct(spatial_dims, channels, group, 1, norm=norm)
@@ -67,7 +65,7 @@ class DepthwiseBranch(nn.Module):
     def __init__(self, spatial_dims: int, channels: int):
         super().__init__()
         self.body = nn.Sequential(
-            layers.conv(spatial_dims, channels, channels, 3, groups=channels, bias=False),
+            layers.depthwise_conv(spatial_dims, channels, 3, bias=False),
             layers.batch_norm(spatial_dims, channels),
             nn.ReLU(inplace=True),
             layers.conv(spatial_dims, channels, channels, 1, groups=channels, bias=False),
