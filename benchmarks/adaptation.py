@@ -252,7 +252,9 @@ def run_draw(case: Case, parent, parent_scores: ParentScores, items: list[Item],
                           output=Path(tmp) / "models", seed=seed, **extra)
         wall = time.monotonic() - started
         candidate = result.candidate
-        review = simulated_review(result, parent, pool, seed, options.review, Path(tmp) / "models")
+        pictures = options.review_pictures
+        review = simulated_review(result, parent, pool, seed, options.review, Path(tmp) / "models",
+                                  pictures=None if pictures is None else pictures / f"{case.model}-{seed}")
     parent_rest = [parent_scores(item) for item in rest]
     candidate_rest = [score(candidate, item) for item in rest]
     before, candidate_score = float(np.mean(parent_rest)), float(np.mean(candidate_rest))
@@ -276,12 +278,16 @@ def run_draw(case: Case, parent, parent_scores: ParentScores, items: list[Item],
 REVIEW_VISIBLE = 0.05  # score difference at which the simulated reviewer prefers one mask
 
 
-def simulated_review(result, parent, pool: list, seed: int, count: int, output: Path) -> dict | None:
+def simulated_review(result, parent, pool: list, seed: int, count: int, output: Path,
+                     pictures: Path | None = None) -> dict | None:
     """The run after a user's blind A/B review (:mod:`napari_lgms.training.review`) of the ``count``
     unlabelled images whose masks the candidate changes most, the user played by the truth: the
     mask that scores :data:`REVIEW_VISIBLE` more is preferred, else "same". None when there is no
     review to make (``count`` 0, no candidate, a "worse" check, no unlabelled images). ``fewer``:
-    the decisions had the user stopped after the 4, 6... most changed images."""
+    the decisions had the user stopped after the 4, 6... most changed images. ``pictures``: a folder
+    to write each item's two pictures into (``01-A.png``, ``01-B.png``...; the image with the mask
+    outlined, as ``napari-lgms finetune --review`` shows them) for a person to answer blind; the
+    result's ``items`` then hold what scoring those answers needs (``benchmarks/review_by_eye.py``)."""
     from types import SimpleNamespace
 
     from napari_lgms.training.review import (accept_review, review_items, review_verdict, reviewable,
@@ -292,20 +298,29 @@ def simulated_review(result, parent, pool: list, seed: int, count: int, output: 
     images = [SimpleNamespace(array=item.image, spacing=item.spacing) for item in pool]
     items = review_items(result, images, names=[item.name for item in pool],
                          parent=parent, count=count, seed=seed)
-    answers = []
-    for entry in items:
+    answers, keys = [], []
+    for number, entry in enumerate(items, 1):
         truth = pool[entry.index]
         first, second = (mask_score(labels, truth.mask, parent.card.num_classes)
                          for labels in (entry.first, entry.second))
         answers.append("A" if first - second > REVIEW_VISIBLE else "B" if second - first > REVIEW_VISIBLE
                        else "same")
+        keys.append({"name": entry.name, "new_is_first": entry.new_is_first, "first": first,
+                     "second": second, "changed": entry.changed})
+        if pictures is not None:
+            from napari_lgms.cli.finetune_cmd import outlined
+
+            pictures.mkdir(parents=True, exist_ok=True)
+            for side, labels in (("A", entry.first), ("B", entry.second)):
+                outlined(images[entry.index], labels, pictures / f"{number:02d}-{side}.png")
     reviewed = accept_review(result, items, answers, output=output)
     found = reviewed.evidence["review"]
     fewer = {str(n): reviewed_decision(result.verdict, review_verdict(items[:n], answers[:n]))
              for n in range(4, len(items), 2)}  # the same review stopped after the n most changed images
     return {"verdict": reviewed.verdict, "saved": reviewed.saved, "images": len(items),
             "new_better": found["new_better"], "old_better": found["old_better"], "same": found["same"],
-            "fewer": fewer}
+            "fewer": fewer, "answers": answers, "items": keys,
+            **({"pictures": str(pictures)} if pictures is not None else {})}
 
 
 def reviewed_line(review: dict | None) -> str:
@@ -500,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--review", type=int, default=0, metavar="N",
                         help="after each run, a simulated user reviews the N unlabelled images the new "
                              "model changes most (0: no review)")
+    parser.add_argument("--review-pictures", type=Path, metavar="DIR",
+                        help="with --review: also write each draw's review pictures into DIR/<model>-<seed>/ "
+                             "for a person to answer blind (benchmarks/review_by_eye.py scores the answers)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, help="write the table and every draw as JSON")
     parser.add_argument("--ceilings", type=Path, metavar="JSON",

@@ -147,10 +147,18 @@ def test_the_simulated_reviewer_prefers_the_mask_closer_to_the_truth(benchmark, 
     monkeypatch.setattr(review, "accept_review", accept)
     parent = SimpleNamespace(card=SimpleNamespace(num_classes=1))
     result = SimpleNamespace(candidate=object(), verdict="no evidence")
-    found = benchmark.simulated_review(result, parent, pool, seed=0, count=6, output=tmp_path)
+    found = benchmark.simulated_review(result, parent, pool, seed=0, count=6, output=tmp_path,
+                                       pictures=tmp_path / "pictures")
     assert taken["answers"] == ["A", "B", "same"] and taken["output"] == tmp_path
+    keys = found.pop("items")
     assert found == {"verdict": "no evidence", "saved": False, "images": 3, "new_better": 1, "old_better": 1,
-                     "same": 1, "fewer": {}}
+                     "same": 1, "fewer": {}, "answers": ["A", "B", "same"],
+                     "pictures": str(tmp_path / "pictures")}
+    assert [key["new_is_first"] for key in keys] == [True, True, False]
+    assert keys[0]["first"] == pytest.approx(30 / 36, abs=1e-4)
+    assert keys[0]["second"] == pytest.approx(0, abs=1e-4)
+    written = sorted(p.name for p in (tmp_path / "pictures").iterdir())
+    assert written == ["01-A.png", "01-B.png", "02-A.png", "02-B.png", "03-A.png", "03-B.png"]
     worse = SimpleNamespace(candidate=object(), verdict="worse")
     assert benchmark.simulated_review(worse, parent, pool, 0, 6, tmp_path) is None, "a worse check: no review"
     rows = [{"verdict": "no evidence", "gain": 0.0, "agrees": False,
@@ -159,3 +167,27 @@ def test_the_simulated_reviewer_prefers_the_mask_closer_to_the_truth(benchmark, 
     summary = benchmark.reviewed_summary(rows)["reviewed"]
     assert summary["mean_gain"] == pytest.approx(0.03) and summary["agreement"] == 1.0
     assert summary["verdicts"] == {"better": 1, "no evidence": 0, "worse": 1} and summary["images"] == 3.0
+
+
+def test_a_persons_answers_are_scored_through_the_hidden_order(tmp_path, capsys):
+    path = Path(__file__).parents[1] / "benchmarks" / "review_by_eye.py"
+    spec = importlib.util.spec_from_file_location("review_by_eye", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    items = [{"name": f"image {i}", "new_is_first": i % 2 == 0, "first": 0.5, "second": 0.5, "changed": 0.1}
+             for i in range(4)]
+    draw = {"seed": 7, "verdict": "no evidence", "gain": 0.0, "agrees": False, "candidate_gain": 0.06,
+            "review": {"items": items, "answers": ["A", "B", "A", "B"], "pictures": str(tmp_path / "m-7")}}
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"table": [{"case": "shift", "draws": [draw]}]}))
+    (tmp_path / "m-7").mkdir()
+    (tmp_path / "m-7" / "answers.txt").write_text("a\nb  # the outline hugs the lesion\na\ns\n")
+    assert module.main(["--run", str(run), "--answers", str(tmp_path), "--output", str(tmp_path / "eye.json")]) == 0
+    row = json.loads((tmp_path / "eye.json").read_text())["draws"][0]
+    assert row["truth_played"] == {"new": 4, "old": 0, "same": 0, "decision": "better", "gain": 0.06,
+                                   "agrees": True}
+    assert (row["eye"]["new"], row["eye"]["old"], row["eye"]["same"]) == (3, 0, 1)
+    assert row["eye"]["decision"] == "no evidence" and row["matched"] == 3  # three of four is p = 0.125
+    (tmp_path / "m-7" / "answers.txt").write_text("a\nb\n")
+    with pytest.raises(SystemExit, match="2 answers for 4 picture pairs"):
+        module.main(["--run", str(run), "--answers", str(tmp_path)])

@@ -5,6 +5,7 @@ import copy
 import gzip
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -457,10 +458,17 @@ def test_get_reader_returns_none_for_unreadable_paths(tmp_path):
     payload = good.read_bytes()
     (tmp_path / "cut.nii.gz").write_bytes(payload[: len(payload) // 2])
     (tmp_path / "folder").mkdir()
-    for name in ["notes.png", "notes.txt", "data.unknown", "cut.nii.gz", "folder", "absent.tif"]:
-        assert get_reader(str(tmp_path / name)) is None, name
-    assert get_reader([str(good), str(tmp_path / "cut.nii.gz")]) is None
-    assert get_reader([]) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not ours to read: no word
+        for name in ["notes.txt", "data.unknown", "folder"]:
+            assert get_reader(str(tmp_path / name)) is None, name
+        assert get_reader([]) is None
+    for name in ["notes.png", "cut.nii.gz", "absent.tif"]:  # ours, but unreadable: one line saying why
+        with pytest.warns(UserWarning, match=rf"^napari-lgms: (cannot read {name}: )?.*{name}") as caught:
+            assert get_reader(str(tmp_path / name)) is None, name
+        assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    with pytest.warns(UserWarning, match="cut.nii.gz"):
+        assert get_reader([str(good), str(tmp_path / "cut.nii.gz")]) is None
 
 
 def test_get_reader_returns_image_layers(tmp_path):

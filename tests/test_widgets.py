@@ -653,7 +653,7 @@ def test_a_blind_review_on_the_open_images_can_save_the_new_model(make_napari_vi
 @pytest.mark.gui
 @needs_display
 def test_a_stopped_review_changes_nothing(make_napari_viewer, qtbot, saved_tiny, tiny_model, monkeypatch):
-    from napari_lgms.widgets._review import LAYER_A
+    from napari_lgms.widgets._review import LAYER_A, LAYER_B
 
     viewer = make_napari_viewer()
     finetune = _dock(viewer, "Fine-tune")
@@ -668,7 +668,16 @@ def test_a_stopped_review_changes_nothing(make_napari_viewer, qtbot, saved_tiny,
         viewer.add_image(np.zeros((32, 32), np.float32), name=f"open {i}")
     finetune.review_button.click()
     qtbot.waitUntil(lambda: finetune.a_button.isEnabled(), timeout=10000)
-    finetune.a_button.click()
+    window = viewer.window._qt_window
+    window.show()
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow, timeout=5000)
+    qtbot.keyClick(window, "f")  # a button's key clicks it after a short animation
+    qtbot.waitUntil(lambda: viewer.layers[LAYER_B].visible and not viewer.layers[LAYER_A].visible, timeout=3000)
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    qtbot.keyClick(canvas, "a")  # also with the canvas in focus, as after a click on the image
+    qtbot.waitUntil(lambda: finetune.status_label.text().startswith("Image 2 of 2"), timeout=3000)
     finetune.stop_review_button.click()
     assert LAYER_A not in viewer.layers and not finetune.review_panel.isVisible()
     assert finetune.result is result and not result.saved and finetune.start_button.isEnabled()

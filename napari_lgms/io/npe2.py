@@ -3,7 +3,8 @@
 ``get_reader`` reads the file(s) eagerly and returns None when any cannot be read
 (unknown suffix, corrupt or truncated file, a folder that is not a DICOM series),
 so napari can fall back to another plugin; the returned reader hands back the
-already-read layers. It never raises.
+already-read layers. It never raises; a file of a supported kind that cannot be read
+gets a one-line warning saying why (napari shows it as a notification).
 
 ``write_labels`` writes a labels layer as NIfTI/TIFF/PNG by suffix, reusing the
 source image geometry stored by :func:`napari_lgms.io.image.layer_kwargs` in the
@@ -12,6 +13,7 @@ layer metadata (``"lgms_image"``), else the layer's scale/translate/affine.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -40,9 +42,17 @@ def get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerData]] | 
         paths = _as_paths(path)
         if paths is None or not all(is_supported(p) for p in paths):
             return None
-        layers = [_image_layer(read_image(p)) for p in paths]
     except Exception:  # napari expects None, never an exception, for files we cannot read
         return None
+    layers = []
+    for one in paths:
+        try:
+            layers.append(_image_layer(read_image(one)))
+        except Exception as error:  # napari only says the plugin refused the file: say why, once
+            reason = " ".join(str(error).split()) or type(error).__name__
+            said = reason if one.name in reason else f"cannot read {one.name}: {reason}"
+            warnings.warn(f"napari-lgms: {said}", stacklevel=2)
+            return None
 
     def reader(requested: Any) -> list[LayerData]:
         if _as_paths(requested) == paths:

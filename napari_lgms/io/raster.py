@@ -32,12 +32,15 @@ class RasterInfo:
 def _open(path: Path):
     from PIL import Image, UnidentifiedImageError
 
+    image = None
     try:
         image = Image.open(path)
         image.load()  # decode now: truncated files fail here
     except UnidentifiedImageError as error:
         raise ImageReadError(f"{path.name} is not a readable PNG/JPEG/BMP image") from error
     except (OSError, SyntaxError, ValueError) as error:
+        if image is not None:
+            image.close()
         raise ImageReadError(f"{path.name}: image data are truncated or corrupt ({' '.join(str(error).split())[:150]})") from error
     return image
 

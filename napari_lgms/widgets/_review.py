@@ -105,8 +105,8 @@ class ReviewSession:
         ui.viewer.reset_view(layers=[image_layer])  # the image judged fills the canvas
         ui.set_reviewing(True, asking=True)
         ui.status_label.setText(f"Image {number + 1} of {len(self.items)} ({item.name}): which mask is "
-                                "better? A is shown; Flip shows B. The masks do not say which model made "
-                                "them.")
+                                "better? A is shown; Flip (key F) shows B; answer with A, B or S (same). "
+                                "The masks do not say which model made them.")
 
     def flip(self) -> None:
         viewer = self.widget.viewer

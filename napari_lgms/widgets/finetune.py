@@ -179,6 +179,9 @@ class TimeEstimate:
         return max(self._left - (time.monotonic() - self._at), 0.0)
 
 
+REVIEW_KEYS = {"a_button": "A", "b_button": "B", "same_button": "S", "flip_button": "F"}
+
+
 class FinetuneLayout(DockBody):
     """The Fine-tune widget's controls: options that scroll; buttons, time, verdict and decision in view."""
 
@@ -232,6 +235,10 @@ class FinetuneLayout(DockBody):
         self.a_button, self.b_button = QPushButton("A is better"), QPushButton("B is better")
         self.same_button, self.flip_button = QPushButton("Same"), QPushButton("Flip A/B")
         self.stop_review_button = QPushButton("Stop review")
+        for button, key in REVIEW_KEYS.items():
+            button = getattr(self, button)
+            button.setShortcut(key)  # active only while the button is enabled: during a review
+            button.setToolTip(f"Key {key}")
         for combo in (self.model_combo, self.source_combo, self.budget_combo, self.device_combo):
             narrow_combo(combo)
 
