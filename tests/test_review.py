@@ -170,6 +170,36 @@ def test_a_review_preferring_the_new_masks_saves_what_the_check_could_not_vouch_
     assert not result.saved and result.evidence.get("review") is None, "the run's own result is unchanged"
 
 
+def test_fewer_than_five_corrections_can_be_decided_by_a_review(parent, tmp_path, capsys, monkeypatch):
+    """Three corrections never make a check, but they can make a better model; the review can save it
+    (the command and the widget then run instead of refusing)."""
+    from napari_lgms.cli import main
+    from napari_lgms.io import write_mask
+    from napari_lgms.training import finetune
+    from napari_lgms.training.review import accept_review, review_items
+
+    store = store_of(tmp_path / "store", 3)
+    result = finetune(parent, corrections=store, output=tmp_path / "out", steps=120, lr=0.02, batch_size=4,
+                      device="cpu", seed=1)
+    assert result.verdict == "no evidence" and not result.saved
+    assert "add corrections, or review the new model on other images" in result.message
+    rng = np.random.default_rng(7)
+    pairs = [phantom(rng) for _ in range(10)]
+    items = review_items(result, [image for image, _ in pairs])
+    reviewed = accept_review(result, items, truthful(items, [mask for _, mask in pairs]))
+    assert reviewed.evidence["review"]["new_better"] >= 4 and reviewed.saved and reviewed.verdict == "better"
+
+    for index, (image, _) in enumerate(pairs[:4]):
+        write_mask(image.astype(np.uint8), tmp_path / "u" / f"u{index}.png")
+    monkeypatch.setattr("builtins.input", lambda question: "s")
+    arguments = ["finetune", "--model", str(parent.path), "--corrections", str(store), "--steps", "20",
+                 "--output", str(tmp_path / "cli"), "--device", "cpu"]
+    assert main(arguments) == 2 and "save 2 more, or review the new model" in capsys.readouterr().err
+    assert main(arguments + ["--unlabelled", str(tmp_path / "u"), "--review", str(tmp_path / "review")]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: no evidence: 3 corrections cannot show" in out and "review:" in out
+
+
 def test_a_review_that_prefers_the_old_masks_withdraws_a_saved_model(parent, tmp_path):
     from napari_lgms.training.review import accept_review, review_items
 

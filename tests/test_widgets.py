@@ -555,7 +555,7 @@ def test_finetune_cancel_during_save_removes_the_new_version(make_napari_viewer,
 
     viewer = make_napari_viewer()
     finetune = _dock(viewer, "Fine-tune")
-    _store_examples(finetune.store_root)
+    _store_examples(finetune.store_root, count=5)
     before = sorted(p.name for p in user_model_dir().iterdir())
     # the user presses Cancel while the file is being written
     monkeypatch.setattr(finetuning, "finetune_steps",
@@ -579,6 +579,28 @@ def test_the_verdict_says_when_the_check_lost_what_the_model_had_right():
         "No evidence either way (+15.0 ± 5.0 IoU points over 10 corrections, 8 better): nothing saved; the "
         "checks were better overall but -32.0 IoU points on the 2 corrections the current model had right. "
         "Save corrections of images it gets right too, then try again.")
+
+
+@pytest.mark.gui
+@needs_display
+def test_fewer_than_five_corrections_run_when_open_images_can_review_the_new_model(
+        make_napari_viewer, qtbot, saved_tiny, corrections_dir):
+    viewer = make_napari_viewer()
+    finetune = _dock(viewer, "Fine-tune")
+    qtbot.waitUntil(lambda: finetune.models_ready, timeout=10000)
+    _store_examples(finetune.store_root, count=3)
+    finetune.set_store_root(str(finetune.store_root))
+    finetune.model_combo.setCurrentText("tiny-2d (yours)")
+    viewer.add_image(np.random.default_rng(0).random((32, 32)).astype(np.float32), name="another scan")
+    finetune.budget_combo.setCurrentText("Steps")
+    finetune.steps_spin.setValue(4)
+    finetune.start()
+    qtbot.waitUntil(lambda: finetune.task is not None and finetune.task.finished, timeout=60000)
+    assert finetune.result is not None and finetune.result.candidate is not None, finetune.status_label.text()
+    assert finetune.status_label.text() == (
+        "No evidence either way: nothing saved; 3 corrections cannot show it (the check needs 5). Add "
+        "corrections. Review on open images can still show if the new one is better.")
+    assert finetune.review_button.isEnabled()
 
 
 def _fake_review(tiny_model, monkeypatch, new_first):

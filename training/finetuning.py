@@ -121,13 +121,18 @@ def failures_caution(evidence: dict[str, Any]) -> str | None:
             "speaks for images like those: try the new model on a few the old one got right")
 
 
-def too_few_corrections(count: int) -> str | None:
-    """Why ``count`` corrections cannot give a saved model; None when they are enough."""
+REVIEW_REMEDY = "review the new model on other images of this kind (--unlabelled with --review)"
+
+
+def too_few_corrections(count: int, remedy: str = REVIEW_REMEDY) -> str | None:
+    """Why ``count`` corrections cannot give a saved model without a review, and ``remedy`` (how to
+    get one reviewed); None when they are enough."""
     if count >= VERDICT_MINIMUM:
         return None
     missing = VERDICT_MINIMUM - count
     return (f"{count} correction{'s' if count != 1 else ''}: a new model is saved only when a check on at "
-            f"least {VERDICT_MINIMUM} shows it is better; save {missing} more, then fine-tune")
+            f"least {VERDICT_MINIMUM} shows it is better, or your review of it does; save {missing} more, "
+            f"or {remedy}")
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -278,8 +283,9 @@ def finetune_steps(
     ``precision``: "auto" (bf16 autocast on CPUs with native bf16 and on CUDA GPUs that have it,
     else fp32), "fp32" or "bf16". ``should_stop``: checked every step; a stopped run saves nothing.
     ``require_evidence``: refuse (:class:`InputError`, before any training) corrections too few for the
-    check to ever save a model (the CLI and the widget); by default the run goes on, and its candidate
-    is in the result for callers who want to look at it.
+    check to ever save a model (the CLI and the widget, when the user has no other images to review the
+    new model on); by default the run goes on, and its candidate is in the result for a review
+    (:mod:`.review`) or callers who want to look at it.
     """
     from napari_lgms._device import select_device
     from napari_lgms.inference.augment import flip_sets, resolve
@@ -505,7 +511,8 @@ def _message(decision: str, verdict, metric: str, count: int, stopped: bool, rec
         return f"worse on your corrections ({evidence}): nothing saved, keep the current model"
     if count < VERDICT_MINIMUM:
         return (f"{count} correction{'s' if count != 1 else ''} cannot show whether a new model is better "
-                f"(the check needs at least {VERDICT_MINIMUM}): nothing saved; add corrections")
+                f"(the check needs at least {VERDICT_MINIMUM}): nothing saved; add corrections, or review "
+                "the new model on other images")
     return f"no evidence either way ({evidence}): nothing saved; more corrections make the check surer"
 
 

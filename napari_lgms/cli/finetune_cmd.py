@@ -38,7 +38,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--output", metavar="DIR", help="where the new version goes (default: user model folder)")
     parser.add_argument("--review", metavar="DIR",
                         help="after the run, compare both models' masks on the unlabelled images it changes "
-                             "most (pictures go to DIR) and answer which is better")
+                             "most (pictures go to DIR) and answer which is better; with it, fewer than five "
+                             "corrections are accepted (only the review can then save the new model)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--time-budget", type=float, metavar="SECONDS", help="wall-clock budget for the whole run")
     budget.add_argument("--steps", type=int, help="optimiser steps of the final model (each of the two checks takes half as many)")
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         unlabelled=unlabelled, output=args.output,
         time_budget=args.time_budget, steps=args.steps, device=args.device, preset=args.preset,
         freeze_encoder=args.freeze_encoder, lr=args.lr, batch_size=args.batch_size, seed=args.seed, name=args.name,
-        require_evidence=True,
+        require_evidence=not args.review,  # with a review, fewer than five corrections can still decide
     )
     train_line_due = every(2.0, time.monotonic)
 

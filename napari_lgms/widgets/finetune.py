@@ -110,10 +110,10 @@ def verdict_text(result) -> str:
         return ("No evidence either way: nothing saved; the checks were better, but the final model fits "
                 "your corrections worse than the current one. Try again.")
     count, minimum = int(evidence.get("corrections", 0)), int(evidence.get("minimum", 2))
+    hint = " Review on open images can still show if the new one is better." if reviewable(result) else ""
     if count < minimum:
         return (f"No evidence either way: nothing saved; {count} correction{'s' if count != 1 else ''} "
-                f"cannot show it (the check needs {minimum}). Add corrections.")
-    hint = " Review on open images can still show if the new one is better." if reviewable(result) else ""
+                f"cannot show it (the check needs {minimum}). Add corrections.{hint}")
     return f"No evidence either way{spread}: nothing saved; the previous model is kept.{hint}"
 
 
@@ -179,6 +179,7 @@ class TimeEstimate:
         return max(self._left - (time.monotonic() - self._at), 0.0)
 
 
+REVIEW_REMEDY = "open other images of this kind to review the new model on"
 REVIEW_KEYS = {"a_button": "A", "b_button": "B", "same_button": "S", "flip_button": "F"}
 
 
@@ -415,7 +416,7 @@ class FinetuneWidget(FinetuneLayout):
             text = (f"Warning: these corrections come from {len(counts)} models{mixed}: {listed}. "
                     "Fine-tuning learns from all of them; keep one project per model or modality.")
         count = sum(counts.values())
-        too_few = too_few_corrections(count) if count else None  # none saved: the status line says what to do
+        too_few = too_few_corrections(count, REVIEW_REMEDY) if count else None  # none: the status line says
         if too_few and self.source_combo.currentText() == SOURCE_STORE:
             text = f"{text}\n{too_few}.".strip()
         self.warning_label.setText(text)
@@ -499,6 +500,11 @@ class FinetuneWidget(FinetuneLayout):
                 data["corrections"] = folder  # the engine reads images/ + masks/ (or imagesTr/ + labelsTr/)
             else:
                 data["images"], data["masks"] = str(Path(folder) / "images"), str(Path(folder) / "masks")
+        reviewable_on = self.unlabelled_layers(choice)  # with them, a review can decide for few corrections
+        if source == SOURCE_STORE and not reviewable_on:
+            refusal = too_few_corrections(len(self._store_entries()), REVIEW_REMEDY)
+            if refusal:
+                raise InputError(refusal)
         by_time = self.budget_combo.currentText() == BUDGET_MINUTES
         return {
             "model": choice.source,
@@ -507,7 +513,7 @@ class FinetuneWidget(FinetuneLayout):
             "steps": None if by_time else self.steps_spin.value(),
             "device": self.device_combo.currentText(),
             "preset": "fast" if self.fast_check.isChecked() else "default",
-            "require_evidence": True,
+            "require_evidence": not reviewable_on,
         }
 
 
