@@ -182,7 +182,8 @@ def test_a_persons_answers_are_scored_through_the_hidden_order(tmp_path, capsys)
     run.write_text(json.dumps({"table": [{"case": "shift", "draws": [draw]}]}))
     (tmp_path / "m-7").mkdir()
     (tmp_path / "m-7" / "answers.txt").write_text("a\nb  # the outline hugs the lesion\na\ns\n")
-    assert module.main(["--run", str(run), "--answers", str(tmp_path), "--output", str(tmp_path / "eye.json")]) == 0
+    options = ["--run", str(run), "--answers", str(tmp_path), "--output", str(tmp_path / "eye.json")]
+    assert module.main(options) == 0
     row = json.loads((tmp_path / "eye.json").read_text())["draws"][0]
     assert row["truth_played"] == {"new": 4, "old": 0, "same": 0, "decision": "better", "gain": 0.06,
                                    "agrees": True}

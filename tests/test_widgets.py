@@ -695,7 +695,10 @@ def test_a_stopped_review_changes_nothing(make_napari_viewer, qtbot, saved_tiny,
     window.activateWindow()
     qtbot.waitUntil(window.isActiveWindow, timeout=5000)
     qtbot.keyClick(window, "f")  # a button's key clicks it after a short animation
-    qtbot.waitUntil(lambda: viewer.layers[LAYER_B].visible and not viewer.layers[LAYER_A].visible, timeout=3000)
+    def flipped():
+        return viewer.layers[LAYER_B].visible and not viewer.layers[LAYER_A].visible
+
+    qtbot.waitUntil(flipped, timeout=3000)
     canvas = viewer.window._qt_viewer.canvas.native
     canvas.setFocus()
     qtbot.keyClick(canvas, "a")  # also with the canvas in focus, as after a click on the image
