@@ -291,7 +291,7 @@ def simulated_review(result, parent, pool: list, seed: int, count: int, output: 
     from types import SimpleNamespace
 
     from napari_lgms.training.review import (accept_review, review_items, review_verdict, reviewable,
-                                             reviewed_decision)
+                                             reviewed_decision, write_pictures)
 
     if not count or not reviewable(result) or not pool:
         return None
@@ -308,11 +308,8 @@ def simulated_review(result, parent, pool: list, seed: int, count: int, output: 
         keys.append({"name": entry.name, "new_is_first": entry.new_is_first, "first": first,
                      "second": second, "changed": entry.changed})
         if pictures is not None:
-            from napari_lgms.cli.finetune_cmd import outlined
-
             pictures.mkdir(parents=True, exist_ok=True)
-            for side, labels in (("A", entry.first), ("B", entry.second)):
-                outlined(images[entry.index], labels, pictures / f"{number:02d}-{side}.png")
+            write_pictures(entry, pictures, number, stem=f"{number:02d}")  # no name: nothing but the masks
     reviewed = accept_review(result, items, answers, output=output)
     found = reviewed.evidence["review"]
     fewer = {str(n): reviewed_decision(result.verdict, review_verdict(items[:n], answers[:n]))

@@ -122,6 +122,7 @@ def test_a_user_who_corrects_the_worst_images_gets_them_as_corrections_and_the_r
 
 
 def test_the_simulated_reviewer_prefers_the_mask_closer_to_the_truth(benchmark, monkeypatch, tmp_path):
+    from dataclasses import replace
     from types import SimpleNamespace
 
     from napari_lgms.training import review
@@ -136,7 +137,11 @@ def test_the_simulated_reviewer_prefers_the_mask_closer_to_the_truth(benchmark, 
     offered = [ReviewItem(0, "image 0", None, near, far, True, 0.5),  # A (new) is right
                ReviewItem(1, "image 1", None, far, near, True, 0.5),  # B (old) is right
                ReviewItem(2, "image 2", None, near, near, False, 0.0)]
-    monkeypatch.setattr(review, "review_items", lambda result, images, **options: offered)
+
+    def review_items(result, images, **options):  # as the engine does: each item carries its image
+        return [replace(item, image=images[item.index]) for item in offered]
+
+    monkeypatch.setattr(review, "review_items", review_items)
     taken = {}
 
     def accept(result, items, answers, output):

@@ -257,7 +257,7 @@ def test_volumes_are_reviewed_whole_at_their_spacing_and_written_as_nifti(tiny_m
     from dataclasses import replace
     from types import SimpleNamespace
 
-    from napari_lgms.cli.finetune_cmd import write_pair
+    from napari_lgms.training.review import write_pictures
     from napari_lgms.io import read_image
     from napari_lgms.io.image import ImageData
     from napari_lgms.training.review import review_items
@@ -277,7 +277,7 @@ def test_volumes_are_reviewed_whole_at_their_spacing_and_written_as_nifti(tiny_m
                          names=["v0.nii.gz", "v1.nii.gz", "flat"], parent=parent)
     assert sorted(item.name for item in items) == ["v0.nii.gz", "v1.nii.gz"], "the 2D image is skipped"
     assert all(item.first.shape == (12, 16, 20) and item.changed > 0 for item in items)
-    pictures = write_pair(items[0], tmp_path, 1)
+    pictures = write_pictures(items[0], tmp_path, 1)
     stem = items[0].name[:2]  # v0 or v1: scan.nii.gz -> scan
     assert [p.name for p in pictures] == [f"01-{stem}-A.nii.gz", f"01-{stem}-B.nii.gz"]
     written = read_image(pictures[0])

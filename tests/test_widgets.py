@@ -555,7 +555,7 @@ def test_finetune_cancel_during_save_removes_the_new_version(make_napari_viewer,
 
     viewer = make_napari_viewer()
     finetune = _dock(viewer, "Fine-tune")
-    _store_examples(finetune.store_root, count=5)
+    _store_examples(finetune.store_root)
     before = sorted(p.name for p in user_model_dir().iterdir())
     # the user presses Cancel while the file is being written
     monkeypatch.setattr(finetuning, "finetune_steps",

@@ -168,7 +168,7 @@ def test_the_card_shows_one_validation_figure_and_the_prediction_used(make_napar
     assert widget.card_label.text().count("IoU") == 1
 
 
-def _store_examples(root, models=("tiny-2d",) * 5, size=32):
+def _store_examples(root, models=("tiny-2d",) * 3, size=32):
     from napari_lgms.corrections import CorrectionsStore
     from napari_lgms.samples import make_ultrasound
 

@@ -121,18 +121,15 @@ def failures_caution(evidence: dict[str, Any]) -> str | None:
             "speaks for images like those: try the new model on a few the old one got right")
 
 
-REVIEW_REMEDY = "review the new model on other images of this kind (--unlabelled with --review)"
-
-
-def too_few_corrections(count: int, remedy: str = REVIEW_REMEDY) -> str | None:
-    """Why ``count`` corrections cannot give a saved model without a review, and ``remedy`` (how to
-    get one reviewed); None when they are enough."""
+def too_few_corrections(count: int) -> str | None:
+    """Why ``count`` corrections cannot give a saved model without a review; None when they are enough."""
     if count >= VERDICT_MINIMUM:
         return None
     missing = VERDICT_MINIMUM - count
     return (f"{count} correction{'s' if count != 1 else ''}: a new model is saved only when a check on at "
-            f"least {VERDICT_MINIMUM} shows it is better, or your review of it does; save {missing} more, "
-            f"or {remedy}")
+            f"least {VERDICT_MINIMUM} shows it is better, or your review of it does; save {missing} more, or "
+            "review the new model on other images of this kind (open them in napari; --unlabelled with "
+            "--review for the command)")
 
 
 # ----------------------------------------------------------------------------- arguments

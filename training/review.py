@@ -21,7 +21,9 @@ saved version the review contradicts.
 """
 from __future__ import annotations
 
+import heapq
 import math
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generator, Sequence
@@ -127,7 +129,7 @@ def review_items_steps(result, images: Sequence, *, names: Sequence[str] | None 
     if not hasattr(parent, "network"):
         parent = load_model(parent, allow_untrained=True)
     dims = candidate.card.spatial_dims
-    found = []
+    kept: list = []  # a heap of the `count` most changed so far: (changed, -index, ...), smallest first
     for index, image in enumerate(images):
         array = np.asarray(getattr(image, "array", image))
         name = names[index] if names is not None else f"image {index + 1}"
@@ -136,13 +138,14 @@ def review_items_steps(result, images: Sequence, *, names: Sequence[str] | None 
             old = segment(array, parent, spacing=spacing).labels
             new = segment(array, candidate, spacing=spacing).labels
             changed = mask_change(old, new)
-            if changed >= CHANGED_AT_LEAST:
-                found.append((changed, index, name, image, old, new))
+            if changed >= CHANGED_AT_LEAST and count > 0:
+                entry = (changed, -index, name, image, old, new)  # -index: the earlier image wins a tie
+                (heapq.heappush if len(kept) < count else heapq.heappushpop)(kept, entry)
         yield ReviewProgress(index + 1, len(images), f"{name}: both models segmented")
-    found.sort(key=lambda entry: -entry[0])
     rng = np.random.default_rng(seed)
     items = []
-    for changed, index, name, image, old, new in found[:count]:
+    for changed, negative_index, name, image, old, new in sorted(kept, key=lambda e: e[:2], reverse=True):
+        index = -negative_index
         new_first = bool(rng.random() < 0.5)
         first, second = (new, old) if new_first else (old, new)
         items.append(ReviewItem(index, name, image, first, second, new_first, changed))
@@ -235,6 +238,38 @@ def accept_review(result, items: Sequence[ReviewItem], answers: Sequence[str], *
         parent = (result.candidate.card.lineage or {}).get("parent", result.name)
         changes.update(card_path=None, saved=False, name=parent)
     return replace(result, **changes)
+
+
+def write_pictures(item: ReviewItem, folder, number: int, stem: str | None = None) -> list[Path]:
+    """The review pictures of ``item`` in ``folder``: PNGs of the image with mask A and with mask B
+    outlined (2D), or the two masks as NIfTI beside the image's geometry (3D), named
+    ``{stem}-A`` / ``{stem}-B`` (default stem: ``{number:02d}-{image name}``); returns their paths."""
+    from napari_lgms.io import write_mask
+
+    folder = Path(folder)
+    if stem is None:
+        stem = f"{number:02d}-" + re.sub(r"(\.nii)?\.[^.]*$", "", item.name)  # scan.nii.gz -> scan
+    sides = (("A", item.first), ("B", item.second))
+    if item.first.ndim == 3:
+        reference = item.image if hasattr(item.image, "affine") else None
+        return [write_mask(labels, folder / f"{stem}-{side}.nii.gz", reference) for side, labels in sides]
+    return [outlined_png(item.image, labels, folder / f"{stem}-{side}.png") for side, labels in sides]
+
+
+def outlined_png(image, labels, path) -> Path:
+    """Write ``image`` (2D grey or RGB, or an object with ``array``) as an 8-bit RGB PNG with the
+    outline of ``labels`` in yellow; returns ``path``."""
+    from skimage.segmentation import find_boundaries
+
+    from napari_lgms.io.raster import write_png
+
+    array = np.asarray(getattr(image, "array", image), dtype=np.float32)
+    array = np.repeat(array[..., None], 3, axis=-1) if array.ndim == 2 else array[..., :3]
+    low, high = np.percentile(array, (0.5, 99.5))
+    rgb = (np.clip((array - low) / max(high - low, 1e-6), 0, 1) * 255).astype(np.uint8)
+    rgb[find_boundaries(np.asarray(labels), mode="thick")] = (255, 220, 0)
+    write_png(rgb, path)
+    return Path(path)
 
 
 def _cpu_copy(network):

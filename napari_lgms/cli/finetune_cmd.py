@@ -19,7 +19,6 @@ the check could not vouch for, or withdraw one it did (:mod:`napari_lgms.trainin
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 
@@ -112,7 +111,7 @@ def review(result, images: list, folder: str, model: str) -> None:
 
     from napari_lgms._generators import every, run_to_end
     from napari_lgms.errors import OutputError
-    from napari_lgms.training.review import accept_review, review_items_steps, reviewable
+    from napari_lgms.training.review import accept_review, review_items_steps, reviewable, write_pictures
 
     if not reviewable(result):
         print("review: nothing to review (the run was stopped or its check found the new model worse)")
@@ -137,7 +136,7 @@ def review(result, images: list, folder: str, model: str) -> None:
         raise OutputError(f"cannot create the review folder {destination} ({reason})") from None
     answers = []
     for number, item in enumerate(items, 1):
-        pictures = write_pair(item, destination, number)
+        pictures = write_pictures(item, destination, number)
         question = (f"[{number}/{len(items)}] {item.name}: {pictures[0].name} or {pictures[1].name}, "
                     "which mask is better? (a / b / s for the same) ")
         answers.append(ask(question))
@@ -162,34 +161,3 @@ def ask(question: str) -> str:
         if answer in ("s", "same"):
             return "same"
         print("answer a, b or s")
-
-
-def write_pair(item, folder, number: int):
-    """The review pictures of ``item``: PNGs of the image with mask A and with mask B outlined (2D),
-    or the two masks as NIfTI beside the image's geometry (3D); returns their paths."""
-    from napari_lgms.io import write_mask
-
-    base = re.sub(r"(\.nii)?\.[^.]*$", "", item.name)  # scan.nii.gz -> scan
-    stem = f"{number:02d}-{base}"
-    if item.first.ndim == 3:
-        reference = item.image if hasattr(item.image, "affine") else None
-        return [write_mask(labels, folder / f"{stem}-{side}.nii.gz", reference)
-                for side, labels in (("A", item.first), ("B", item.second))]
-    return [outlined(item.image, labels, folder / f"{stem}-{side}.png")
-            for side, labels in (("A", item.first), ("B", item.second))]
-
-
-def outlined(image, labels, path):
-    """Write ``image`` (2D grey or RGB) as an 8-bit RGB PNG with the outline of ``labels`` in yellow."""
-    import numpy as np
-    from skimage.segmentation import find_boundaries
-
-    from napari_lgms.io.raster import write_png
-
-    array = np.asarray(getattr(image, "array", image), dtype=np.float32)
-    array = np.repeat(array[..., None], 3, axis=-1) if array.ndim == 2 else array[..., :3]
-    low, high = np.percentile(array, (0.5, 99.5))
-    rgb = (np.clip((array - low) / max(high - low, 1e-6), 0, 1) * 255).astype(np.uint8)
-    rgb[find_boundaries(np.asarray(labels), mode="thick")] = (255, 220, 0)
-    write_png(rgb, path)
-    return path

@@ -49,7 +49,8 @@ class ReviewSession:
 
     @property
     def active(self) -> bool:
-        return self.task is not None and not self.task.finished or bool(self.items)
+        segmenting = self.task is not None and not self.task.finished
+        return segmenting or bool(self.items)
 
     def start(self) -> None:
         from napari_lgms.training.review import review_items_steps

@@ -179,7 +179,6 @@ class TimeEstimate:
         return max(self._left - (time.monotonic() - self._at), 0.0)
 
 
-REVIEW_REMEDY = "open other images of this kind to review the new model on"
 REVIEW_KEYS = {"a_button": "A", "b_button": "B", "same_button": "S", "flip_button": "F"}
 
 
@@ -416,7 +415,7 @@ class FinetuneWidget(FinetuneLayout):
             text = (f"Warning: these corrections come from {len(counts)} models{mixed}: {listed}. "
                     "Fine-tuning learns from all of them; keep one project per model or modality.")
         count = sum(counts.values())
-        too_few = too_few_corrections(count, REVIEW_REMEDY) if count else None  # none: the status line says
+        too_few = too_few_corrections(count) if count else None  # none saved: the status line says what to do
         if too_few and self.source_combo.currentText() == SOURCE_STORE:
             text = f"{text}\n{too_few}.".strip()
         self.warning_label.setText(text)
@@ -474,11 +473,6 @@ class FinetuneWidget(FinetuneLayout):
                 layers.append(layer)
         return layers
 
-    def unlabelled_images(self, choice) -> list:
-        """:meth:`unlabelled_layers` as the engine takes them: spatial axes first and channels last,
-        with their spacing in mm where the layer has one (an ``ImageData``), else as arrays."""
-        return [layer_image(layer, choice) for layer in self.unlabelled_layers(choice)]
-
     def options(self) -> dict:
         """The keyword arguments of ``finetune_steps`` from the widget's fields (``model`` included)."""
         from napari_lgms.errors import InputError
@@ -500,11 +494,6 @@ class FinetuneWidget(FinetuneLayout):
                 data["corrections"] = folder  # the engine reads images/ + masks/ (or imagesTr/ + labelsTr/)
             else:
                 data["images"], data["masks"] = str(Path(folder) / "images"), str(Path(folder) / "masks")
-        reviewable_on = self.unlabelled_layers(choice)  # with them, a review can decide for few corrections
-        if source == SOURCE_STORE and not reviewable_on:
-            refusal = too_few_corrections(len(self._store_entries()), REVIEW_REMEDY)
-            if refusal:
-                raise InputError(refusal)
         by_time = self.budget_combo.currentText() == BUDGET_MINUTES
         return {
             "model": choice.source,
@@ -513,7 +502,6 @@ class FinetuneWidget(FinetuneLayout):
             "steps": None if by_time else self.steps_spin.value(),
             "device": self.device_combo.currentText(),
             "preset": "fast" if self.fast_check.isChecked() else "default",
-            "require_evidence": not reviewable_on,
         }
 
 
@@ -567,10 +555,12 @@ class FinetuneSession:
         call = ui.options()
         model = call.pop("model")
         settings = dict(call)
+        choice = ui.base_choice()
+        others = ui.unlabelled_layers(choice)
+        call["require_evidence"] = not others  # with other images, a review can decide for few corrections
         if ui.unlabelled_check.isChecked():
-            images = ui.unlabelled_images(ui.base_choice())
-            call["unlabelled"] = images or None
-            settings["unlabelled_images"] = len(images)
+            call["unlabelled"] = [layer_image(layer, choice) for layer in others] or None
+            settings["unlabelled_images"] = len(others)
         return finetune_steps, model, call, settings
 
     def start(self) -> None:
