@@ -420,6 +420,63 @@ def print_ceilings(path: Path, levels=(0.1, 0.2, 0.3), counts=(5, 10, 20, 40)) -
             print(f"{row['case']:<15} {row['k']:>3} {len(draws):>5} {level:>5.2f} {count:>10} "
                   f"{100 * np.mean([f['agreement'] for f in found]):>7.0f}% "
                   f"{100 * np.mean([f['false_better'] for f in found]):>12.0f}%")
+    print("\nA mean test (t, p <= 0.10) on the k corrections, plain and with the oracle control variate "
+          "(covariate_ceiling):")
+    print(f"{'case':<15} {'k':>3} {'draws':>5} {'plain: ceiling':>15} {'false better':>13} "
+          f"{'covariate: ceiling':>19} {'false better':>13}")
+    for row in json.loads(Path(path).read_text())["table"]:
+        draws = [d for d in row["draws"] if "per_image" in d]
+        if row["k"] < 5 or not draws:
+            continue
+        found = [covariate_ceiling(d["per_image"], row["k"], seed=d["seed"]) for d in draws]
+        cells = [100 * np.mean([f[name][key] for f in found]) for name in ("plain", "covariate")
+                 for key in ("agreement", "false_better")]
+        print(f"{row['case']:<15} {row['k']:>3} {len(draws):>5} {cells[0]:>14.0f}% {cells[1]:>12.0f}% "
+              f"{cells[2]:>18.0f}% {cells[3]:>12.0f}%")
+
+
+def covariate_ceiling(per_image: list, k: int, subsets: int = 1000, seed: int = 0,
+                      level: float = 0.10) -> dict:
+    """The verdict ceiling of a mean test (one-sided t at ``level``, the 1-point margin) on k corrections,
+    plain and with a control variate that no check has: each image's *parent score*, whose mean over
+    the whole domain is taken as known (an oracle a label-free stand-in could only approximate). The
+    covariate removes the luck of drawing more or fewer of the parent's failures; does it leave ten
+    corrections enough? ``{"plain"|"covariate": {"agreement", "false_better"}}``, as
+    :func:`verdict_ceiling` counts them."""
+    from scipy import stats
+
+    by_group: dict[str, list[tuple[float, float]]] = {}
+    for _, group, parent_score, candidate_score in per_image:
+        by_group.setdefault(group, []).append((parent_score, candidate_score - parent_score))
+    groups = list(by_group.values())
+    pairs = np.asarray([pair for g in groups for pair in g])
+    mean, domain_parent = float(pairs[:, 1].mean()), float(pairs[:, 0].mean())
+    expected = expected_verdict(mean)
+
+    def decision(estimate: float, error: float, freedom: int) -> str | None:
+        if abs(estimate) <= AGREEMENT_MARGIN or not error > 0 or stats.t.sf(abs(estimate) / error,
+                                                                              freedom) > level:
+            return None
+        return "better" if estimate > 0 else "worse"
+
+    def rules(parent: np.ndarray, gains: np.ndarray) -> dict[str, str | None]:
+        design = np.column_stack([np.ones(k), parent - domain_parent])
+        coefficients, *_ = np.linalg.lstsq(design, gains, rcond=None)
+        residual = gains - design @ coefficients
+        covariance = residual @ residual / (k - 2) * np.linalg.pinv(design.T @ design)
+        return {"plain": decision(gains.mean(), gains.std(ddof=1) / np.sqrt(k), k - 1),
+                "covariate": decision(coefficients[0], float(np.sqrt(max(covariance[0, 0], 0.0))), k - 2)}
+
+    rng = np.random.default_rng(seed)
+    counts = {name: {"agreement": 0, "false_better": 0} for name in ("plain", "covariate")}
+    for _ in range(subsets):
+        chosen = np.asarray([groups[i][int(rng.integers(len(groups[i])))]
+                             for i in rng.choice(len(groups), k, replace=False)])
+        for name, found in rules(chosen[:, 0], chosen[:, 1]).items():
+            counts[name]["agreement"] += expected is None or found == expected
+        for name, found in rules(chosen[:, 0], chosen[:, 1] - mean).items():
+            counts[name]["false_better"] += found == "better"
+    return {name: {key: value / subsets for key, value in found.items()} for name, found in counts.items()}
 
 
 def rejudge(path: Path) -> list[dict]:

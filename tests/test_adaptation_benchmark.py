@@ -61,11 +61,26 @@ def test_ceilings_of_a_recorded_run_under_other_rules_and_counts(benchmark, tmp_
     path = tmp_path / "run.json"
     path.write_text(json.dumps(run))
     benchmark.print_ceilings(path, levels=(0.1, 0.3), counts=(5, 10, 40))
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    printed = capsys.readouterr().out
+    rows = [line.split() for line in printed.split("\n\n")[0].splitlines()[1:]]
     assert [(row[3], row[4]) for row in rows] == [("0.10", "10"), ("0.30", "10"), ("0.10", "5"), ("0.10", "40")]
     ceilings = {(row[3], row[4]): float(row[5].rstrip("%")) for row in rows}
     assert ceilings[("0.30", "10")] > ceilings[("0.10", "10")]  # a looser rule agrees more often...
     assert ceilings[("0.10", "40")] > ceilings[("0.10", "5")]  # ...and so do more corrections
+    covariate = printed.split("\n\n")[1].splitlines()[2].split()
+    assert covariate[:3] == ["shift", "10", "1"] and len(covariate) == 7  # the k = 10 cell only
+
+
+def test_a_covariate_that_explains_the_gains_makes_ten_corrections_say_more(benchmark):
+    # Images the parent failed on gain a lot, the others lose a little: the mean gain is +4 points,
+    # and which images a draw holds decides most of its corrections' mean.
+    rng = np.random.default_rng(4)
+    parent = rng.uniform(0.2, 0.95, 300)
+    gains = 0.04 + 0.6 * (parent.mean() - parent) + 0.01 * rng.standard_normal(300)
+    rows = [[f"image {i}", f"patient {i}", p, p + g] for i, (p, g) in enumerate(zip(parent, gains))]
+    found = benchmark.covariate_ceiling(rows, 10, subsets=300)
+    assert found["covariate"]["agreement"] > 0.95 > found["plain"]["agreement"]
+    assert found["covariate"]["false_better"] < 0.2
 
 
 def test_a_recorded_run_rejudged_by_the_current_rule(benchmark, tmp_path):
