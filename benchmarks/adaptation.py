@@ -437,13 +437,15 @@ def print_ceilings(path: Path, levels=(0.1, 0.2, 0.3), counts=(5, 10, 20, 40)) -
 
 def covariate_ceiling(per_image: list, k: int, subsets: int = 1000, seed: int = 0,
                       level: float = 0.10) -> dict:
-    """The verdict ceiling of a mean test (one-sided t at ``level``, the 1-point margin) on k corrections,
+    """The verdict ceiling of a mean test (one-sided t at ``level``, the fine-tune's margin) on k corrections,
     plain and with a control variate that no check has: each image's *parent score*, whose mean over
     the whole domain is taken as known (an oracle a label-free stand-in could only approximate). The
     covariate removes the luck of drawing more or fewer of the parent's failures; does it leave ten
     corrections enough? ``{"plain"|"covariate": {"agreement", "false_better"}}``, as
     :func:`verdict_ceiling` counts them."""
     from scipy import stats
+
+    from napari_lgms.training.finetuning import VERDICT_MARGIN
 
     by_group: dict[str, list[tuple[float, float]]] = {}
     for _, group, parent_score, candidate_score in per_image:
@@ -454,8 +456,8 @@ def covariate_ceiling(per_image: list, k: int, subsets: int = 1000, seed: int = 
     expected = expected_verdict(mean)
 
     def decision(estimate: float, error: float, freedom: int) -> str | None:
-        if abs(estimate) <= AGREEMENT_MARGIN or not error > 0 or stats.t.sf(abs(estimate) / error,
-                                                                              freedom) > level:
+        p_value = stats.t.sf(abs(estimate) / error, freedom) if error > 0 else 1.0
+        if abs(estimate) <= VERDICT_MARGIN or p_value > level:
             return None
         return "better" if estimate > 0 else "worse"
 
