@@ -332,6 +332,22 @@ def expected_verdict(gain: float) -> str | None:
     return "better" if gain > AGREEMENT_MARGIN else "worse" if gain < -AGREEMENT_MARGIN else None
 
 
+def _patient_groups(per_image: list) -> list[list[tuple[float, float]]]:
+    """``[name, patient, parent score, candidate score]`` rows as (parent score, gain) pairs per patient."""
+    by_patient: dict[str, list[tuple[float, float]]] = {}
+    for _, patient, parent_score, candidate_score in per_image:
+        by_patient.setdefault(patient, []).append((parent_score, candidate_score - parent_score))
+    return list(by_patient.values())
+
+
+def _one_image_per_patient(groups: list, k: int, subsets: int, seed: int):
+    """``subsets`` seeded (k, 2) arrays of (parent score, gain): k patients, one image of each."""
+    rng = np.random.default_rng(seed)
+    for _ in range(subsets):
+        yield np.asarray([groups[i][int(rng.integers(len(groups[i])))]
+                          for i in rng.choice(len(groups), k, replace=False)])
+
+
 def verdict_ceiling(per_image: list, k: int, subsets: int = 2000, seed: int = 0,
                     level: float | None = None) -> dict:
     """How often the run's own paired test could agree with this candidate's real gain, were its k
@@ -348,22 +364,17 @@ def verdict_ceiling(per_image: list, k: int, subsets: int = 2000, seed: int = 0,
     from napari_lgms.training.adaptation import judge
     from napari_lgms.training.finetuning import VERDICT_LEVEL, VERDICT_MARGIN, VERDICT_MINIMUM
 
-    by_group: dict[str, list[float]] = {}
-    for _, group, parent_score, candidate_score in per_image:
-        by_group.setdefault(group, []).append(candidate_score - parent_score)
-    groups = list(by_group.values())
-    mean = float(np.mean([d for g in groups for d in g]))
+    groups = _patient_groups(per_image)
+    mean = float(np.mean([gain for g in groups for _, gain in g]))
     expected = expected_verdict(mean)
     if k < VERDICT_MINIMUM or len(groups) < k:  # never evidence: "no evidence" agrees only with no change
         return {"agreement": float(expected is None), "false_better": 0.0}
     rule = dict(margin=VERDICT_MARGIN, level=level or VERDICT_LEVEL, minimum=VERDICT_MINIMUM)
-    rng = np.random.default_rng(seed)
     agreed = false_better = 0
-    for _ in range(subsets):
-        chosen = np.asarray([groups[i][int(rng.integers(len(groups[i])))]
-                             for i in rng.choice(len(groups), k, replace=False)])
-        agreed += expected is None or judge(chosen, **rule).decision == expected
-        false_better += judge(chosen - mean, **rule).decision == "better"
+    for chosen in _one_image_per_patient(groups, k, subsets, seed):
+        gains = chosen[:, 1]
+        agreed += expected is None or judge(gains, **rule).decision == expected
+        false_better += judge(gains - mean, **rule).decision == "better"
     return {"agreement": agreed / subsets, "false_better": false_better / subsets}
 
 
@@ -409,11 +420,11 @@ def print_ceilings(path: Path, levels=(0.1, 0.2, 0.3), counts=(5, 10, 20, 40)) -
     candidates been checked on fewer or more corrections."""
     from napari_lgms.training.finetuning import VERDICT_LEVEL
 
+    cells = [(row, [d for d in row["draws"] if "per_image" in d])
+             for row in json.loads(Path(path).read_text())["table"] if row["k"] >= 5]
+    cells = [(row, draws) for row, draws in cells if draws]
     print(f"{'case':<15} {'k':>3} {'draws':>5} {'p <=':>5} {'checked on':>10} {'ceiling':>8} {'false better':>13}")
-    for row in json.loads(Path(path).read_text())["table"]:
-        draws = [d for d in row["draws"] if "per_image" in d]
-        if row["k"] < 5 or not draws:
-            continue
+    for row, draws in cells:
         variants = [(v, row["k"]) for v in levels] + [(VERDICT_LEVEL, n) for n in counts if n != row["k"]]
         for level, count in variants:
             found = [verdict_ceiling(d["per_image"], count, seed=d["seed"], level=level) for d in draws]
@@ -424,15 +435,12 @@ def print_ceilings(path: Path, levels=(0.1, 0.2, 0.3), counts=(5, 10, 20, 40)) -
           "(covariate_ceiling):")
     print(f"{'case':<15} {'k':>3} {'draws':>5} {'plain: ceiling':>15} {'false better':>13} "
           f"{'covariate: ceiling':>19} {'false better':>13}")
-    for row in json.loads(Path(path).read_text())["table"]:
-        draws = [d for d in row["draws"] if "per_image" in d]
-        if row["k"] < 5 or not draws:
-            continue
+    for row, draws in cells:
         found = [covariate_ceiling(d["per_image"], row["k"], seed=d["seed"]) for d in draws]
-        cells = [100 * np.mean([f[name][key] for f in found]) for name in ("plain", "covariate")
-                 for key in ("agreement", "false_better")]
-        print(f"{row['case']:<15} {row['k']:>3} {len(draws):>5} {cells[0]:>14.0f}% {cells[1]:>12.0f}% "
-              f"{cells[2]:>18.0f}% {cells[3]:>12.0f}%")
+        shares = [100 * np.mean([f[name][key] for f in found]) for name in ("plain", "covariate")
+                  for key in ("agreement", "false_better")]
+        print(f"{row['case']:<15} {row['k']:>3} {len(draws):>5} {shares[0]:>14.0f}% {shares[1]:>12.0f}% "
+              f"{shares[2]:>18.0f}% {shares[3]:>12.0f}%")
 
 
 def covariate_ceiling(per_image: list, k: int, subsets: int = 1000, seed: int = 0,
@@ -447,10 +455,7 @@ def covariate_ceiling(per_image: list, k: int, subsets: int = 1000, seed: int = 
 
     from napari_lgms.training.finetuning import VERDICT_MARGIN
 
-    by_group: dict[str, list[tuple[float, float]]] = {}
-    for _, group, parent_score, candidate_score in per_image:
-        by_group.setdefault(group, []).append((parent_score, candidate_score - parent_score))
-    groups = list(by_group.values())
+    groups = _patient_groups(per_image)
     pairs = np.asarray([pair for g in groups for pair in g])
     mean, domain_parent = float(pairs[:, 1].mean()), float(pairs[:, 0].mean())
     expected = expected_verdict(mean)
@@ -469,11 +474,8 @@ def covariate_ceiling(per_image: list, k: int, subsets: int = 1000, seed: int = 
         return {"plain": decision(gains.mean(), gains.std(ddof=1) / np.sqrt(k), k - 1),
                 "covariate": decision(coefficients[0], float(np.sqrt(max(covariance[0, 0], 0.0))), k - 2)}
 
-    rng = np.random.default_rng(seed)
     counts = {name: {"agreement": 0, "false_better": 0} for name in ("plain", "covariate")}
-    for _ in range(subsets):
-        chosen = np.asarray([groups[i][int(rng.integers(len(groups[i])))]
-                             for i in rng.choice(len(groups), k, replace=False)])
+    for chosen in _one_image_per_patient(groups, k, subsets, seed):
         for name, found in rules(chosen[:, 0], chosen[:, 1]).items():
             counts[name]["agreement"] += expected is None or found == expected
         for name, found in rules(chosen[:, 0], chosen[:, 1] - mean).items():

@@ -257,10 +257,9 @@ def test_volumes_are_reviewed_whole_at_their_spacing_and_written_as_nifti(tiny_m
     from dataclasses import replace
     from types import SimpleNamespace
 
-    from napari_lgms.training.review import write_pictures
     from napari_lgms.io import read_image
     from napari_lgms.io.image import ImageData
-    from napari_lgms.training.review import review_items
+    from napari_lgms.training.review import review_items, write_pictures
     from napari_lgms.zoo import LoadedModel
 
     parent = tiny_model(spatial_dims=3, num_classes=3)

@@ -695,6 +695,7 @@ def test_a_stopped_review_changes_nothing(make_napari_viewer, qtbot, saved_tiny,
     window.activateWindow()
     qtbot.waitUntil(window.isActiveWindow, timeout=5000)
     qtbot.keyClick(window, "f")  # a button's key clicks it after a short animation
+
     def flipped():
         return viewer.layers[LAYER_B].visible and not viewer.layers[LAYER_A].visible
 
