@@ -71,7 +71,6 @@ import torch.nn as nn
 
 from napari_lgms.errors import InputError
 from napari_lgms.models import layers
-from napari_lgms.models.layout import channels_last_input
 from napari_lgms.models.registry import register_architecture, register_model
 
 SIZE_DIVISOR = 16
@@ -81,19 +80,16 @@ DEFAULT_WIDTHS = (12, 24, 48, 80, 128)
 class DepthwiseConv(nn.Module):
     """Depthwise k x k convolution without bias: (N, C, *S) -> (N, C, *S).
 
-    With ``channels_last`` set (by :mod:`napari_lgms.models.layout`, which says when it pays), it
-    runs on a channels-last copy of its input and returns a standard-layout tensor.
+    :func:`layers.depthwise_conv` (whose layout :mod:`napari_lgms.models.layout` switches) inside a
+    container, so that the shipped weights keep their names (``....conv.weight``).
     """
 
     def __init__(self, spatial_dims: int, channels: int, kernel_size: int):
         super().__init__()
-        self.channels_last = False
-        self.conv = layers.conv(spatial_dims, channels, channels, kernel_size, groups=channels, bias=False)
+        self.conv = layers.depthwise_conv(spatial_dims, channels, kernel_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.channels_last:
-            return self.conv(x)
-        return self.conv(channels_last_input(x)).contiguous()
+        return self.conv(x)
 
 
 class SeparableConvBN(nn.Sequential):
