@@ -24,16 +24,35 @@ import conftest
 conftest.register_tiny_network()
 """
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
-def test_torchrun_two_cpu_ranks_write_once(tmp_path):
+TRAIN_THEN_LIST_THREADS = """
+import os
+import tiny_arch_plugin
+from napari_lgms.training.engine import train
+
+train(dict(model="tiny_test_net", model_args={{"in_channels": 1, "num_classes": 1}}, data={data!r},
+           patch_size=[32, 32], epochs=1, batch_size=2, val_fraction=0.3, device="cpu", name="m",
+           output={output!r} + os.environ["RANK"]))
+names = [open(f"/proc/self/task/{{task}}/comm").read().strip() for task in os.listdir("/proc/self/task")]
+print("threads left:", sorted(names), flush=True)
+"""
+
+
+def _torchrun_setup(tmp_path):
+    """(dataset folder, environment) for a 2-rank CPU torchrun that can import ``tiny_arch_plugin``."""
     data = write_2d_dataset(tmp_path / "data", count=10)
     (tmp_path / "tiny_arch_plugin.py").write_text(PLUGIN.format(tests=str(Path(__file__).parent)))
-    out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "NAPARI_LGMS_DEVICE": "cpu"}
+    return data, env
+
+
+def test_torchrun_two_cpu_ranks_write_once(tmp_path):
+    data, env = _torchrun_setup(tmp_path)
+    out = tmp_path / "out"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "napari_lgms.cli", "train", "--imports", "tiny_arch_plugin", "--model", "tiny_test_net",
+        *TORCHRUN, "-m", "napari_lgms.cli", "train", "--imports", "tiny_arch_plugin", "--model", "tiny_test_net",
         "--model-args", '{"in_channels": 1, "num_classes": 1}', "--data", str(data), "--patch-size", "32", "32",
         "--epochs", "2", "--batch-size", "2", "--val-fraction", "0.3", "--device", "cpu",
         "--name", "ddp-model", "--output", str(out), "--lr", "0.05",
@@ -54,3 +73,16 @@ def test_torchrun_two_cpu_ranks_write_once(tmp_path):
     steps_per_epoch = -(-(-(-train_count // 2)) // 2)
     assert log[-1]["step"] == 2 * steps_per_epoch
     assert 0.0 <= card["metrics"]["dice"] <= 1.0 and "count" not in card["metrics"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists threads through /proc")
+def test_process_group_is_gone_after_training(tmp_path):
+    """No gloo thread outlives train(): one that does can abort the process as Python shuts down."""
+    data, env = _torchrun_setup(tmp_path)
+    script = tmp_path / "train_then_list_threads.py"
+    script.write_text(TRAIN_THEN_LIST_THREADS.format(data=str(data), output=str(tmp_path / "out")))
+    done = subprocess.run([*TORCHRUN, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [line for line in done.stdout.splitlines() if line.startswith("threads left:")]
+    assert len(reports) == 2, done.stdout[-2000:]
+    assert all("gloo" not in line for line in reports), reports

@@ -48,6 +48,11 @@ def setup(device_preference: str = "auto"):
         torch.cuda.set_device(device)
     created = False
     if not dist.is_initialized():
+        # Imported after the group exists (DistributedDataParallel imports it), torch._dynamo keeps
+        # a reference to it: destroy_process_group() then leaves gloo's threads running, and one
+        # that frees a finished collective's tensor while Python shuts down aborts the process.
+        import torch._dynamo  # noqa: F401
+
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         created = True
     return DistInfo(rank, world, local_rank, created), device
