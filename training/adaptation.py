@@ -41,7 +41,8 @@ class Verdict:
         if self.count == 0:
             return "no correction could be held out, so there is no evidence either way"
         spread = f"{100 * self.mean_difference:+.1f} ± {100 * self.standard_error:.1f} {metric} points"
-        return f"{spread} over {self.count} held-out correction(s), {self.gained} of them better"
+        corrections = f"{self.count} held-out correction{'s' if self.count != 1 else ''}"
+        return f"{spread} over {corrections}, {self.gained} of them better"
 
 
 EXACT_RANKS_UP_TO = 400  # differences; beyond, the normal approximation (the exact sum grows as n^3)
