@@ -409,6 +409,18 @@ def test_cli_prints_the_verdict_and_takes_unlabelled_images(parent, tmp_path, ca
                  "--time-budget", "nan"]) == 2
 
 
+def test_cli_says_how_to_decide_when_the_check_cannot(parent, tmp_path, capsys):
+    from napari_lgms.cli import main
+
+    store = store_of(tmp_path / "store", 6)
+    code = main(["finetune", "--model", str(parent.path), "--corrections", str(store), "--steps", "2",
+                 "--lr", "1e-9", "--output", str(tmp_path / "out"), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0 and "verdict: no evidence" in out, out
+    assert "run again with --unlabelled DIR --review DIR" in out
+    assert list((tmp_path / "out").glob("*.json")) == []
+
+
 def test_the_package_function_is_not_shadowed_by_its_module():
     import napari_lgms
     import napari_lgms.training.finetuning  # noqa: F401

@@ -579,6 +579,9 @@ def test_the_verdict_says_when_the_check_lost_what_the_model_had_right():
         "No evidence either way (+15.0 ± 5.0 IoU points over 10 corrections, 8 better): nothing saved; the "
         "checks were better overall but -32.0 IoU points on the 2 corrections the current model had right. "
         "Save corrections of images it gets right too, then try again.")
+    result.candidate = object()
+    assert verdict_text(result).endswith("then try again. Review on open images can still show if the new "
+                                         "one is better."), "a model the check refused can still be reviewed"
 
 
 @pytest.mark.gui

@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_lgms._generators import every, run_to_end
     from napari_lgms.errors import InputError
     from napari_lgms.training import finetune_steps
+    from napari_lgms.training.review import reviewable
 
     if not args.corrections and not (args.images and args.masks):
         raise InputError("give --corrections DIR, or both --images DIR and --masks DIR")
@@ -90,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"verdict: {result.verdict}: {result.message}")
     if args.review:
         review(result, unlabelled, args.review, args.model)
+    elif not result.saved and reviewable(result):
+        print("to decide it yourself: run again with --unlabelled DIR --review DIR (the new and the current "
+              "model's masks on your images, side by side; your answers decide)")
     return 0
 
 
@@ -116,7 +120,8 @@ def review(result, images: list, folder: str, model: str) -> None:
     if not reviewable(result):
         print("review: nothing to review (the run was stopped or its check found the new model worse)")
         return
-    print(f"review: segmenting {len(images)} unlabelled image(s) with both models", flush=True)
+    count = f"{len(images)} unlabelled image{'s' if len(images) != 1 else ''}"
+    print(f"review: segmenting {count} with both models", flush=True)
     line_due = every(2.0, time.monotonic)
 
     def report(progress) -> None:

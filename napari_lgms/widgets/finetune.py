@@ -100,17 +100,17 @@ def verdict_text(result) -> str:
     spread = _spread(evidence)
     if result.verdict == "worse":
         return f"Worse on your corrections{spread}: nothing saved; the previous model is kept."
+    hint = " Review on open images can still show if the new one is better." if reviewable(result) else ""
     if evidence.get("hurt_successes"):
         count, change = evidence["successes"], 100 * evidence["successes_change"]
         name = metric_name(evidence.get("metric", "dice"))
         return (f"No evidence either way{spread}: nothing saved; the checks were better overall but "
                 f"{change:+.1f} {name} points on the {count} corrections the current model had right. Save "
-                "corrections of images it gets right too, then try again.")
+                f"corrections of images it gets right too, then try again.{hint}")
     if evidence.get("unfit"):
         return ("No evidence either way: nothing saved; the checks were better, but the final model fits "
-                "your corrections worse than the current one. Try again.")
+                f"your corrections worse than the current one. Try again.{hint}")
     count, minimum = int(evidence.get("corrections", 0)), int(evidence.get("minimum", 2))
-    hint = " Review on open images can still show if the new one is better." if reviewable(result) else ""
     if count < minimum:
         return (f"No evidence either way: nothing saved; {count} correction{'s' if count != 1 else ''} "
                 f"cannot show it (the check needs {minimum}). Add corrections.{hint}")
