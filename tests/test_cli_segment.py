@@ -155,7 +155,7 @@ def test_segment_folder_continues_after_a_bad_file(model_2d, tmp_path, capsys):
     code, out, err = run_cli(capsys, "segment", folder, "--model", card, "--output", tmp_path / "out")
     assert code == 2
     assert files_in(tmp_path / "out") == ["a.png", "c.tif"]
-    assert "b.png" in err and "1 of 3 input(s) failed" in err
+    assert "b.png" in err and "1 of 3 inputs failed" in err
     assert "Traceback" not in err
 
 

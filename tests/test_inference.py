@@ -421,7 +421,7 @@ def test_closing_the_generator_stops_it(tiny_model, monkeypatch):
         (np.array([[1.0, np.inf], [0.0, 1.0]]), {}, "NaN or infinite"),
         (np.array([["a", "b"], ["c", "d"]]), {}, "not a real number type"),
         (np.zeros((16, 16), complex), {}, "not a real number type"),
-        (np.zeros((16, 16, 2)), {"channel_axis": -1}, "model takes 1 channel(s), image has 2"),
+        (np.zeros((16, 16, 2)), {"channel_axis": -1}, "model takes 1 channel, image has 2"),
         (np.zeros((16, 16)), {"roi": ((5, 5), (0, 4))}, "roi"),
         (np.zeros((16, 16)), {"roi": ((0, 4),)}, "roi"),
         (np.zeros((16, 16)), {"channel_axis": 5}, "channel_axis"),
@@ -450,7 +450,7 @@ def test_three_d_model_refuses_2d_image_and_slice_index(tiny_model):
 
 
 def test_channel_mismatch_for_three_channel_model(tiny_model):
-    with pytest.raises(InputError, match=r"model takes 3 channel\(s\), image has 2"):
+    with pytest.raises(InputError, match=r"model takes 3 channels, image has 2"):
         segment(np.zeros((16, 16, 2)), tiny_model(in_channels=3), channel_axis=-1)
 
 

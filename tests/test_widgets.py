@@ -597,12 +597,17 @@ def test_fewer_than_five_corrections_run_when_open_images_can_review_the_new_mod
     viewer.add_image(np.random.default_rng(0).random((32, 32)).astype(np.float32), name="another scan")
     finetune.budget_combo.setCurrentText("Steps")
     finetune.steps_spin.setValue(4)
+    from napari.utils.notifications import notification_manager
+
+    earlier = len(notification_manager.records)
     finetune.start()
     qtbot.waitUntil(lambda: finetune.task is not None and finetune.task.finished, timeout=60000)
     assert finetune.result is not None and finetune.result.candidate is not None, finetune.status_label.text()
     assert finetune.status_label.text() == (
         "No evidence either way: nothing saved; 3 corrections cannot show it (the check needs 5). Add "
         "corrections. Review on open images can still show if the new one is better.")
+    shown = [notification.message for notification in notification_manager.records[earlier:]]
+    assert f"Fine-tune: {finetune.status_label.text()}" in shown, "the whole verdict, whatever the dock height"
     assert finetune.review_button.isEnabled()
 
 

@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from napari_lgms._words import counted
+
 VERDICTS = ("better", "no evidence", "worse")
 
 
@@ -41,7 +43,7 @@ class Verdict:
         if self.count == 0:
             return "no correction could be held out, so there is no evidence either way"
         spread = f"{100 * self.mean_difference:+.1f} ± {100 * self.standard_error:.1f} {metric} points"
-        corrections = f"{self.count} held-out correction{'s' if self.count != 1 else ''}"
+        corrections = counted(self.count, "held-out correction")
         return f"{spread} over {corrections}, {self.gained} of them better"
 
 

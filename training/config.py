@@ -13,6 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from napari_lgms._words import plural
 from napari_lgms.errors import InputError
 from napari_lgms.inference.augment import TEST_TIME_AUGMENTATIONS
 
@@ -134,7 +135,8 @@ def config_from_dict(values: dict[str, Any], *, source: str = "config") -> Train
     known = _field_types()
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise InputError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise InputError(f"{source}: unknown {plural(len(unknown), 'setting')} {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(known))}")
     converted = {}
     for key, value in values.items():
         converted[key] = _coerce(key, value, known[key], source)

@@ -32,6 +32,7 @@ from typing import Iterator
 
 import numpy as np
 
+from napari_lgms._words import counted, plural
 from napari_lgms.errors import InputError
 
 MAX_FOCUS = 20000
@@ -387,8 +388,9 @@ def split_from_file(path: Path, names: list[str]) -> Split:
     index = {name: i for i, name in enumerate(names)}
     missing = [name for name in wanted if name not in index]
     if missing:
-        raise InputError(f"split_file {path}: {len(missing)} validation example(s) are not in the data, "
-                         f"e.g. {missing[0]!r}; use the data the split was made on")
+        raise InputError(f"split_file {path}: {counted(len(missing), 'validation example')} "
+                         f"{plural(len(missing), 'is', 'are')} not in the data, e.g. {missing[0]!r}; "
+                         "use the data the split was made on")
     val = sorted(index[name] for name in wanted)
     chosen = set(val)
     train = [i for i in range(len(names)) if i not in chosen]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
+from napari_lgms._words import counted
+
 FT_SUFFIX = re.compile(r"-ft-\d{8}-\d{6}$")
 
 
@@ -30,13 +32,12 @@ def finetuned_card(parent, new_name, loaded, parent_sha, data_record, settings, 
     and terms; this run's record, its cross-fitted scores and its lineage."""
     from napari_lgms.training.cards import card_metrics, model_card, rounded
 
-    count = len(data_record.get("keys", []))
     return model_card(
         name=new_name, architecture=parent.architecture, arguments=parent.arguments, input_spec=parent.input,
         normalization=parent.normalization, class_names=parent.class_names, output_spec=parent.output,
         prompt=parent.prompt, version=next_version(parent.version),
-        description=f"{parent.description} Fine-tuned from {parent.name} on {count} user "
-                    f"correction{'s' if count != 1 else ''}.".strip(),
+        description=f"{parent.description} Fine-tuned from {parent.name} on "
+                    f"{counted(len(data_record.get('keys', [])), 'user correction')}.".strip(),
         training={**{k: v for k, v in parent.training.items() if k in ("data", "terms")},
                   "finetune": {"preset": preset, "steps": steps, "seconds": round(elapsed, 1),
                                "time_budget": time_budget, "settings": settings.__dict__, "seed": seed,

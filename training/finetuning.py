@@ -46,6 +46,7 @@ from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 
+from napari_lgms._words import counted
 from napari_lgms.errors import InputError, OutputError
 from napari_lgms.training.adapt_run import AdaptContext, AdaptSettings, adapt_steps, predicted_logits
 from napari_lgms.training.engine import TrainProgress
@@ -126,7 +127,7 @@ def too_few_corrections(count: int) -> str | None:
     if count >= VERDICT_MINIMUM:
         return None
     missing = VERDICT_MINIMUM - count
-    return (f"{count} correction{'s' if count != 1 else ''}: a new model is saved only when a check on at "
+    return (f"{counted(count, 'correction')}: a new model is saved only when a check on at "
             f"least {VERDICT_MINIMUM} shows it is better, or your review of it does; save {missing} more, or "
             "review the new model on other images of this kind (open them in napari; --unlabelled with "
             "--review for the command)")
@@ -507,7 +508,7 @@ def _message(decision: str, verdict, metric: str, count: int, stopped: bool, rec
     if decision == "worse":
         return f"worse on your corrections ({evidence}): nothing saved, keep the current model"
     if count < VERDICT_MINIMUM:
-        return (f"{count} correction{'s' if count != 1 else ''} cannot show whether a new model is better "
+        return (f"{counted(count, 'correction')} cannot show whether a new model is better "
                 f"(the check needs at least {VERDICT_MINIMUM}): nothing saved; add corrections, or review "
                 "the new model on other images")
     return f"no evidence either way ({evidence}): nothing saved; more corrections make the check surer"

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from napari_lgms._words import counted, plural
 from napari_lgms.errors import InputError, LgmsError
 from napari_lgms.evaluation import pair_files, score_pair, summarize
 
@@ -52,7 +53,7 @@ def format_report(rows: list[dict], means: dict) -> str:
     for row in rows:
         lines.append([row["image"], row["mask"], f"{row['iou']:.4f}", f"{row['dice']:.4f}"]
                      + [f"{row['class_dice'][name]:.4f}" for name in class_names])
-    lines.append([f"mean of {len(rows)} image(s)", "", f"{means['iou']:.4f}", f"{means['dice']:.4f}"]
+    lines.append([f"mean of {counted(len(rows), 'image')}", "", f"{means['iou']:.4f}", f"{means['dice']:.4f}"]
                  + [f"{means['class_dice'][name]:.4f}" for name in class_names])
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
     out = []
@@ -80,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
         images = [image for image in images if stem_of(image) in wanted]
         missing = wanted - {stem_of(image) for image in images}
         if missing:
-            raise InputError(f"--split {args.split_path}: {len(missing)} validation image(s) are not in "
-                             f"{args.images}, e.g. {sorted(missing)[0]!r}")
+            raise InputError(f"--split {args.split_path}: {counted(len(missing), 'validation image')} "
+                             f"{plural(len(missing), 'is', 'are')} not in {args.images}, "
+                             f"e.g. {sorted(missing)[0]!r}")
     pairs, lonely_images, lonely_masks = pair_files(images, masks)
     if args.split_path:
         lonely_masks = []  # the other masks belong to training images
@@ -108,9 +110,9 @@ def run(args: argparse.Namespace) -> int:
             failures.append({"image": image_path.name, "mask": mask_path.name, "error": str(named)})
             print(f"napari-lgms evaluate: error: {named}", file=sys.stderr)
     if not rows:
-        raise InputError(f"none of the {len(pairs)} image/mask pair(s) could be evaluated")
+        raise InputError(f"none of the {counted(len(pairs), 'image/mask pair')} could be evaluated")
     means = summarize(rows)
-    print(f"model {model.card.name} on {len(rows)} image(s), test-time augmentation: {tta}")
+    print(f"model {model.card.name} on {counted(len(rows), 'image')}, test-time augmentation: {tta}")
     print(format_report(rows, means))
     if json_path is not None:
         report = {

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from napari_lgms._words import counted
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -120,7 +122,7 @@ def review(result, images: list, folder: str, model: str) -> None:
     if not reviewable(result):
         print("review: nothing to review (the run was stopped or its check found the new model worse)")
         return
-    count = f"{len(images)} unlabelled image{'s' if len(images) != 1 else ''}"
+    count = counted(len(images), "unlabelled image")
     print(f"review: segmenting {count} with both models", flush=True)
     line_due = every(2.0, time.monotonic)
 

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from napari_lgms._words import counted
 from napari_lgms.errors import InputError, LgmsError, OutputError
 from napari_lgms.inference.windows import DEFAULT_OVERLAP
 
@@ -75,7 +76,7 @@ def parse_roi(text: str) -> tuple[tuple[int, int], ...]:
             raise InputError(f"--roi {text!r} is not like 'y0:y1,x0:x1' or 'z0:z1,y0:y1,x0:x1' (integers)") from None
         ranges.append((start, stop))
     if len(ranges) not in (2, 3):
-        raise InputError(f"--roi {text!r} has {len(ranges)} range(s); give 2 (y, x) or 3 (z, y, x)")
+        raise InputError(f"--roi {text!r} has {counted(len(ranges), 'range')}; give 2 (y, x) or 3 (z, y, x)")
     return tuple(ranges)
 
 
@@ -250,7 +251,7 @@ def _segment_all(args, roi, output) -> int:
         print(f"{job.source} -> {', '.join(str(p) for p in written)} "
               f"({result.seconds:.2f} s on {result.device})")
     if failures:
-        print(f"napari-lgms segment: {failures} of {count} input(s) failed", file=sys.stderr)
+        print(f"napari-lgms segment: {failures} of {counted(count, 'input')} failed", file=sys.stderr)
         return 2
     return 0
 

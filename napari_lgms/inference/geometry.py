@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from napari_lgms._words import counted
 from napari_lgms.errors import InputError
 from napari_lgms.inference.normalize import check_finite
 
@@ -26,7 +27,8 @@ def check_image(image) -> np.ndarray:
             f"image dtype {array.dtype} is not a real number type; give an integer, float or boolean array"
         )
     if array.ndim < 2 or array.ndim > 4:
-        raise InputError(f"image has {array.ndim} dimension(s) (shape {array.shape}); accepted: {ACCEPTED_SHAPES}")
+        raise InputError(f"image has {counted(array.ndim, 'dimension')} (shape {array.shape}); "
+                         f"accepted: {ACCEPTED_SHAPES}")
     if array.size == 0:
         raise InputError(f"image is empty (shape {array.shape}); every axis needs at least one pixel")
     check_finite(array)
@@ -101,7 +103,7 @@ def match_channels(image: np.ndarray, model_channels: int) -> np.ndarray:
         return luma[np.newaxis]
     accepted = {model_channels, 1} | ({3, 4} if model_channels in (1, 3) else set())
     raise InputError(
-        f"model takes {model_channels} channel(s), image has {count}; "
+        f"model takes {counted(model_channels, 'channel')}, image has {count}; "
         f"accepted channel counts: {', '.join(str(c) for c in sorted(accepted))}"
     )
 
@@ -114,7 +116,8 @@ def check_roi(roi, spatial_shape: tuple[int, ...]) -> tuple[tuple[int, int], ...
         raise InputError(f"roi must be one (start, stop) pair per spatial axis, got {roi!r}") from None
     if len(pairs) != len(spatial_shape):
         raise InputError(
-            f"roi has {len(pairs)} axis range(s) but the image has {len(spatial_shape)} spatial axes {spatial_shape}"
+            f"roi has {counted(len(pairs), 'axis range')} but the image has {len(spatial_shape)} spatial axes "
+            f"{spatial_shape}"
         )
     clipped = []
     for axis, ((start, stop), size) in enumerate(zip(pairs, spatial_shape)):

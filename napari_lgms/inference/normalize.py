@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 
+from napari_lgms._words import counted
 from napari_lgms.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -39,7 +40,7 @@ def check_finite(array: np.ndarray) -> None:
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
         raise InputError(
-            f"image has {bad} NaN or infinite value(s); replace them (e.g. with 0) before segmenting"
+            f"image has {counted(bad, 'NaN or infinite value')}; replace them (e.g. with 0) before segmenting"
         )
 
 

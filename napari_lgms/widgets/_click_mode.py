@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 import numpy as np
 from qtpy.QtWidgets import QPushButton, QVBoxLayout, QWidget
 
+from napari_lgms._words import counted
 from napari_lgms.widgets import _layer_geometry as geo
 from napari_lgms.widgets._click_jobs import (Click, ClickTarget, Job, JobResult, ObjectClicks, click_records,
                                              predict, write_object)
@@ -515,7 +516,7 @@ class ClickMode:
         clicks = obj.clicks()
         self.controls.show_session(True, bool(clicks))
         positive = sum(c.positive for c in clicks)
-        count = f"{len(clicks)} click{'s' if len(clicks) != 1 else ''}"
+        count = counted(len(clicks), "click")
         text = f"Label {obj.label}: {count} ({positive}+ {len(clicks) - positive}−)"
         if self.busy:
             text += ", predicting…"

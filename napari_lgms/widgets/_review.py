@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+from napari_lgms._words import counted
 from napari_lgms.training.review import reviewable
 from napari_lgms.widgets import _layer_geometry as geo
 from napari_lgms.widgets._session_log import append_record
@@ -69,7 +70,7 @@ class ReviewSession:
         self._layers = layers
         self._started = time.monotonic()
         ui.set_reviewing(True, asking=False)
-        ui.status_label.setText(f"Segmenting {len(layers)} open image(s) with both models…")
+        ui.status_label.setText(f"Segmenting {counted(len(layers), 'open image')} with both models…")
         self.task = start_engine_task(
             lambda should_stop: review_items_steps(result, images, names=names, parent=base.source),
             description="Review",

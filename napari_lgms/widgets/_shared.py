@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from psygnal import Signal
 
+from napari_lgms._words import counted
+
 UNTRAINED_NOTE = "untrained: random weights, the output is meaningless until it is trained or fine-tuned"
 PREFERRED_MODELS = ("lgmsnet-polyp", "lgmsnet-breast-us", "lgmsnet3d-hippocampus")  # real-data, best first
 
@@ -104,8 +106,9 @@ def validation_line(card, prediction: str = "auto") -> str:
 def _describe(card, spatial_dims: int, in_channels: int, prediction: str = "auto") -> str:
     kind = "2D (slice by slice on volumes)" if spatial_dims == 2 else "3D (volumetric)"
     if card is None:
-        return f"{kind}; {in_channels} input channel(s)"
-    lines = [f"{card.name} v{card.version}: {card.architecture} {kind}, {in_channels} input channel(s)"]
+        return f"{kind}; {counted(in_channels, 'input channel')}"
+    channels = counted(in_channels, "input channel")
+    lines = [f"{card.name} v{card.version}: {card.architecture} {kind}, {channels}"]
     if card.training.get("data"):
         lines.append(f"trained on: {card.training['data']}")
     lines.append(validation_line(card, prediction))
@@ -153,8 +156,8 @@ def model_choices(include_untrained: bool = True) -> list[ModelChoice]:
             if include_untrained:
                 choices.append(ModelChoice(
                     f"{entry.name} (untrained)", entry.name, False, entry.spatial_dims, entry.in_channels,
-                    f"{entry.architecture} {entry.spatial_dims}D, {entry.in_channels} input channel(s)\n"
-                    f"{UNTRAINED_NOTE}", entry.name, entry.origin,
+                    f"{entry.architecture} {entry.spatial_dims}D, "
+                    f"{counted(entry.in_channels, 'input channel')}\n{UNTRAINED_NOTE}", entry.name, entry.origin,
                 ))
             continue
         label = f"{entry.name} ({'yours' if entry.origin == 'user' else entry.origin})"

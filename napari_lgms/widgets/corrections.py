@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from napari_lgms._words import counted
 from napari_lgms.errors import InputError
 from napari_lgms.widgets import _layer_geometry as geo
 from napari_lgms.widgets._layout import button_row, compact_form, wrapping_label
@@ -212,7 +213,7 @@ class CorrectionsPanel(QGroupBox):
         for entry in entries:
             when = entry.timestamp[:19].replace("T", " ")
             count = len(entry.clicks or [])
-            clicks = f" · {count} click{'s' if count != 1 else ''}" if count else ""
+            clicks = f" · {counted(count, 'click')}" if count else ""
             self.entry_list.addItem(f"{entry.key}\n{entry.model} · {when}{clicks}")
         self._keys = [entry.key for entry in entries]
         noun = "correction" if len(entries) == 1 else "corrections"

@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_lgms._words import counted
 from napari_lgms.training.finetune_card import model_family
 from napari_lgms.training.finetuning import PRESETS, failures_caution, metric_name, too_few_corrections
 from napari_lgms.widgets import _layer_geometry as geo
@@ -112,9 +113,18 @@ def verdict_text(result) -> str:
                 f"your corrections worse than the current one. Try again.{hint}")
     count, minimum = int(evidence.get("corrections", 0)), int(evidence.get("minimum", 2))
     if count < minimum:
-        return (f"No evidence either way: nothing saved; {count} correction{'s' if count != 1 else ''} "
+        return (f"No evidence either way: nothing saved; {counted(count, 'correction')} "
                 f"cannot show it (the check needs {minimum}). Add corrections.{hint}")
     return f"No evidence either way{spread}: nothing saved; the previous model is kept.{hint}"
+
+
+def _announce(label, text: str) -> None:
+    """A run's outcome in the dock and as a napari notification: two docks stacked on a laptop screen
+    can leave the dock too short for the whole text."""
+    from napari.utils.notifications import show_info
+
+    label.setText(text)
+    show_info(f"Fine-tune: {text}")
 
 
 def _spread(evidence: dict) -> str:
@@ -638,7 +648,7 @@ class FinetuneSession:
         self.result = result
         if self.estimate is not None:
             self.estimate.update(result.steps)  # the last step's report may have been throttled away
-        ui.status_label.setText(verdict_text(result))
+        _announce(ui.status_label, verdict_text(result))
         ui.status_label.setToolTip(result.message)  # the engine's evidence, on demand
         ui.use_button.setEnabled(offered(result))
         ui.rollback_button.setEnabled(offered(result))
@@ -658,7 +668,7 @@ class FinetuneSession:
         """Main thread: the run's outcome after the user's review."""
         ui = self.widget
         self.result = result
-        ui.status_label.setText(verdict_text(result))
+        _announce(ui.status_label, verdict_text(result))
         ui.status_label.setToolTip(result.message)
         ui.use_button.setEnabled(offered(result))
         ui.rollback_button.setEnabled(offered(result))

@@ -17,6 +17,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from napari_lgms._words import counted
+
 FORMAT_VERSION = 1
 
 NOT_A_MEDICAL_DEVICE = (
@@ -178,7 +180,7 @@ class ModelCard:
         dims = f"{self.spatial_dims}D"
         lines = [
             f"{self.name} v{self.version}: {self.architecture} {dims}, "
-            f"{self.image_channels} input channel(s), classes: {', '.join(self.class_names)}"
+            f"{counted(self.image_channels, 'input channel')}, classes: {', '.join(self.class_names)}"
         ]
         data = self.training.get("data")
         if data:

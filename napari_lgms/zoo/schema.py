@@ -12,6 +12,7 @@ import math
 import re
 from typing import Any, Callable
 
+from napari_lgms._words import plural
 from napari_lgms.errors import InputError
 from napari_lgms.zoo.names import validate_file_name, validate_model_name
 
@@ -37,7 +38,7 @@ def check_card_data(data: Any) -> None:
         raise CardError("a model card must be a JSON object")
     missing = [k for k in ("name", "architecture", "arguments") if k not in data]
     if missing:
-        raise CardError(f"lacks required field(s): {', '.join(missing)}")
+        raise CardError(f"lacks required {plural(len(missing), 'field')}: {', '.join(missing)}")
     _guard("name", lambda: validate_model_name(data["name"]))
     _check_architecture(data["architecture"])
     _check_arguments(data["arguments"])
