@@ -103,10 +103,11 @@ def refused_after_better_checks(parent, tmp_path):
 def test_a_check_better_overall_but_worse_where_the_parent_was_right_saves_nothing(parent, tmp_path, monkeypatch):
     from napari_lgms.training import finetuning
 
-    monkeypatch.setattr(finetuning, "successes_change", lambda rows: (-0.2, 3))
+    monkeypatch.setattr(finetuning, "kept_change", lambda rows: (-0.05, -0.2, 3))
     result = refused_after_better_checks(parent, tmp_path)
     assert result.evidence["hurt_successes"] and result.evidence["successes"] == 3
-    assert "worse on the 3 the current model had right (-20.0 IoU points): nothing saved" in result.message
+    assert result.evidence["weighed_change"] == -0.05
+    assert "worse on the 3 the current model had right (-20.0 IoU points), by more than" in result.message
 
 
 def test_a_final_model_that_diverged_after_a_better_check_is_not_saved(parent, tmp_path, monkeypatch):

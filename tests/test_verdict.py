@@ -92,24 +92,26 @@ def test_a_better_message_says_when_most_corrections_were_the_parents_failures()
     assert failures_caution({}) is None  # a card written before the count was kept
 
 
-def test_only_the_corrections_the_parent_had_right_say_whether_it_kept_what_worked():
-    from napari_lgms.training.finetuning import successes_change
+def test_what_the_parent_had_right_is_weighed_at_three_quarters_against_its_failures():
+    from napari_lgms.training.finetuning import SUCCESS_SHARE, kept_change
 
-    rows = [{"before": 0.1, "after": 0.9}, {"before": 0.2, "after": 0.8},  # failures, fixed
+    rows = [{"before": 0.1, "after": 0.9}, {"before": 0.2, "after": 0.8},  # failures, +0.7 on average
             {"before": 0.7, "after": 0.1}, {"before": 0.9, "after": 0.8}]  # two it had right: -0.35 on average
-    change, count = successes_change(rows)
+    weighed, change, count = kept_change(rows)
     assert count == 2 and change == pytest.approx(-0.35)
-    assert successes_change(rows[:2]) is None  # none it had right: nothing to say
+    assert SUCCESS_SHARE == 0.75 and weighed == pytest.approx(0.75 * -0.35 + 0.25 * 0.7)
+    assert kept_change(rows[2:]) == pytest.approx((-0.35, -0.35, 2))  # no failures: the successes alone
+    assert kept_change(rows[:2]) is None  # none it had right: nothing to say
 
 
 def test_the_checks_decision_needs_what_the_parent_had_right_kept_only_for_better():
     from napari_lgms.training.adaptation import Verdict
     from napari_lgms.training.finetuning import check_decision
 
-    lost = [{"before": 0.1, "after": 0.9}, {"before": 0.8, "after": 0.5}]
-    kept = [{"before": 0.1, "after": 0.9}, {"before": 0.8, "after": 0.81}]
+    lost = [{"before": 0.1, "after": 0.9}, {"before": 0.8, "after": 0.5}]  # 0.75 * -0.3 + 0.25 * 0.8 < 0
+    slipped = [{"before": 0.1, "after": 0.9}, {"before": 0.8, "after": 0.78}]  # -0.02 there, fixed the failure
     better, worse = Verdict("better", 0.2, 0.1, 2, (0.8, -0.3)), Verdict("worse", -0.2, 0.1, 2, (-0.8, 0.3))
-    assert check_decision(better, lost) == ("no evidence", pytest.approx((-0.3, 1)))
-    assert check_decision(better, kept)[0] == "better"
+    assert check_decision(better, lost) == ("no evidence", pytest.approx((-0.025, -0.3, 1)))
+    assert check_decision(better, slipped)[0] == "better"
     assert check_decision(worse, lost)[0] == "worse"
     assert check_decision(better, lost[:1]) == ("better", None)  # it had none right: nothing to keep

@@ -577,8 +577,9 @@ def test_the_verdict_says_when_the_check_lost_what_the_model_had_right():
         "standard_error": 0.05, "gained": 8, "hurt_successes": True, "successes": 2, "successes_change": -0.32})
     assert verdict_text(result) == (
         "No evidence either way (+15.0 ± 5.0 IoU points over 10 corrections, 8 better): nothing saved; the "
-        "checks were better overall but -32.0 IoU points on the 2 corrections the current model had right. "
-        "Save corrections of images it gets right too, then try again.")
+        "checks were better overall but -32.0 IoU points on the 2 corrections the current model had right: "
+        "too much if most of your images are like those. Save corrections of images it gets right too, then "
+        "try again.")
     result.candidate = object()
     assert verdict_text(result).endswith("then try again. Review on open images can still show if the new "
                                          "one is better."), "a model the check refused can still be reviewed"

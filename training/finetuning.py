@@ -24,9 +24,10 @@ What it does, in order:
    gained 4 to 9 IoU points less on a new modality; averaging the two checked models was
    rejected too: see ``benchmarks/README.md``);
 5. saves the candidate as a new version ``NAME-ft-YYYYmmdd-HHMMSS`` (lineage, the evidence) only
-   when the verdict is "better", the checked models kept what the parent had right (their mean
-   change on the held-out corrections it scored 0.5 or more is above minus one point:
-   :func:`successes_change`), and the candidate itself fits the corrections it learned from at
+   when the verdict is "better", the checked models kept what the parent had right (their change
+   on the held-out corrections it scored 0.5 or more, weighed at three quarters against their
+   change on its failures, is above minus one point: :func:`kept_change`), and the candidate
+   itself fits the corrections it learned from at
    least as well as the parent did (a run that diverged after the check is caught there; steps
    whose loss is not finite are skipped anyway). Otherwise nothing is written; the candidate
    stays in :attr:`FinetuneResult.candidate` for callers who want to look at it.
@@ -63,6 +64,7 @@ VERDICT_LEVEL = 0.10  # one-sided signed-rank p-value the paired differences mus
 VERDICT_MINIMUM = 5  # corrections: with fewer, the checked models learn from one or two images
 FOLD_SHARE = 0.25  # of the training time, per cross-fitting fold; the candidate gets the rest
 FAILED_BELOW = 0.5  # a correction the parent scored below this was one of its failures
+SUCCESS_SHARE = 0.75  # of the user's images taken to be like the corrections the parent had right
 
 
 @dataclass
@@ -90,22 +92,30 @@ class FinetuneResult:
     candidate: Any = None
 
 
-def successes_change(per_correction: Sequence[dict[str, float]]) -> tuple[float, int] | None:
-    """The checked models' mean change on the held-out corrections the parent had right (scored
-    :data:`FAILED_BELOW` or more), and how many; None when it had none right. A "better" verdict needs
-    it above ``-VERDICT_MARGIN``: a model that fixes failures while losing what already worked is
-    not handed back (a user's corrections tend to be failures, and then the verdict's mean speaks
-    for them: ``benchmarks/README.md``, the endoscope change)."""
-    changes = [row["after"] - row["before"] for row in per_correction if row["before"] >= FAILED_BELOW]
-    return (float(np.mean(changes)), len(changes)) if changes else None
+def kept_change(per_correction: Sequence[dict[str, float]]) -> tuple[float, float, int] | None:
+    """How the checked models did where the parent was right: ``(weighed change, mean change on the
+    held-out corrections the parent scored FAILED_BELOW or more, how many)``; None when it had none
+    right. The weighed change is what they would gain on images :data:`SUCCESS_SHARE` of which are
+    like those and the rest like its failures: a user's corrections tend to be failures, and then
+    the verdict's mean speaks for them (``benchmarks/README.md``, the endoscope change). A model
+    that fixes failures while losing what already worked is not handed back when this is below
+    ``-VERDICT_MARGIN``."""
+    successes = [row["after"] - row["before"] for row in per_correction if row["before"] >= FAILED_BELOW]
+    failures = [row["after"] - row["before"] for row in per_correction if row["before"] < FAILED_BELOW]
+    if not successes:
+        return None
+    on_successes = float(np.mean(successes))
+    weighed = on_successes if not failures else (SUCCESS_SHARE * on_successes
+                                                 + (1.0 - SUCCESS_SHARE) * float(np.mean(failures)))
+    return weighed, on_successes, len(successes)
 
 
 def check_decision(verdict, per_correction: Sequence[dict[str, float]]
-                   ) -> tuple[str, tuple[float, int] | None]:
+                   ) -> tuple[str, tuple[float, float, int] | None]:
     """The check's decision from its :class:`~.adaptation.Verdict` and the held-out corrections'
-    scores: the verdict's, except that "better" also needs the corrections the parent had right to
-    keep their score (:func:`successes_change` above ``-VERDICT_MARGIN``); and that change."""
-    kept = successes_change(per_correction)
+    scores: the verdict's, except that "better" also needs what the parent had right kept
+    (:func:`kept_change`'s weighed change above ``-VERDICT_MARGIN``); and that change."""
+    kept = kept_change(per_correction)
     if verdict.decision == "better" and kept is not None and kept[0] < -VERDICT_MARGIN:
         return "no evidence", kept
     return verdict.decision, kept
@@ -427,7 +437,7 @@ def finetune_steps(
                     for i in checked]}
     decision, kept = check_decision(verdict, evidence["per_correction"])
     if kept is not None:
-        evidence["successes_change"], evidence["successes"] = kept
+        evidence["weighed_change"], evidence["successes_change"], evidence["successes"] = kept
     if stopped:
         decision = "no evidence"
     elif decision != verdict.decision:
@@ -495,8 +505,9 @@ def _message(decision: str, verdict, metric: str, count: int, stopped: bool, rec
     if record.get("hurt_successes"):
         change = 100 * record["successes_change"]
         return (f"the checks were better on your corrections ({evidence}), but worse on the "
-                f"{record['successes']} the current model had right ({change:+.1f} {name} points): nothing "
-                "saved; save corrections of images it gets right too, then try again")
+                f"{record['successes']} the current model had right ({change:+.1f} {name} points), by more "
+                "than they gained if most of your images are like those: nothing saved; save corrections of "
+                "images it gets right too, then try again")
     if record.get("unfit"):
         return (f"the checks were better ({evidence}), but the final model fits your corrections worse than "
                 f"the current one ({name} {record['candidate_fit']:.2f} against {record['parent_fit']:.2f}): "

@@ -106,8 +106,9 @@ def verdict_text(result) -> str:
         count, change = evidence["successes"], 100 * evidence["successes_change"]
         name = metric_name(evidence.get("metric", "dice"))
         return (f"No evidence either way{spread}: nothing saved; the checks were better overall but "
-                f"{change:+.1f} {name} points on the {count} corrections the current model had right. Save "
-                f"corrections of images it gets right too, then try again.{hint}")
+                f"{change:+.1f} {name} points on the {count} corrections the current model had right: too "
+                "much if most of your images are like those. Save corrections of images it gets right too, "
+                f"then try again.{hint}")
     if evidence.get("unfit"):
         return ("No evidence either way: nothing saved; the checks were better, but the final model fits "
                 f"your corrections worse than the current one. Try again.{hint}")
