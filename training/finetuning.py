@@ -27,10 +27,10 @@ What it does, in order:
    when the verdict is "better", the checked models kept what the parent had right (their change
    on the held-out corrections it scored 0.5 or more, weighed at three quarters against their
    change on its failures, is above minus one point: :func:`kept_change`), and the candidate
-   itself fits the corrections it learned from at
-   least as well as the parent did (a run that diverged after the check is caught there; steps
-   whose loss is not finite are skipped anyway). Otherwise nothing is written; the candidate
-   stays in :attr:`FinetuneResult.candidate` for callers who want to look at it.
+   itself fits the corrections it learned from at least as well as the parent did (a run that
+   diverged after the check is caught there; steps whose loss is not finite are skipped anyway).
+   Otherwise nothing is written; the candidate stays in :attr:`FinetuneResult.candidate` for
+   callers who want to look at it.
 
 One adaptation run is :func:`.adapt_run.adapt_steps` (how it learns: :mod:`.adapt_run`); the model
 card of a saved one is :func:`.finetune_card.finetuned_card`.
