@@ -239,7 +239,7 @@ def test_layout_policy_is_channels_last_for_cpu_training_and_3d_inference():
     assert not prefer_channels_last("meta", training=True, spatial_dims=3)
     network = ESDMRNet(in_channels=1, num_classes=2, widths=(8, 8, 16, 16, 24))
     assert use_layout_for(network, "cpu", training=True) > 0
-    assert all(m.channels_last for m in network.modules() if isinstance(m, DepthwiseConv))
+    assert all(m.conv.channels_last for m in network.modules() if isinstance(m, DepthwiseConv))
 
 
 def test_onnx_export_of_a_channels_last_network_uses_the_standard_layout_and_restores_it():
@@ -250,7 +250,7 @@ def test_onnx_export_of_a_channels_last_network_uses_the_standard_layout_and_res
     network = ESDMRNet(in_channels=1, num_classes=1, widths=(8, 8, 16, 16, 24)).eval()
     set_depthwise_layout(network, True)
     assert len(onnx_bytes(network, (1, 1, 32, 32))) > 0
-    assert all(m.channels_last for m in network.modules() if isinstance(m, DepthwiseConv))
+    assert all(m.conv.channels_last for m in network.modules() if isinstance(m, DepthwiseConv))
 
 
 def test_esdmrnet_counts():
