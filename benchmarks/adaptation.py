@@ -486,9 +486,9 @@ def covariate_ceiling(per_image: list, k: int, subsets: int = 1000, seed: int = 
 def rejudge(path: Path) -> list[dict]:
     """A recorded run's table with every draw's verdict judged again by today's rule from the
     check's recorded per-correction scores (the rule decides only what is handed back, not how
-    anything trains), including what the parent had right being kept (finetuning.kept_change). A draw newly
-    judged "better" is assumed to pass the candidate's fit check, which the recorded run did not need
-    to make; ceilings are recomputed where per-image scores exist."""
+    anything trains), including what the parent had right being kept (``finetuning.kept_change``).
+    A draw newly judged "better" is assumed to pass the candidate's fit check, which the recorded run
+    did not need to make; ceilings are recomputed where per-image scores exist."""
     from napari_lgms.training.adaptation import judge
     from napari_lgms.training.finetuning import VERDICT_LEVEL, VERDICT_MARGIN, VERDICT_MINIMUM, check_decision
 
