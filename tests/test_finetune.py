@@ -50,6 +50,18 @@ def saved_parent(tiny_model, folder):
     return load_model(save_model(loaded.network, loaded.card, folder))
 
 
+def with_batch_norm(tiny_model, folder):
+    """A small ESDMR-Net (it has batch norm) with the tiny model's card, saved in ``folder`` and loaded."""
+    from dataclasses import replace
+
+    from napari_lgms.models.registry import build_network
+    from napari_lgms.zoo import load_model, save_model
+
+    arguments = {"in_channels": 1, "num_classes": 1, "spatial_dims": 2, "widths": [4, 4, 8, 8, 8]}
+    card = replace(tiny_model(input=RESIZE_TO_32).card, architecture="esdmrnet", arguments=arguments)
+    return load_model(save_model(build_network("esdmrnet", arguments).eval(), card, folder))
+
+
 @pytest.fixture
 def parent(tiny_model, tmp_path):
     """A saved tiny model (resize to 32x32) the tests fine-tune."""
@@ -108,6 +120,18 @@ def test_a_check_better_overall_but_worse_where_the_parent_was_right_saves_nothi
     assert result.evidence["hurt_successes"] and result.evidence["successes"] == 3
     assert result.evidence["weighed_change"] == -0.05
     assert "worse on the 3 the current model had right (-20.0 IoU points), by more than" in result.message
+
+
+def test_a_check_refused_for_what_it_lost_on_failures_says_so(parent, tmp_path, monkeypatch):
+    from napari_lgms.training import finetuning
+
+    monkeypatch.setattr(finetuning, "kept_change", lambda rows: (-0.05, 0.02, 3))  # the successes held
+    result = refused_after_better_checks(parent, tmp_path)
+    failures = [row["after"] - row["before"] for row in result.evidence["per_correction"] if row["before"] < 0.5]
+    assert result.evidence["failures"] == len(failures) > 0
+    assert result.evidence["failures_change"] == pytest.approx(np.mean(failures))
+    assert f"worse on the {len(failures)} the current model had failed on (" in result.message
+    assert "had right (" not in result.message
 
 
 def test_a_final_model_that_diverged_after_a_better_check_is_not_saved(parent, tmp_path, monkeypatch):
@@ -198,17 +222,18 @@ def test_unlabelled_images_change_what_is_learned(parent, tmp_path):
     assert with_folder.candidate.card.training["finetune"]["data"]["unlabelled"] == 3
 
 
-def test_the_preparation_before_training_says_what_it_is_doing(parent, tmp_path):
+def test_the_preparation_before_training_says_what_it_is_doing(tiny_model, tmp_path):
     """On a slow CPU the parent's scores and predictions take a quarter of the budget."""
     from napari_lgms.training import finetune_steps
 
+    parent = with_batch_norm(tiny_model, tmp_path / "parent")
     rng = np.random.default_rng(6)
     _, reports = run(finetune_steps(parent, corrections=store_of(tmp_path / "store", 4), steps=2, device="cpu",
                                     unlabelled=[phantom(rng)[0] for _ in range(3)], output=tmp_path / "out"))
     first_step = next(i for i, r in enumerate(reports) if r.phase == "train")
     said = [r.message for r in reports[:first_step]]
-    assert "scoring the model on 4 corrections" in said
-    assert "re-estimating normalisation (7 images)" in said
+    assert "scoring the model on your corrections: 4/4" in said
+    assert "re-estimating normalisation: 7/7 images" in said
     assert all(r.phase == "loading" for r in reports[:first_step])
 
 
@@ -351,16 +376,40 @@ def test_a_cancelled_run_leaves_nothing_behind(parent, tmp_path):
     from napari_lgms.training import finetune
 
     store = store_of(tmp_path / "store", 6)
-    calls = {"n": 0}
+    reports = []
 
     def should_stop() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 5
+        return bool(reports) and reports[-1].phase == "train" and reports[-1].step >= 3
 
     result = finetune(parent, corrections=store, output=tmp_path / "out", steps=1000, device="cpu",
-                      should_stop=should_stop)
+                      should_stop=should_stop, on_progress=reports.append)
     assert not result.saved and result.verdict == "no evidence" and "stopped" in result.message
-    assert result.steps < 10 and list((tmp_path / "out").iterdir()) == []
+    assert 3 <= result.steps < 10 and list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("stage", ["loading your corrections", "loading unlabelled images",
+                                   "scoring the model on your corrections", "re-estimating normalisation",
+                                   "scoring the re-normalised model", "model predictions on unlabelled images"])
+def test_a_run_stops_while_it_prepares_at_its_next_image(parent, tiny_model, tmp_path, stage):
+    """On a slow CPU the preparation takes half a minute: Cancel must not wait for its end."""
+    from napari_lgms.training import finetune
+
+    rng = np.random.default_rng(4)
+    reports = []
+
+    def should_stop() -> bool:
+        return any(r.message.startswith(stage) and r.message.split(": ")[1].split("/")[0] != "0" for r in reports)
+
+    if "normalis" in stage:  # the tiny parent has no batch norm to re-estimate
+        parent = with_batch_norm(tiny_model, tmp_path / "parent-bn")
+    result = finetune(parent, corrections=store_of(tmp_path / "store", 6), output=tmp_path / "out",
+                      unlabelled=[phantom(rng)[0] for _ in range(9)], steps=50, device="cpu",
+                      should_stop=should_stop, on_progress=reports.append)
+    in_stage = [r.message for r in reports if r.message.startswith(stage)]
+    assert len(in_stage) == 2 and reports[-1].message == in_stage[-1], "it stops at its first report after"
+    assert all(r.phase == "loading" for r in reports)
+    assert not result.saved and result.steps == 0 and "stopped" in result.message
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 @pytest.mark.parametrize("options, words", [
@@ -405,6 +454,9 @@ def test_cli_prints_the_verdict_and_takes_unlabelled_images(parent, tmp_path, ca
     out = capsys.readouterr().out
     assert code == 0 and "verdict: better" in out
     assert len(list((tmp_path / "out").glob("tiny-test-ft-*.json"))) == 1
+    preparing = [line for line in out.splitlines() if line.startswith(("loading", "scoring", "model predictions"))]
+    assert preparing[:2] == ["loading your corrections: 0/8", "loading unlabelled images: 0"]
+    assert len(preparing) <= 8, "a line as each stage starts (then one every 2 s), not one per image"
     assert main(["finetune", "--model", str(parent.path), "--output", str(tmp_path / "out")]) == 2
     assert main(["finetune", "--model", str(parent.path), "--corrections", str(store),
                  "--time-budget", "nan"]) == 2
@@ -458,7 +510,7 @@ def test_volumes_are_resampled_to_the_models_spacing_where_theirs_is_known():
     spec = PrepareSpec(1, 3, 3, (16, 16, 16), "patch", {"kind": "zscore"}, spacing=(1.0, 1.0, 1.0))
     volume = np.random.default_rng(0).normal(size=(10, 24, 18)).astype(np.float32)
     read = ImageData(volume, "ZYX", (2.0, 0.5, 1.0), ("mm",) * 3, None, None, "napari")
-    samples = _unlabelled_samples([read, volume], spec, limit=8, seed=0)
+    samples = list(_unlabelled_samples([read, volume], spec, limit=8, seed=0))
     assert [s.image.shape for s in samples] == [(1, 20, 12, 18), (1, 10, 24, 18)]  # a bare array: as it is
     mask = np.ones(volume.shape, np.uint8)
     correction = prepare(RawExample(volume[None], mask, None, (2.0, 0.5, 1.0)), spec)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -239,31 +239,38 @@ class TailAverage:
         return self.count
 
 
-def renormalise(network, images: Sequence, device, batch_size: int = 8) -> int:
+def renormalise(network, images: Sequence, device, batch_size: int = 8) -> Iterator[int]:
     """Re-estimate every batch-norm layer's running statistics on ``images`` ((C, *S) float32 arrays,
-    grouped by shape) as a plain average (AdaBN); returns how many layers changed. Leaves eval mode."""
+    grouped by shape) as a plain average (AdaBN), yielding the images done after every batch (stop
+    iterating to stop: the statistics are then those of the images done so far). Leaves eval mode."""
     import torch
 
     from napari_lgms.models.padding import padded_forward
 
     layers = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not layers or not len(images):
-        return 0
-    saved = [(m.momentum, m.training) for m in layers]
+        return
+    momenta = [m.momentum for m in layers]
     for layer in layers:
         layer.reset_running_stats()
         layer.momentum = None  # cumulative average over the batches below
-    network.eval()
-    for layer in layers:
-        layer.train()
     by_shape: dict[tuple, list] = {}
     for image in images:
         by_shape.setdefault(tuple(image.shape), []).append(image)
-    with torch.no_grad():
+    done = 0
+    try:
         for group in by_shape.values():
             for start in range(0, len(group), batch_size):
-                padded_forward(network, torch.from_numpy(np.stack(group[start:start + batch_size])).to(device))
-    for layer, (momentum, _) in zip(layers, saved):
-        layer.momentum = momentum
-    network.eval()
-    return len(layers)
+                batch = group[start:start + batch_size]
+                network.eval()
+                for layer in layers:
+                    layer.train()
+                with torch.no_grad():
+                    padded_forward(network, torch.from_numpy(np.stack(batch)).to(device))
+                network.eval()
+                done += len(batch)
+                yield done
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+        network.eval()

@@ -42,8 +42,9 @@ import math
 import os
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Generator, Sequence
+from typing import Any, Callable, Generator, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -65,6 +66,7 @@ VERDICT_MINIMUM = 5  # corrections: with fewer, the checked models learn from on
 FOLD_SHARE = 0.25  # of the training time, per cross-fitting fold; the candidate gets the rest
 FAILED_BELOW = 0.5  # a correction the parent scored below this was one of its failures
 SUCCESS_SHARE = 0.75  # of the user's images taken to be like the corrections the parent had right
+SCORING_BATCH = 4  # images per forward pass while scoring and predicting (and between stop checks)
 
 
 @dataclass
@@ -223,34 +225,32 @@ def _weights_sha256(loaded) -> str | None:
     return sha256_of(weights_file) if weights_file.is_file() else None
 
 
-def _unlabelled_samples(unlabelled, spec, limit: int, seed: int) -> list:
-    """Prepared (mask-less) samples from a folder of images or a sequence of arrays (spatial axes
-    first, channels last if any) or of :class:`~napari_lgms.io.image.ImageData`, at most ``limit``
-    of them (a seeded choice)."""
+def _unlabelled_samples(unlabelled, spec, limit: int, seed: int) -> Iterator:
+    """Prepared (mask-less) samples, one by one, from a folder of images or a sequence of arrays
+    (spatial axes first, channels last if any) or of :class:`~napari_lgms.io.image.ImageData`, at
+    most ``limit`` of them (a seeded choice)."""
     from napari_lgms.inference.geometry import channels_first, find_channel_axis
     from napari_lgms.training.data import RawExample, prepare
 
     if unlabelled is None:
-        return []
+        return
     if isinstance(unlabelled, (str, os.PathLike)):
         from napari_lgms.io import read_image
         from napari_lgms.training.data import visible_files
 
         folder = Path(unlabelled).expanduser()  # checked with the other arguments
         chosen = _choose([p for p in visible_files(folder) if p.is_file()], limit, seed)
-        arrays = [(image.array, p.name, image.spacing) for p, image in ((p, read_image(p)) for p in chosen)]
+        arrays = ((image.array, p.name, image.spacing) for p, image in ((p, read_image(p)) for p in chosen))
     else:
-        arrays = [(np.asarray(getattr(a, "array", a)), f"unlabelled {i}", getattr(a, "spacing", None))
-                  for i, a in enumerate(_choose(list(unlabelled), limit, seed))]
-    samples = []
+        arrays = ((np.asarray(getattr(a, "array", a)), f"unlabelled {i}", getattr(a, "spacing", None))
+                  for i, a in enumerate(_choose(list(unlabelled), limit, seed)))
     for array, label, spacing in arrays:
         axis = find_channel_axis(array.shape, "auto", spec.spatial_dims, spec.in_channels)
         image = np.asarray(channels_first(array, axis), dtype=np.float32)
         if image.ndim - 1 != spec.spatial_dims:
             continue  # another dimensionality (a volume beside 2D images): not this model's input
         blank = np.zeros(image.shape[1:], dtype=np.uint8)
-        samples.append(prepare(RawExample(image, blank, None, spacing), spec, label))
-    return samples
+        yield prepare(RawExample(image, blank, None, spacing), spec, label)
 
 
 def _choose(items: list, limit: int, seed: int) -> list:
@@ -306,9 +306,11 @@ def finetune_steps(
 
     started = time.monotonic()
 
-    def preparing(message: str, remaining: float | None = None) -> TrainProgress:
+    def preparing(message: str) -> TrainProgress:
         """A report of the work before the first optimiser step."""
-        return TrainProgress(0, 0, 0, 0, None, 0.0, time.monotonic() - started, remaining, None, "loading", message)
+        elapsed = time.monotonic() - started
+        remaining = None if time_budget is None else max(time_budget - elapsed, 0.0)
+        return TrainProgress(0, 0, 0, 0, None, 0.0, elapsed, remaining, None, "loading", message)
 
     settings, preset_budget = _settings(preset, lr, batch_size, freeze_encoder)
     time_budget = _positive(time_budget, "time budget (seconds)")
@@ -334,55 +336,79 @@ def finetune_steps(
         parameter.requires_grad_(True)
     parent_sha = _weights_sha256(loaded)
 
-    # -- data --------------------------------------------------------------------------------
-    examples, data_record = _labelled_examples(corrections, images, masks)
-    spec = _prepare_spec(parent_card)
-    dims, patch, mode = spec.spatial_dims, spec.patch_size, spec.input_mode
-    cache = SampleCache(examples, spec)
-    for done in cache.preload():
-        yield preparing(f"loaded {done}/{len(examples)} corrections", time_budget)
-    samples = [cache.get(i) for i in range(len(examples))]
-    refusal = too_few_corrections(len(samples)) if require_evidence else None
-    if refusal:
-        raise InputError(refusal)
-    limit = settings.max_unlabelled
-    if time_budget is not None:
-        limit = min(limit, max(4, int(settings.unlabelled_per_second * time_budget)))
-    extra_samples = _unlabelled_samples(unlabelled, spec, limit, seed)
-    data_record["unlabelled"] = len(extra_samples)
-    tta = resolve(None, parent_card)
-    flips = flip_sets(tta, dims)
-    window = patch if mode == "patch" else None
-    yield preparing(f"{len(samples)} corrections, {len(extra_samples)} unlabelled images")
+    # -- data, the parent's scores and predictions: every stage reports and stops when asked ------
+    def stop_requested() -> None:
+        if should_stop is not None and should_stop():
+            raise _Stopped
 
-    # -- the parent's scores, and its predictions on the unlabelled images -----------------------
-    def scores(network, chosen) -> list[dict[str, float]]:
-        return score_samples(network, chosen, torch_device, parent_card.num_classes, batch_size=4,
-                             autocast=autocast, window=window, flips=flips)
+    def reported(counts, describe) -> Generator[TrainProgress, None, None]:
+        """A report as a stage starts and after each of its ``counts``; each time, a stop if asked."""
+        yield preparing(describe(0))
+        stop_requested()
+        for count in counts:
+            yield preparing(describe(count))
+            stop_requested()
 
-    yield preparing(f"scoring the model on {len(samples)} corrections")
-    before_rows = scores(parent_network, samples)
-    metric = "iou" if parent_card.num_classes == 1 else "dice"
-    start_network, renormalised = parent_network, False
-    if settings.renormalise:
-        yield preparing(f"re-estimating normalisation ({len(samples) + len(extra_samples)} images)")
-        # The target images' statistics: no labels go in, so scoring them on every correction is
-        # fair, and every run below may share them. Kept only when they score at least as well.
-        candidate_start = copy.deepcopy(parent_network)
-        renormalise(candidate_start, [s.image for s in samples + extra_samples], torch_device)
-        if _mean_score(scores(candidate_start, samples), metric) >= _mean_score(before_rows, metric):
-            start_network, renormalised = candidate_start, True
-    trust = float(np.clip(_mean_score(before_rows, metric), 0.0, 1.0))
-    distill_weight = settings.distill_weight * trust if extra_samples else 0.0
-    if distill_weight < settings.min_distill:
-        distill_weight = 0.0  # too light to matter: no parent logits to compute, half the work per step
-    parent_logits = []
-    if distill_weight > 0:
-        yield preparing(f"model predictions on {len(extra_samples)} unlabelled images")
-        parent_logits = predicted_logits(start_network, extra_samples, torch_device, flips, window, autocast)
+    try:
+        examples, data_record = _labelled_examples(corrections, images, masks)
+        spec = _prepare_spec(parent_card)
+        dims, patch, mode = spec.spatial_dims, spec.patch_size, spec.input_mode
+        cache = SampleCache(examples, spec)
+        yield from reported(cache.preload(), lambda done: f"loading your corrections: {done}/{len(examples)}")
+        samples = [cache.get(i) for i in range(len(examples))]
+        refusal = too_few_corrections(len(samples)) if require_evidence else None
+        if refusal:
+            raise InputError(refusal)
+        limit = settings.max_unlabelled
+        if time_budget is not None:
+            limit = min(limit, max(4, int(settings.unlabelled_per_second * time_budget)))
+        extra_samples: list = []
+        if unlabelled is not None:
+            yield from reported(_collected(_unlabelled_samples(unlabelled, spec, limit, seed), extra_samples),
+                                lambda done: f"loading unlabelled images: {done}")
+        data_record["unlabelled"] = len(extra_samples)
+        tta = resolve(None, parent_card)
+        flips = flip_sets(tta, dims)
+        window = patch if mode == "patch" else None
+
+        def scores(network, chosen) -> list[dict[str, float]]:
+            return score_samples(network, chosen, torch_device, parent_card.num_classes, batch_size=SCORING_BATCH,
+                                 autocast=autocast, window=window, flips=flips)
+
+        def scored(network, chosen, what: str) -> Generator[TrainProgress, None, list[dict[str, float]]]:
+            rows: list[dict[str, float]] = []
+            yield from reported(_collected(_in_batches(partial(scores, network), chosen, SCORING_BATCH), rows),
+                                lambda done: f"{what}: {done}/{len(chosen)}")
+            return rows
+
+        before_rows = yield from scored(parent_network, samples, "scoring the model on your corrections")
+        metric = "iou" if parent_card.num_classes == 1 else "dice"
+        start_network, renormalised = parent_network, False
+        if settings.renormalise and _has_batch_norm(parent_network):
+            # The target images' statistics: no labels go in, so scoring them on every correction is
+            # fair, and every run below may share them. Kept only when they score at least as well.
+            candidate_start = copy.deepcopy(parent_network)
+            targets = [s.image for s in samples + extra_samples]
+            yield from reported(renormalise(candidate_start, targets, torch_device),
+                                lambda done: f"re-estimating normalisation: {done}/{len(targets)} images")
+            renormalised_rows = yield from scored(candidate_start, samples, "scoring the re-normalised model")
+            if _mean_score(renormalised_rows, metric) >= _mean_score(before_rows, metric):
+                start_network, renormalised = candidate_start, True
+        trust = float(np.clip(_mean_score(before_rows, metric), 0.0, 1.0))
+        distill_weight = settings.distill_weight * trust if extra_samples else 0.0
+        if distill_weight < settings.min_distill:
+            distill_weight = 0.0  # too light to matter: no parent logits to compute, half the work per step
+        parent_logits: list = []
+        if distill_weight > 0:
+            predict = partial(predicted_logits, start_network, device=torch_device, flips=flips, window=window,
+                              autocast=autocast)
+            yield from reported(_collected(_in_batches(predict, extra_samples, SCORING_BATCH), parent_logits),
+                                lambda done: f"model predictions on unlabelled images: {done}/{len(extra_samples)}")
+    except _Stopped:
+        return _stopped_early(parent_card.name, destination, time.monotonic() - started)
     context = AdaptContext(start_network, torch_device, autocast, settings,
-                       tuple(range(dims)) if tta == "flips" else (), patch if mode == "patch" else None,
-                       extra_samples, parent_logits, seed, trust, distill_weight, started)
+                           tuple(range(dims)) if tta == "flips" else (), patch if mode == "patch" else None,
+                           extra_samples, parent_logits, seed, trust, distill_weight, started)
 
     # -- cross-fitting, then the candidate ------------------------------------------------------
     from napari_lgms.training.adaptation import cross_fit_folds
@@ -438,6 +464,9 @@ def finetune_steps(
     decision, kept = check_decision(verdict, evidence["per_correction"])
     if kept is not None:
         evidence["weighed_change"], evidence["successes_change"], evidence["successes"] = kept
+    failed = [row["after"] - row["before"] for row in evidence["per_correction"] if row["before"] < FAILED_BELOW]
+    if failed:
+        evidence["failures_change"], evidence["failures"] = float(np.mean(failed)), len(failed)
     if stopped:
         decision = "no evidence"
     elif decision != verdict.decision:
@@ -477,6 +506,33 @@ def finetune_steps(
                           verdict=decision, saved=saved, evidence=evidence, candidate=candidate)
 
 
+class _Stopped(Exception):
+    """``should_stop`` turned true while a fine-tune was preparing."""
+
+
+def _stopped_early(name: str, destination: Path, elapsed: float) -> FinetuneResult:
+    return FinetuneResult(None, name, {}, {}, 0, elapsed, "stopped on request: nothing saved", destination)
+
+
+def _in_batches(work: Callable[[Sequence], list], items: Sequence, size: int) -> Iterator:
+    """``work(batch)``'s results over ``items``, ``size`` at a time, one by one."""
+    for start in range(0, len(items), size):
+        yield from work(items[start:start + size])
+
+
+def _collected(results: Iterable, into: list) -> Iterator[int]:
+    """Append each of ``results`` to ``into``, yielding how many it holds."""
+    for result in results:
+        into.append(result)
+        yield len(into)
+
+
+def _has_batch_norm(network) -> bool:
+    import torch
+
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in network.modules())
+
+
 def _finite(network) -> bool:
     import torch
 
@@ -502,6 +558,11 @@ def _message(decision: str, verdict, metric: str, count: int, stopped: bool, rec
     evidence = verdict.describe(name)
     if stopped:
         return "stopped on request: nothing saved"
+    if record.get("hurt_successes") and record["successes_change"] >= 0:  # their failures fell further
+        return (f"the checks were better on your corrections ({evidence}), but worse on the "
+                f"{record['failures']} the current model had failed on ({100 * record['failures_change']:+.1f} "
+                f"{name} points), by more than they gained on those it had right if a quarter of your images "
+                "are like those: nothing saved; save more corrections of images it fails on, then try again")
     if record.get("hurt_successes"):
         change = 100 * record["successes_change"]
         return (f"the checks were better on your corrections ({evidence}), but worse on the "

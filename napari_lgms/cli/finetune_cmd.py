@@ -79,12 +79,18 @@ def run(args: argparse.Namespace) -> int:
         freeze_encoder=args.freeze_encoder, lr=args.lr, batch_size=args.batch_size, seed=args.seed, name=args.name,
         require_evidence=not args.review,  # with a review, fewer than five corrections can still decide
     )
-    train_line_due = every(2.0, time.monotonic)
+    train_line_due, loading_line_due = every(2.0, time.monotonic), every(2.0, time.monotonic)
+    stage = [""]
 
     def report(progress) -> None:
         if progress.phase == "train" and train_line_due():
             print(f"{progress.message}: step {progress.step} loss {progress.loss:.4f}", flush=True)
-        elif progress.phase in ("loading", "validate") and progress.message:
+        elif progress.phase == "loading":  # "stage: done/total", a line as each stage starts, then every 2 s
+            started = progress.message.split(":")[0] != stage[0]
+            stage[0] = progress.message.split(":")[0]
+            if loading_line_due() or started:
+                print(progress.message, flush=True)
+        elif progress.phase == "validate" and progress.message:
             print(progress.message, flush=True)
 
     result = run_to_end(generator, report)
