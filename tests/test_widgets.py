@@ -56,6 +56,26 @@ def test_throttled_stop_closes_the_engine_before_it_goes_on():
     assert finished.value.value is None and "saved" not in reached and len(reached) == 2
 
 
+@pytest.mark.gui
+@needs_display
+def test_a_model_listing_that_breaks_in_its_worker_reaches_the_widget(qtbot, monkeypatch):
+    """The first listing runs in a worker, and a worker that returns an exception raises it instead."""
+    from qtpy.QtWidgets import QWidget
+
+    from napari_lgms.widgets import _shared
+
+    def unreadable(include_untrained):
+        raise PermissionError("models folder: permission denied")
+
+    monkeypatch.setattr(_shared, "_models_imported", lambda: False)
+    monkeypatch.setattr(_shared, "model_choices", unreadable)
+    widget, listed = QWidget(), []
+    qtbot.addWidget(widget)
+    _shared.list_models_then(widget, listed.append)
+    qtbot.waitUntil(lambda: bool(listed), timeout=20000)
+    assert isinstance(listed[0], PermissionError) and "permission denied" in str(listed[0])
+
+
 def test_the_newest_of_the_users_models_is_listed_first_and_suggested(tiny_model):
     import os
 
@@ -583,6 +603,12 @@ def test_the_verdict_says_when_the_check_lost_what_the_model_had_right():
     result.candidate = object()
     assert verdict_text(result).endswith("then try again. Review on open images can still show if the new "
                                          "one is better."), "a model the check refused can still be reviewed"
+    result.candidate = None
+    result.evidence.update(successes_change=0.01, failures=8, failures_change=-0.12)
+    assert verdict_text(result).endswith(
+        "the checks were better overall but -12.0 IoU points on the 8 corrections the current model had failed "
+        "on, more than they gained where it was right. Save more corrections of images it fails on, then try "
+        "again.")
 
 
 @pytest.mark.gui

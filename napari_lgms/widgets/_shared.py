@@ -15,6 +15,7 @@ import numpy as np
 from psygnal import Signal
 
 from napari_lgms._words import counted
+from napari_lgms.widgets._workers import Failure, returning_failures
 
 UNTRAINED_NOTE = "untrained: random weights, the output is meaningless until it is trained or fine-tuned"
 PREFERRED_MODELS = ("lgmsnet-polyp", "lgmsnet-breast-us", "lgmsnet3d-hippocampus")  # real-data, best first
@@ -266,28 +267,26 @@ def _models_imported() -> bool:
 
 
 def list_models_then(widget, callback, include_untrained: bool = True) -> None:
-    """Call ``callback(choices)`` on the main thread with :func:`model_choices`.
+    """Call ``callback(choices)`` on the main thread with :func:`model_choices`, or with the exception
+    that broke the listing (a broken model folder must not break a widget).
 
     Listing models imports the network registry, hence torch (about 1.5 s on a laptop CPU): the
     first listing of a session runs in a worker thread, so opening a widget never freezes napari;
     later ones are a few card reads and run at once. ``callback`` is skipped once ``widget`` is gone.
     """
+    listing = returning_failures(model_choices)  # a worker that returns an exception raises it instead
+
+    def deliver(listed) -> None:
+        callback(listed.error if isinstance(listed, Failure) else listed)
+
     if _models_imported():
-        callback(_safe_choices(include_untrained))
+        deliver(listing(include_untrained))
         return
     from napari.qt.threading import create_worker
 
-    worker = create_worker(_safe_choices, include_untrained, _start_thread=False)
-    connect_while_alive(worker.returned, widget, callback)
+    worker = create_worker(listing, include_untrained, _start_thread=False)
+    connect_while_alive(worker.returned, widget, deliver)
     worker.start()
-
-
-def _safe_choices(include_untrained: bool) -> list[ModelChoice] | Exception:
-    """The model list, or the exception that broke it (a broken model folder must not break a widget)."""
-    try:
-        return model_choices(include_untrained)
-    except Exception as error:
-        return error
 
 
 def suggested_for_layer(choices: list[ModelChoice], layer) -> int:

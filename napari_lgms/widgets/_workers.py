@@ -95,6 +95,7 @@ def start_engine_task(
         except Exception as error:  # noqa: BLE001 - handed to on_error on the main thread
             return Failure(error)
 
+    run.__name__ = run.__qualname__ = description  # how napari's close dialog names a running task
     worker = create_worker(run, _progress={"desc": description}, _ignore_errors=True,
                            _start_thread=False)
     task = EngineTask(worker, stop)

@@ -102,9 +102,15 @@ def verdict_text(result) -> str:
     if result.verdict == "worse":
         return f"Worse on your corrections{spread}: nothing saved; the previous model is kept."
     hint = " Review on open images can still show if the new one is better." if reviewable(result) else ""
+    name = metric_name(evidence.get("metric", "dice"))
+    if evidence.get("hurt_successes") and evidence["successes_change"] >= 0:  # their failures fell further
+        count, change = evidence["failures"], 100 * evidence["failures_change"]
+        return (f"No evidence either way{spread}: nothing saved; the checks were better overall but "
+                f"{change:+.1f} {name} points on the {count} corrections the current model had failed on, "
+                "more than they gained where it was right. Save more corrections of images it fails on, "
+                f"then try again.{hint}")
     if evidence.get("hurt_successes"):
         count, change = evidence["successes"], 100 * evidence["successes_change"]
-        name = metric_name(evidence.get("metric", "dice"))
         return (f"No evidence either way{spread}: nothing saved; the checks were better overall but "
                 f"{change:+.1f} {name} points on the {count} corrections the current model had right: too "
                 "much if most of your images are like those. Save corrections of images it gets right too, "
