@@ -289,7 +289,8 @@ def finetune_steps(
     :func:`napari_lgms.read_image`, whose spacing a 3D model's resampling uses) of the same domain,
     without labels.
     ``precision``: "auto" (bf16 autocast on CPUs with native bf16 and on CUDA GPUs that have it,
-    else fp32), "fp32" or "bf16". ``should_stop``: checked every step; a stopped run saves nothing.
+    else fp32), "fp32" or "bf16". ``should_stop``: checked at every report (each image or batch while
+    it prepares, each step while it trains); a stopped run saves nothing.
     ``require_evidence``: refuse (:class:`InputError`, before any training) corrections too few for the
     check to ever save a model (the CLI and the widget, when the user has no other images to review the
     new model on); by default the run goes on, and its candidate is in the result for a review
