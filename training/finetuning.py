@@ -66,7 +66,7 @@ VERDICT_MINIMUM = 5  # corrections: with fewer, the checked models learn from on
 FOLD_SHARE = 0.25  # of the training time, per cross-fitting fold; the candidate gets the rest
 FAILED_BELOW = 0.5  # a correction the parent scored below this was one of its failures
 SUCCESS_SHARE = 0.75  # of the user's images taken to be like the corrections the parent had right
-SCORING_BATCH = 4  # images per forward pass while scoring and predicting (and between stop checks)
+SCORING_BATCH = 4  # 2D images per forward pass while scoring and predicting (and between stop checks)
 
 
 @dataclass
@@ -371,6 +371,7 @@ def finetune_steps(
         tta = resolve(None, parent_card)
         flips = flip_sets(tta, dims)
         window = patch if mode == "patch" else None
+        chunk = SCORING_BATCH if window is None else 1  # volumes: one at a time between stop checks
 
         def scores(network, chosen) -> list[dict[str, float]]:
             return score_samples(network, chosen, torch_device, parent_card.num_classes, batch_size=SCORING_BATCH,
@@ -378,7 +379,7 @@ def finetune_steps(
 
         def scored(network, chosen, what: str) -> Generator[TrainProgress, None, list[dict[str, float]]]:
             rows: list[dict[str, float]] = []
-            yield from reported(_collected(_in_batches(partial(scores, network), chosen, SCORING_BATCH), rows),
+            yield from reported(_collected(_in_batches(partial(scores, network), chosen, chunk), rows),
                                 lambda done: f"{what}: {done}/{len(chosen)}")
             return rows
 
@@ -403,7 +404,7 @@ def finetune_steps(
         if distill_weight > 0:
             predict = partial(predicted_logits, start_network, device=torch_device, flips=flips, window=window,
                               autocast=autocast)
-            yield from reported(_collected(_in_batches(predict, extra_samples, SCORING_BATCH), parent_logits),
+            yield from reported(_collected(_in_batches(predict, extra_samples, chunk), parent_logits),
                                 lambda done: f"model predictions on unlabelled images: {done}/{len(extra_samples)}")
     except _Stopped:
         return _stopped_early(parent_card.name, destination, time.monotonic() - started)
