@@ -239,6 +239,13 @@ class TailAverage:
         return self.count
 
 
+def batch_norm_layers(network) -> list:
+    """``network``'s batch-norm layers, in definition order."""
+    import torch
+
+    return [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
 def renormalise(network, images: Sequence, device, batch_size: int = 8) -> Iterator[int]:
     """Re-estimate every batch-norm layer's running statistics on ``images`` ((C, *S) float32 arrays,
     grouped by shape) as a plain average (AdaBN), yielding the images done after every batch (stop
@@ -247,7 +254,7 @@ def renormalise(network, images: Sequence, device, batch_size: int = 8) -> Itera
 
     from napari_lgms.models.padding import padded_forward
 
-    layers = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    layers = batch_norm_layers(network)
     if not layers or not len(images):
         return
     momenta = [m.momentum for m in layers]

@@ -94,6 +94,13 @@ class FinetuneResult:
     candidate: Any = None
 
 
+def changes_by_parent_score(per_correction: Sequence[dict[str, float]]) -> tuple[list[float], list[float]]:
+    """The checked models' changes on the held-out corrections the parent had right (scored
+    :data:`FAILED_BELOW` or more) and on those it failed on."""
+    changes = [(row["after"] - row["before"], row["before"] >= FAILED_BELOW) for row in per_correction]
+    return [c for c, right in changes if right], [c for c, right in changes if not right]
+
+
 def kept_change(per_correction: Sequence[dict[str, float]]) -> tuple[float, float, int] | None:
     """How the checked models did where the parent was right: ``(weighed change, mean change on the
     held-out corrections the parent scored FAILED_BELOW or more, how many)``; None when it had none
@@ -102,8 +109,7 @@ def kept_change(per_correction: Sequence[dict[str, float]]) -> tuple[float, floa
     the verdict's mean speaks for them (``benchmarks/README.md``, the endoscope change). A model
     that fixes failures while losing what already worked is not handed back when this is below
     ``-VERDICT_MARGIN``."""
-    successes = [row["after"] - row["before"] for row in per_correction if row["before"] >= FAILED_BELOW]
-    failures = [row["after"] - row["before"] for row in per_correction if row["before"] < FAILED_BELOW]
+    successes, failures = changes_by_parent_score(per_correction)
     if not successes:
         return None
     on_successes = float(np.mean(successes))
@@ -300,7 +306,7 @@ def finetune_steps(
     from napari_lgms.inference.augment import flip_sets, resolve
     from napari_lgms.models.layout import use_layout_for
     from napari_lgms.training.data import SampleCache
-    from napari_lgms.training.adaptation import judge, renormalise
+    from napari_lgms.training.adaptation import batch_norm_layers, cross_fit_folds, judge, renormalise
     from napari_lgms.training.engine import autocast_factory, resolve_precision
     from napari_lgms.training.evaluate import score_samples
     from napari_lgms.zoo import LoadedModel, load_model, validate_model_name
@@ -386,7 +392,7 @@ def finetune_steps(
         before_rows = yield from scored(parent_network, samples, "scoring the model on your corrections")
         metric = "iou" if parent_card.num_classes == 1 else "dice"
         start_network, renormalised = parent_network, False
-        if settings.renormalise and _has_batch_norm(parent_network):
+        if settings.renormalise and batch_norm_layers(parent_network):
             # The target images' statistics: no labels go in, so scoring them on every correction is
             # fair, and every run below may share them. Kept only when they score at least as well.
             candidate_start = copy.deepcopy(parent_network)
@@ -413,8 +419,6 @@ def finetune_steps(
                            extra_samples, parent_logits, seed, trust, distill_weight, started)
 
     # -- cross-fitting, then the candidate ------------------------------------------------------
-    from napari_lgms.training.adaptation import cross_fit_folds
-
     folds = cross_fit_folds(len(samples), seed) if len(samples) >= 2 else []
     reserve = 2.0 + 0.5 * len(samples)  # scoring and saving
     training_seconds = None if time_budget is None else max(time_budget - (time.monotonic() - started) - reserve, 1.0)
@@ -466,7 +470,7 @@ def finetune_steps(
     decision, kept = check_decision(verdict, evidence["per_correction"])
     if kept is not None:
         evidence["weighed_change"], evidence["successes_change"], evidence["successes"] = kept
-    failed = [row["after"] - row["before"] for row in evidence["per_correction"] if row["before"] < FAILED_BELOW]
+    _, failed = changes_by_parent_score(evidence["per_correction"])
     if failed:
         evidence["failures_change"], evidence["failures"] = float(np.mean(failed)), len(failed)
     if stopped:
@@ -527,12 +531,6 @@ def _collected(results: Iterable, into: list) -> Iterator[int]:
     for result in results:
         into.append(result)
         yield len(into)
-
-
-def _has_batch_norm(network) -> bool:
-    import torch
-
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in network.modules())
 
 
 def _finite(network) -> bool:

@@ -80,14 +80,14 @@ def run(args: argparse.Namespace) -> int:
         require_evidence=not args.review,  # with a review, fewer than five corrections can still decide
     )
     train_line_due, loading_line_due = every(2.0, time.monotonic), every(2.0, time.monotonic)
-    stage = [""]
+    stage = ""
 
     def report(progress) -> None:
+        nonlocal stage
         if progress.phase == "train" and train_line_due():
             print(f"{progress.message}: step {progress.step} loss {progress.loss:.4f}", flush=True)
         elif progress.phase == "loading":  # "stage: done/total", a line as each stage starts, then every 2 s
-            started = progress.message.split(":")[0] != stage[0]
-            stage[0] = progress.message.split(":")[0]
+            started, stage = progress.message.split(":")[0] != stage, progress.message.split(":")[0]
             if loading_line_due() or started:
                 print(progress.message, flush=True)
         elif progress.phase == "validate" and progress.message:
